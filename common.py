@@ -1,8 +1,22 @@
-"""Shared plumbing for every script: user errors, devices, checkpoints, logging, LR schedules, DDP."""
+"""Shared plumbing for every script: user errors, configs' files, devices, checkpoints, logging,
+learning-rate schedule and distributed set-up. One copy here instead of one per script."""
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
+import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+REPO_ROOT = Path(__file__).resolve().parent
 
 
 class UserError(Exception):
@@ -19,3 +33,234 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def resolve_path(path: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> Path:
+    """Find a file named in a config: as given (from the working directory), then beside the
+    config that names it, then from the repository root."""
+    path = Path(path)
+    candidates = [path]
+    if not path.is_absolute():
+        if relative_to is not None:
+            candidates.append(Path(relative_to) / path)
+        candidates.append(REPO_ROOT / path)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return path
+
+
+# ----------------------------------------------------------------------------- devices
+
+def resolve_device(name: str | None = None, cpu_fallback: bool = False) -> torch.device:
+    """'cuda', 'cuda:1', 'cpu' or None (= cuda when available). CUDA asked for but missing is an
+    error unless the user allowed falling back to the CPU."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            if cpu_fallback:
+                print(f"warning: {name} is not available on this machine; running on the CPU", file=sys.stderr)
+                return torch.device("cpu")
+            raise UserError(f"{name} was asked for but CUDA is not available on this machine "
+                            "(use --device cpu, or --cpu-fallback)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{name} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op context on the CPU, where training stays fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed, so a
+    kill at any moment leaves either the old checkpoint or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint as data (weights_only=True); a missing or damaged file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch checkpoint): "
+                        f"{str(err).splitlines()[0][:200]}") from None
+
+
+def extract_state_dict(checkpoint: dict, key: str) -> dict:
+    """A plain state_dict (the lab's VQGAN.pt) or the `key` entry of a training checkpoint."""
+    if key in checkpoint and isinstance(checkpoint[key], dict):
+        return checkpoint[key]
+    return checkpoint
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model") -> dict:
+    """Load weights into `module` strictly, naming any missing, unexpected or mis-shaped keys.
+    Half-precision checkpoints are cast to the module's dtype. Returns the whole checkpoint."""
+    checkpoint = load_checkpoint(path)
+    state = extract_state_dict(checkpoint, key)
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatch (checkpoint vs config)", wrong)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise UserError(f"{path} does not match the model built from the config: " + "; ".join(problems))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    return checkpoint
+
+
+def half_state_dict(module: nn.Module) -> dict:
+    """Floating-point weights in float16, for shipped checkpoints (loading restores float32)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup from 0 to 1, then cosine decay to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set) join the process group: NCCL on GPUs, gloo on the CPU.
+    Returns (rank, world_size, device); a plain run is rank 0 of 1."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, resolve_device(device_name)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = (device_name or "cuda").startswith("cuda") and torch.cuda.is_available()
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = resolve_device("cpu")
+    dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    return rank, world, device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- logging
+
+class RunLog:
+    """Appends one JSON object per line to `log.jsonl` in the run folder (rank 0 only) and keeps the
+    records in memory for plotting."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.enabled = enabled
+        self.records: list[dict] = []
+        if enabled and self.path.exists():
+            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run repeats them)."""
+        if not self.enabled:
+            return
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, **record: object) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self, path: str | os.PathLike, panels: dict[str, list[str]]) -> None:
+        """One PNG with a panel per entry of `panels` ({title: [metric keys]}), metric vs step."""
+        if not self.enabled or not self.records:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels.items()):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in self.records if key in r and r[key] is not None]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=key)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = Path(path).with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Write a list of dicts as CSV (columns in first-seen order), atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,254 @@
+"""Stage 1: a VQGAN that maps a 64x64 image to a 16x16 grid of codebook indices and back.
+
+Module names and the order of layers follow the lab's `VQGAN.pt`, so that checkpoint loads with
+`strict=True` and computes the same function (see tests/test_vqgan_compat.py). Channel lists,
+resolutions and block counts come from the `model_param` dict of a YAML config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GroupNorm(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gn = nn.GroupNorm(num_groups=32 if channels % 32 == 0 else math.gcd(32, channels),
+                               num_channels=channels, eps=1e-6, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gn(x)
+
+
+class Swish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            GroupNorm(in_channels), Swish(), nn.Conv2d(in_channels, out_channels, 3, 1, 1),
+            GroupNorm(out_channels), Swish(), nn.Conv2d(out_channels, out_channels, 3, 1, 1),
+        )
+        if in_channels != out_channels:
+            self.channel_up = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.channel_up(x) if hasattr(self, "channel_up") else x
+        return skip + self.block(x)
+
+
+class NonLocalBlock(nn.Module):
+    """Single-head self-attention over the h*w positions of a feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = GroupNorm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        h_ = self.norm(x)
+        q = self.q(h_).flatten(2).transpose(1, 2)  # (B, hw, C)
+        k = self.k(h_).flatten(2)  # (B, C, hw)
+        v = self.v(h_).flatten(2)  # (B, C, hw)
+        attn = torch.softmax(torch.bmm(q, k) * c ** -0.5, dim=2)  # (B, hw queries, hw keys)
+        out = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class DownSampleBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
+
+
+class UpSampleBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def resampling_stages(num_stages: int, num_resamples: int) -> set[int]:
+    """Stages followed by a down/up-sampling block: every other stage counted from the deepest one,
+    which puts the lab's two resamplings after stages 4 and 2 of 5."""
+    stages = set(range(num_stages - 1, -1, -2)[:num_resamples])
+    if len(stages) < num_resamples:
+        raise ValueError(f"{num_stages} channel stages cannot hold {num_resamples} resamplings "
+                         f"(need at least {2 * num_resamples - 1})")
+    return stages
+
+
+def num_resamplings(cfg: dict) -> int:
+    factor = cfg["img_resolution"] // cfg["latent_resolution"]
+    if factor < 1 or factor & (factor - 1) or factor * cfg["latent_resolution"] != cfg["img_resolution"]:
+        raise ValueError("img_resolution / latent_resolution must be a power of two")
+    return int(math.log2(factor))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        channels = cfg["enc_channels"]
+        blocks_per_stage = cfg.get("enc_res_blocks", 2)
+        downsample_after = resampling_stages(len(channels) - 1, num_resamplings(cfg))
+        resolution = cfg["img_resolution"]
+        layers: list[nn.Module] = [nn.Conv2d(cfg["image_channels"], channels[0], 3, 1, 1)]
+        for i in range(len(channels) - 1):
+            in_ch, out_ch = channels[i], channels[i + 1]
+            for _ in range(blocks_per_stage):
+                layers.append(ResidualBlock(in_ch, out_ch))
+                in_ch = out_ch
+                if resolution == cfg["latent_resolution"]:
+                    layers.append(NonLocalBlock(in_ch))
+            if i in downsample_after:
+                layers.append(DownSampleBlock(out_ch))
+                resolution //= 2
+        top = channels[-1]
+        layers += [ResidualBlock(top, top), NonLocalBlock(top), ResidualBlock(top, top),
+                   GroupNorm(top), Swish(), nn.Conv2d(top, cfg["latent_dim"], 3, 1, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        channels = cfg["dec_channels"]
+        blocks_per_stage = cfg.get("dec_res_blocks", 3)
+        upsample_after = resampling_stages(len(channels), num_resamplings(cfg))
+        resolution = cfg["latent_resolution"]
+        in_ch = channels[-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg["latent_dim"], in_ch, 3, 1, 1),
+                                   ResidualBlock(in_ch, in_ch), NonLocalBlock(in_ch), ResidualBlock(in_ch, in_ch)]
+        for i in reversed(range(len(channels))):
+            out_ch = channels[i]
+            for _ in range(blocks_per_stage):
+                layers.append(ResidualBlock(in_ch, out_ch))
+                in_ch = out_ch
+                if resolution == cfg["latent_resolution"]:
+                    layers.append(NonLocalBlock(in_ch))
+            if i in upsample_after:
+                layers.append(UpSampleBlock(in_ch))
+                resolution *= 2
+        layers += [GroupNorm(in_ch), nn.Conv2d(in_ch, cfg["image_channels"], 3, 1, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class Codebook(nn.Module):
+    """Nearest-neighbour vector quantizer with a straight-through gradient."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.num_codebook_vectors = cfg["num_codebook_vectors"]
+        self.latent_dim = cfg["latent_dim"]
+        self.beta = cfg.get("beta", 0.25)
+        self.embedding = nn.Embedding(self.num_codebook_vectors, self.latent_dim)
+        self.embedding.weight.data.uniform_(-1.0 / self.num_codebook_vectors, 1.0 / self.num_codebook_vectors)
+
+    def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B, h, w) indices of the nearest codes by squared L2 distance."""
+        b, c, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
+        codes = self.embedding.weight
+        distances = (flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)
+                     - 2 * flat @ codes.t())  # (B*h*w, K)
+        return distances.argmin(dim=1).reshape(b, h, w)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) indices -> (B, C, h, w) code vectors."""
+        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (z_q with straight-through gradient, indices (B*h*w,), codebook + commitment loss)."""
+        indices = self.nearest_indices(z)
+        z_q = self.lookup(indices)
+        loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        z_q = z + (z_q - z).detach()
+        return z_q, indices.reshape(-1), loss
+
+
+class VQGAN(nn.Module):
+    """Encoder -> quant_conv -> Codebook -> post_quant_conv -> Decoder."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.codebook = Codebook(cfg)
+        self.quant_conv = nn.Conv2d(cfg["latent_dim"], cfg["latent_dim"], 1)
+        self.post_quant_conv = nn.Conv2d(cfg["latent_dim"], cfg["latent_dim"], 1)
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.cfg["latent_resolution"]
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalized images -> (B, latent_dim, h, w) continuous latents before quantization."""
+        return self.quant_conv(self.encoder(x))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (z_q (B, latent_dim, h, w), indices (B*h*w,), q_loss), as the lab's VQGAN does."""
+        return self.codebook(self.encode_latents(x))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h*w) or (B, h, w) token ids -> (B, 3, H, W) images."""
+        side = self.latent_resolution
+        return self.decode(self.codebook.lookup(indices.reshape(-1, side, side)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_q, indices, q_loss = self.encode(x)
+        return self.decode(z_q), indices, q_loss
+
+    def last_layer_weight(self) -> torch.Tensor:
+        """The decoder's output conv weight, for the adaptive GAN loss weight."""
+        return self.decoder.model[-1].weight
+
+
+class Discriminator(nn.Module):
+    """PatchGAN discriminator: a real/fake logit per overlapping patch."""
+
+    def __init__(self, image_channels: int = 3, base_channels: int = 64, num_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(image_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for i in range(1, num_layers + 1):
+            prev, mult = mult, min(2 ** i, 8)
+            layers += [
+                nn.Conv2d(base_channels * prev, base_channels * mult, 4, 2 if i < num_layers else 1, 1, bias=False),
+                nn.BatchNorm2d(base_channels * mult), nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(base_channels * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
