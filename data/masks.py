@@ -1,0 +1,158 @@
+"""Inpainting masks in the lab's convention: a uint8 square where 255 (white) is known and 0 (black)
+is the hole. Generators for free-form strokes, boxes, a center box, an outpainting border and half
+images, plus a CLI that writes one mask per image for users who bring images but no masks:
+
+    python -m data.masks --kind freeform --images DIR --out DIR [--seed 0] [--masked-out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from common import UserError, run_cli
+from data.ground_truth import list_images
+from data.images import image_size, read_image, save_png
+
+MASK_KINDS = ("freeform", "box", "center", "border", "half")
+KNOWN, HOLE = 255, 0
+HOLE_GRAY = 128  # value of hole pixels in a masked image
+HOLE_RANGE = (0.1, 0.5)  # default spread of the hole area, as a fraction of the image
+
+
+def seeded_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator that depends only on (seed, name), so a file's mask does not depend on which
+    other files are processed or in what order (Python's hash() is randomized per process)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def hole_fraction(mask: np.ndarray) -> float:
+    """Fraction of hole pixels (value < 128) in a uint8 mask."""
+    return float((mask < 128).mean())
+
+
+def _freeform(size: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """Random brush strokes (polylines with round joints) until the hole covers a random target
+    fraction in [lo, hi]; a stroke that would push the hole past hi is discarded."""
+    target = rng.uniform(lo, hi)
+    canvas = Image.new("L", (size, size), KNOWN)
+    for _ in range(200):  # each stroke covers at most ~15% of the image: the target is met long before
+        candidate = canvas.copy()
+        draw = ImageDraw.Draw(candidate)
+        width = int(rng.integers(max(2, size // 20), max(3, size // 8) + 1))
+        x, y = rng.uniform(0, size, 2)
+        for _ in range(int(rng.integers(1, 6))):
+            angle = rng.uniform(0, 2 * math.pi)
+            length = rng.uniform(0.1, 0.25) * size
+            nx = float(np.clip(x + length * math.cos(angle), 0, size - 1))
+            ny = float(np.clip(y + length * math.sin(angle), 0, size - 1))
+            draw.line([(x, y), (nx, ny)], fill=HOLE, width=width)
+            r = width / 2
+            draw.ellipse([nx - r, ny - r, nx + r, ny + r], fill=HOLE)
+            x, y = nx, ny
+        fraction = hole_fraction(np.asarray(candidate))
+        if fraction <= hi:
+            canvas = candidate
+            if fraction >= target:
+                break
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def _box_sides(size: int, rng: np.random.Generator, lo: float, hi: float, aspect: float) -> tuple[int, int]:
+    """Integer (height, width) of a box whose area fraction is a random target in [lo, hi]."""
+    area = rng.uniform(lo, hi) * size * size
+    h = int(np.clip(round(math.sqrt(area / aspect)), 1, size))
+    w_min, w_max = math.ceil(lo * size * size / h), math.floor(hi * size * size / h)
+    w = int(np.clip(round(area / h), w_min, min(w_max, size)))
+    return h, w
+
+
+def generate_mask(
+    kind: str,
+    size: int = 64,
+    rng: np.random.Generator | int | None = None,
+    hole_range: tuple[float, float] = HOLE_RANGE,
+) -> np.ndarray:
+    """One (size, size) uint8 mask, 255 = known, 0 = hole. The hole area is drawn from `hole_range`
+    (fractions of the image), except "half", which is always one half. `rng` may be a seed."""
+    if kind not in MASK_KINDS:
+        raise UserError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(MASK_KINDS)}")
+    rng = np.random.default_rng(rng)
+    lo, hi = hole_range
+    if kind == "freeform":
+        return _freeform(size, rng, lo, hi)
+    mask = np.full((size, size), KNOWN, dtype=np.uint8)
+    if kind == "box":
+        h, w = _box_sides(size, rng, lo, hi, aspect=rng.uniform(0.5, 2.0))
+        top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+        mask[top : top + h, left : left + w] = HOLE
+    elif kind == "center":
+        h, w = _box_sides(size, rng, lo, hi, aspect=1.0)
+        top, left = (size - h) // 2, (size - w) // 2
+        mask[top : top + h, left : left + w] = HOLE
+    elif kind == "border":
+        # the known part is a centered box covering 1 - (hole fraction) of the image
+        h, w = _box_sides(size, rng, 1 - hi, 1 - lo, aspect=1.0)
+        top, left = (size - h) // 2, (size - w) // 2
+        mask[:] = HOLE
+        mask[top : top + h, left : left + w] = KNOWN
+    else:  # half: left, right, top or bottom
+        side = rng.integers(4)
+        half = size // 2
+        region = [np.s_[:, :half], np.s_[:, half:], np.s_[:half, :], np.s_[half:, :]][side]
+        mask[region] = HOLE
+    return mask
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The masked image the lab ships: (H, W, 3) uint8 with hole pixels set to gray."""
+    masked = image.copy()
+    masked[mask < 128] = HOLE_GRAY
+    return masked
+
+
+def write_masks(
+    kind: str, images: str | Path, out: str | Path, seed: int = 0, masked_out: str | Path | None = None
+) -> int:
+    """Write one mask per image in `images` to `out` (same stem, .png, same square size as the image).
+    With `masked_out`, also write each image with its hole painted gray. Returns the number of masks."""
+    if kind not in MASK_KINDS:
+        raise UserError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(MASK_KINDS)}")
+    files = list_images(images)
+    sizes = [image_size(f) for f in files]  # check every file before writing anything
+    for f, (w, h) in zip(files, sizes, strict=True):
+        if w != h:
+            raise UserError(f"{f} is {w}x{h}; masks are square, so resize the images to a square size first")
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise UserError(f"two images in {images} share a file stem; each needs its own mask name")
+    for folder in (out, masked_out):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    for f, (w, _) in zip(files, sizes, strict=True):
+        mask = generate_mask(kind, w, seeded_rng(seed, f.stem))
+        save_png(mask, Path(out) / f"{f.stem}.png")
+        if masked_out is not None:
+            save_png(apply_mask(read_image(f), mask), Path(masked_out) / f"{f.stem}.png")
+    return len(files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write one inpainting mask (white known, black hole) per image.")
+    parser.add_argument("--kind", default="freeform", help=f"one of: {', '.join(MASK_KINDS)}")
+    parser.add_argument("--images", required=True, help="folder of images")
+    parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--masked-out", help="optional folder for the images with their holes painted gray")
+    args = parser.parse_args()
+    n = write_masks(args.kind, args.images, args.out, args.seed, args.masked_out)
+    print(f"wrote {n} {args.kind} masks to {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
