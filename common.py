@@ -264,3 +264,31 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- training loops
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """The epoch's shuffled order from torch's DistributedSampler (this rank's share, same for a
+    given seed and epoch), minus the first `skip` indices: a resumed run continues mid-epoch with
+    exactly the batches it had not seen."""
+
+    def __init__(self, dataset_size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True):
+        sampler = torch.utils.data.DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank,
+                                                      shuffle=shuffle, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        self.indices = list(sampler)[skip:]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def check_finite(loss: torch.Tensor, step: int, checkpoint_path: str | os.PathLike) -> None:
+    """Stop the run on a NaN or inf loss; the last checkpoint written stays as it is."""
+    if not torch.isfinite(loss).all():
+        raise UserError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint is "
+                        f"{checkpoint_path} (resume from it with a lower learning rate)")
