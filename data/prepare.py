@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from common import UserError, run_cli
 from data.ground_truth import list_images, write_gt_csv
-from data.images import read_image, save_png
+from data.images import image_size, read_image, save_png
 from data.masks import apply_mask, generate_mask, seeded_rng
 
 SIZE = 64
@@ -34,7 +34,7 @@ FRACTIONS = {"test": 0.1, "val": 0.1}  # the rest is train
 MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of that split
 SPLITS = ("train", "val", "test")
 FREEFORM_SHARE = 0.75  # test masks: free-form strokes, otherwise one box
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
 
 # Codepoints (lowercase hex, as in Twemoji file names) that make variants of the same picture.
@@ -203,12 +203,12 @@ def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     (tmp / "CREDITS.md").write_text(CREDITS)
     written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    manifest = {"format": FORMAT_VERSION, "params": params, "files": {n: _sha256(tmp / n) for n in written}}
+    manifest = {"params": params, "files": {n: _sha256(tmp / n) for n in written}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return counts
 
 
-def prepare(
+def prepare_dataset(
     out: str | os.PathLike = "datasets/twemoji",
     source: str | os.PathLike | None = None,
     seed: int = 0,
@@ -228,8 +228,10 @@ def prepare(
         raise UserError(f"two source images share a file stem in {files[0].parent}; rename one")
     if len({group_key(s) for s in stems}) < 3:
         raise UserError(f"{len(files)} source images form fewer than 3 groups: too few for train/val/test")
+    for f in files:
+        image_size(f)  # an unreadable source image fails here, before anything is written
     out = Path(out)
-    params = {"seed": seed, "size": SIZE, "source_sha256": _source_digest(files)}
+    params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE, "source_sha256": _source_digest(files)}
     if not force and _is_complete(out, params):
         print(f"{out} is complete and up to date (use --force to rebuild)")
         return out
@@ -244,7 +246,11 @@ def prepare(
             shutil.rmtree(leftover)
     if out.exists():
         print(f"{out} is incomplete, damaged or built from other inputs: rebuilding it")
-    counts = _build(files, tmp, seed, params, progress)
+    try:
+        counts = _build(files, tmp, seed, params, progress)
+    except UserError:
+        shutil.rmtree(tmp)  # e.g. an unreadable source image: nothing worth keeping
+        raise
     if out.exists():
         out.rename(old)
     tmp.rename(out)
@@ -284,7 +290,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="use only the first N source images (quick tests)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete")
     args = parser.parse_args()
-    prepare(args.out, args.source, args.seed, args.limit, args.force)
+    prepare_dataset(args.out, args.source, args.seed, args.limit, args.force)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,373 @@
+"""Tests for data/: the Twemoji builder (on a small subset), masks, loaders and every bad-input path."""
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data.masks
+import data.prepare
+from common import UserError, run_cli
+from data import (
+    MASK_KINDS,
+    ImageFolderDataset,
+    InpaintingDataset,
+    assign_splits,
+    denormalize,
+    generate_mask,
+    group_key,
+    hole_fraction,
+    list_images,
+    normalize,
+    pixel_to_token_mask,
+    prepare_dataset,
+    read_gt_csv,
+    to_uint8_image,
+)
+from data.prepare import SKIN_TONES, twemoji_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The dataset built from the first 40 Twemoji PNGs (a fraction of a second)."""
+    return prepare_dataset(tmp_path_factory.mktemp("build") / "twemoji", limit=40, progress=False)
+
+
+# ---- grouping and split -------------------------------------------------------------------------
+
+
+def test_group_key_merges_variants():
+    runner = {"1f3c3", "1f3c3-1f3fb", "1f3c3-1f3ff-200d-2640-fe0f", "1f3c3-200d-2642-fe0f-200d-27a1-fe0f"}
+    assert {group_key(s) for s in runner} == {"1f3c3"}
+    cooks = {"1f468-200d-1f373", "1f469-1f3fd-200d-1f373", "1f9d1-200d-1f373"}
+    assert {group_key(s) for s in cooks} == {"1f373"}
+    assert group_key("1f468-200d-1f9b0") == group_key("1f469-1f3fb-200d-1f9b3") == group_key("1f9d1")
+    assert group_key("2764-fe0f") == group_key("2764") == group_key("2764-fe0f-200d-1f525")
+    assert group_key("1f469-200d-2764-fe0f-200d-1f48b-200d-1f468") == group_key("1f48f") == "kiss"
+    assert group_key("1f1eb-1f1f7") != group_key("1f1e9-1f1ea")  # flags stay apart
+
+
+def test_split_is_grouped_balanced_and_deterministic():
+    stems = sorted(p.stem for p in twemoji_folder().glob("*.png"))
+    splits = assign_splits(stems, seed=0)
+    assert splits == assign_splits(list(reversed(stems)), seed=0)
+    counts = collections.Counter(splits.values())
+    for split, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert abs(counts[split] / len(stems) - share) < 0.01
+    by_group = collections.defaultdict(set)
+    for stem in stems:
+        by_group[group_key(stem)].add(splits[stem])
+    assert all(len(s) == 1 for s in by_group.values())
+    waving = [s for s in stems if s.startswith("1f44b")]  # waving hand and its five skin tones
+    assert len(waving) == 6 and len({splits[s] for s in waving}) == 1
+    # groups of skin-tone variants do reach the held-out splits
+    assert any(splits[s] == "test" and SKIN_TONES & set(s.split("-")) for s in stems)
+
+
+# ---- the builder --------------------------------------------------------------------------------
+
+
+def test_prepare_layout_csv_masks_and_stats(built):
+    names = {folder: [p.name for p in list_images(built / folder)] for folder in ("test", "masked_image", "mask64")}
+    assert names["test"] == names["masked_image"] == names["mask64"]
+    counts = json.loads((built / "stats.json").read_text())["counts"]
+    assert counts == {s: len(list_images(built / s)) for s in ("train", "val", "test")}
+    assert sum(counts.values()) == 40
+    clean = np.stack([read(built / "test" / n) for n in names["masked_image"]])
+    assert np.array_equal(read_gt_csv(built / "test_gt.csv"), clean)
+    assert clean.shape[1:] == (64, 64, 3)
+    for i, name in enumerate(names["mask64"]):
+        mask, masked = read(built / "mask64" / name), read(built / "masked_image" / name)
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        assert 0.1 <= hole_fraction(mask) <= 0.5
+        assert (masked[mask == 0] == 128).all() and np.array_equal(masked[mask == 255], clean[i][mask == 255])
+    train = np.stack([read(p) for p in list_images(built / "train")]) / 255.0
+    stats = json.loads((built / "stats.json").read_text())
+    np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(stats["std"], train.std(axis=(0, 1, 2)), atol=1e-5)
+    assert "CC-BY 4.0" in (built / "CREDITS.md").read_text()
+
+
+def test_prepare_is_byte_identical_and_skips_a_complete_build(built, tmp_path, capsys):
+    again = prepare_dataset(tmp_path / "twemoji", limit=40, progress=False)
+    assert tree_bytes(again) == tree_bytes(built)
+    prepare_dataset(again, limit=40, progress=False)
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_prepare_interrupted_build_is_rebuilt(built, tmp_path, monkeypatch):
+    out = tmp_path / "twemoji"
+    calls = []
+
+    def save_then_interrupt(array, path):
+        calls.append(path)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        Image.fromarray(array).save(path, format="PNG", compress_level=6)
+
+    monkeypatch.setattr(data.prepare, "save_png", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(out, limit=40, progress=False)
+    assert not out.exists() and (tmp_path / ".twemoji.partial").is_dir()
+    monkeypatch.undo()
+    prepare_dataset(out, limit=40, progress=False)
+    assert tree_bytes(out) == tree_bytes(built)
+    assert not (tmp_path / ".twemoji.partial").exists()
+
+
+def test_prepare_damaged_build_is_rebuilt(built, tmp_path, capsys):
+    out = tmp_path / "twemoji"
+    shutil.copytree(built, out)
+    next((out / "train").iterdir()).unlink()
+    (out / "mask64" / list_images(out / "mask64")[0].name).write_bytes(b"not a png")
+    prepare_dataset(out, limit=40, progress=False)
+    assert "rebuilding" in capsys.readouterr().out
+    assert tree_bytes(out) == tree_bytes(built)
+
+
+def test_prepare_keeps_a_folder_it_did_not_build(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not built by data.prepare"):
+        prepare_dataset(out, limit=40, progress=False)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_prepare_from_a_source_folder_keeps_groups_together(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    emoji = sorted(twemoji_folder().glob("*.png"))
+    picked = emoji[100:130] + [p for p in emoji if p.stem.startswith(("1f44b", "1f44d"))]
+    for p in picked:
+        shutil.copy(p, source)
+    out = prepare_dataset(tmp_path / "out", source=source, progress=False)
+    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    assert sorted(split_of) == sorted(p.stem for p in picked)
+    for base in ("1f44b", "1f44d"):
+        assert len({s for stem, s in split_of.items() if stem.startswith(base)}) == 1
+
+
+# ---- masks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_generate_mask_hole_fraction(kind):
+    fractions = []
+    for seed in range(40):
+        mask = generate_mask(kind, 64, seed)
+        assert mask.dtype == np.uint8 and mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        fractions.append(hole_fraction(mask))
+    assert np.array_equal(generate_mask(kind, 64, 7), generate_mask(kind, 64, 7))
+    assert min(fractions) >= 0.1 and max(fractions) <= 0.5
+    if kind != "half":
+        assert max(fractions) - min(fractions) > 0.2  # spread over the range, not one size
+
+
+def test_generate_mask_unknown_kind():
+    with pytest.raises(UserError, match="freeform, box, center, border, half"):
+        generate_mask("blob")
+
+
+def run_in_process(monkeypatch, capsys, module, *args: str) -> tuple[int, str]:
+    """Run a CLI's main() through run_cli as `python -m module args` would; (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", [module.__name__, *args])
+    code = 0
+    try:
+        run_cli(module.main)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_masks_cli_writes_one_mask_per_image(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.jpg"):
+        save(images / name, np.full((32, 32, 3), 200))
+    args = ["--kind", "box", "--images", str(images), "--out", str(tmp_path / "masks"), "--masked-out", str(tmp_path)]
+    assert run_in_process(monkeypatch, capsys, data.masks, *args) == (0, "")
+    assert [p.name for p in list_images(tmp_path / "masks")] == ["a.png", "b.png"]
+    mask, masked = read(tmp_path / "masks" / "a.png"), read(tmp_path / "a.png")
+    assert mask.shape == (32, 32) and (masked[mask == 0] == 128).all() and (masked[mask == 255] == 200).all()
+
+
+# Each CLI once in a real subprocess (exit code, stderr, no traceback); the other cases in-process.
+def test_prepare_cli_fails_with_one_line(tmp_path):
+    result = run_module("data.prepare", "--source", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "no images")
+
+
+def test_masks_cli_fails_with_one_line(tmp_path):
+    result = run_module("data.masks", "--kind", "blob", "--images", str(tmp_path), "--out", str(tmp_path))
+    assert_one_line_error(result, "valid kinds: freeform, box, center, border, half")
+
+
+def test_cli_bad_input_cases(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        save(images / name, np.zeros((8, 8, 3)))
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    cases = [
+        (data.masks, ["--images", str(images), "--out", str(tmp_path / "m")], "broken.png"),
+        (data.masks, ["--images", str(tmp_path / "nope"), "--out", str(tmp_path)], "not found"),
+        (data.prepare, ["--limit", "0", "--out", str(tmp_path / "o")], "--limit"),
+        (data.prepare, ["--source", str(images), "--out", str(tmp_path / "o")], "broken.png"),
+    ]
+    for module, args, needle in cases:
+        code, err = run_in_process(monkeypatch, capsys, module, *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "m").exists()  # masks: every file is checked before anything is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # prepare: no partial build left
+
+
+# ---- loaders ------------------------------------------------------------------------------------
+
+
+def test_normalization_values(tmp_path):
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[0, 0] = (255, 0, 51)
+    save(tmp_path / "a.png", image)
+    mean, std = [0.5, 0.25, 0.0], [0.5, 0.25, 0.2]
+    x = ImageFolderDataset(tmp_path, mean, std)[0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.0, -1.0, 1.0]))
+    torch.testing.assert_close(x[:, 1, 1], torch.tensor([-1.0, -1.0, 0.0]))
+    assert np.array_equal(to_uint8_image(x[None], mean, std)[0], image)
+    assert denormalize(x * 10, mean, std).min() >= 0 and denormalize(x * 10, mean, std).max() <= 1
+    torch.testing.assert_close(normalize(image, mean, std), x)
+
+
+def test_modes_converted_to_rgb_and_flip(tmp_path):
+    gray = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    Image.fromarray(gray, "L").save(tmp_path / "a.png")
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "b.webp", lossless=True)
+    plain = ImageFolderDataset(tmp_path, MEAN, STD)
+    assert np.array_equal(to_uint8_image(plain[0], MEAN, STD), np.repeat(gray[..., None], 3, axis=2))
+    assert (to_uint8_image(plain[1], MEAN, STD) == 255).all()  # transparent -> white
+    flipping = ImageFolderDataset(tmp_path, MEAN, STD, flip=True)
+    torch.manual_seed(0)
+    seen = {bool(torch.equal(flipping[0], plain[0].flip(-1))) for _ in range(20)}
+    assert seen == {True, False}
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        ImageFolderDataset(tmp_path / "nope", MEAN, STD)
+    with pytest.raises(UserError, match="no images"):
+        ImageFolderDataset(tmp_path, MEAN, STD)
+
+
+@pytest.mark.parametrize("damage", ["not_an_image", "truncated"])
+def test_corrupt_file_is_named(tmp_path, damage):
+    save(tmp_path / "a.png", np.zeros((64, 64, 3)))
+    good = save(tmp_path / "b.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3))).read_bytes()
+    bad = b"hello, not an image" if damage == "not_an_image" else good[: len(good) // 2]
+    (tmp_path / "bad.png").write_bytes(bad)
+    with pytest.raises(UserError, match="bad.png"):
+        ImageFolderDataset(tmp_path, MEAN, STD)
+
+
+def test_wrong_size_warns_or_refuses_in_strict_mode(tmp_path):
+    save(tmp_path / "a.png", np.zeros((64, 64, 3)))
+    save(tmp_path / "big.png", np.zeros((72, 72, 3)))
+    with pytest.warns(UserWarning, match=r"1 of 2 images .* big.png is 72x72"):
+        dataset = ImageFolderDataset(tmp_path, MEAN, STD)
+    assert dataset[1].shape == (3, 64, 64)
+    with pytest.raises(UserError, match="big.png"):
+        ImageFolderDataset(tmp_path, MEAN, STD, strict=True)
+
+
+def make_pairs(tmp_path: Path, masks: list[np.ndarray], n_images: int | None = None) -> tuple[Path, Path]:
+    masked_dir, mask_dir = tmp_path / "masked_image", tmp_path / "mask64"
+    masked_dir.mkdir()
+    mask_dir.mkdir()
+    for i in range(len(masks) if n_images is None else n_images):
+        save(masked_dir / f"{i}.png", np.full((64, 64, 3), 10 * i))
+    for i, mask in enumerate(masks):
+        save(mask_dir / f"{i}.png", mask)
+    return masked_dir, mask_dir
+
+
+def test_inpainting_pairs_and_threshold(tmp_path):
+    gray = np.full((64, 64), 255, dtype=np.uint8)
+    gray[:, :20] = 127  # just below 50%: hole
+    gray[:, 20:40] = 128  # 50%: known
+    gray[0, 63] = 0
+    dataset = InpaintingDataset(*make_pairs(tmp_path, [gray, generate_mask("box", 64, 1)]), MEAN, STD)
+    image, hole, index = dataset[1]
+    assert len(dataset) == 2 and index == 1 and image.shape == (3, 64, 64)
+    assert to_uint8_image(image, MEAN, STD)[0, 0].tolist() == [10, 10, 10]
+    hole = dataset[0][1]
+    assert hole.shape == (1, 64, 64) and hole.dtype == torch.bool
+    assert hole[0, :, :20].all() and not hole[0, 1:, 20:].any() and hole[0, 0, 63]
+
+
+def test_inpainting_count_mismatch(tmp_path):
+    with pytest.raises(UserError, match=r"3 masked images .* but 2 masks"):
+        InpaintingDataset(*make_pairs(tmp_path, [generate_mask("box", 64, i) for i in range(2)], 3), MEAN, STD)
+
+
+def test_all_hole_mask_is_an_error(tmp_path):
+    masks = [generate_mask("box", 64, 0), np.zeros((64, 64))]
+    with pytest.raises(UserError, match=r"1\.png is entirely hole"):
+        InpaintingDataset(*make_pairs(tmp_path, masks), MEAN, STD)
+
+
+def test_all_known_mask_warns_and_is_returned_unchanged(tmp_path):
+    masks = [generate_mask("box", 64, 0), np.full((64, 64), 255)]
+    with pytest.warns(UserWarning, match=r"1 of 2 masks .* entirely known .* 1\.png"):
+        dataset = InpaintingDataset(*make_pairs(tmp_path, masks), MEAN, STD)
+    image, hole, _ = dataset[1]
+    assert not hole.any() and to_uint8_image(image, MEAN, STD)[5, 5].tolist() == [10, 10, 10]
+
+
+def test_pixel_to_token_mask():
+    hole = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    hole[0, 0, 5, 9] = True  # patch 4: row 1, column 2
+    tokens = pixel_to_token_mask(hole, 16)
+    assert tokens.shape == (2, 256) and tokens.dtype == torch.bool
+    assert tokens.nonzero().tolist() == [[0, 1 * 16 + 2]]
+    assert pixel_to_token_mask(hole[0, 0], 16).nonzero().flatten().tolist() == [18]
+    hole[1, 0, 4:8, 60:64] = True  # exactly one patch: row 1, column 15
+    assert pixel_to_token_mask(hole, 16)[1].nonzero().flatten().tolist() == [31]
+    with pytest.raises(ValueError):
+        pixel_to_token_mask(hole, 10)
