@@ -109,13 +109,13 @@ def assign_splits(stems: list[str], seed: int = 0) -> dict[str, str]:
         groups.setdefault(group_key(stem), []).append(stem)
     targets = {split: max(1, round(share * len(stems))) for split, share in FRACTIONS.items()}
     max_group = {split: max(1, int(MAX_GROUP_SHARE * target)) for split, target in targets.items()}
-    counts = dict.fromkeys(targets, 0)
+    counts = dict.fromkeys(SPLITS, 0)
     splits = {}
     for key in sorted(groups, key=lambda k: (_hash01(seed, k), k)):
         members = groups[key]
         fits = [s for s in targets if len(members) <= max_group[s] and counts[s] + len(members) <= targets[s]]
         split = fits[0] if fits else "train"
-        counts[split] = counts.get(split, 0) + len(members)
+        counts[split] += len(members)
         splits.update(dict.fromkeys(members, split))
     return splits
 
