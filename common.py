@@ -99,6 +99,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng_states(world_size: int) -> list[dict]:
+    """Every rank's RNG states, indexed by rank, for a checkpoint. Under DDP this is a collective:
+    every rank must call it."""
+    if world_size == 1:
+        return [rng_state()]
+    states: list = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng_state(states: list[dict], rank: int) -> None:
+    """Set this rank's RNG states from a checkpoint's list (rank 0's if the run had fewer ranks)."""
+    set_rng_state(states[rank] if rank < len(states) else states[0])
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
@@ -117,13 +132,19 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# numpy's RNG state (in rng_state()) holds an ndarray: allow exactly what unpickling one needs
+_NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.array(0).__reduce__()[0], type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint as data (weights_only=True); a missing or damaged file is a UserError."""
+    """Load a checkpoint as data (weights_only=True, plus numpy arrays for the RNG state); a missing
+    or damaged file is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch checkpoint): "
                         f"{str(err).splitlines()[0][:200]}") from None
@@ -162,6 +183,22 @@ def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model")
 def half_state_dict(module: nn.Module) -> dict:
     """Floating-point weights in float16, for shipped checkpoints (loading restores float32)."""
     return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- hyper-parameters
+
+def merge_train_param(defaults: dict, section: dict | None, overrides: dict, where: str) -> dict:
+    """Training hyper-parameters: `defaults`, then a config's `train_param` section, then the flags
+    that were given (the `overrides` that are not None). An unknown key in the section is an error,
+    since a misspelt one would otherwise be ignored without a word."""
+    section = section or {}
+    if not isinstance(section, dict):
+        raise UserError(f"{where}: `train_param` must be a mapping of names to values")
+    unknown = sorted(set(section) - set(defaults))
+    if unknown:
+        raise UserError(f"{where}: unknown train_param key(s) {', '.join(unknown)}; "
+                        f"known keys: {', '.join(sorted(defaults))}")
+    return {**defaults, **section, **{k: v for k, v in overrides.items() if v is not None}}
 
 
 # ----------------------------------------------------------------------------- schedule

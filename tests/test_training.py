@@ -1,0 +1,345 @@
+"""Both training scripts on tiny configs (16x16 images, 4x4 tokens, 16 codes) on the CPU: smoke runs
+that overfit, exact resume, refused truncated checkpoints, token-cache invalidation, NaN stop, and
+DDP with 2 gloo processes. Runs are in-process where possible; subprocesses where exit codes matter."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import training_transformer as stage2
+import training_vqgan as stage1
+from common import RunLog, UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
+from data import ImageFolderDataset
+from models import VQGAN, BidirectionalTransformer
+from models.config import load_maskgit_config, load_vqgan_config
+from models.maskgit import load_maskgit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_VQGAN = """
+model_param:
+  image_channels: 3
+  enc_channels: [32, 32, 32]
+  dec_channels: [32, 32, 32]
+  latent_dim: 8
+  img_resolution: 16
+  latent_resolution: 4
+  num_codebook_vectors: 16
+  enc_res_blocks: 1
+  dec_res_blocks: 1
+train_param:
+  epochs: 3
+  batch_size: 4
+  learning_rate: 2.0e-3
+  warmup_steps: 2
+  disc_start: 100000
+  reinit_every: 4
+  flip: true
+"""
+
+TINY_MASKGIT = """
+model_param:
+  VQ_Configs:
+    VQ_config_path: vqgan.yml
+    VQ_CKPT_path: vqgan.pt
+  num_image_tokens: 16
+  num_codebook_vectors: 16
+  label_smoothing: 0.1
+  Transformer_param:
+    num_image_tokens: 16
+    num_codebook_vectors: 16
+    dim: 32
+    n_layers: 1
+    hidden_dim: 64
+    num_heads: 4
+    dropout: 0.1
+    attention: sdpa
+train_param:
+  epochs: 2
+  batch_size: 4
+  learning_rate: 3.0e-3
+  warmup_steps: 2
+  flip: true
+"""
+
+
+def write_images(folder: Path, count: int, seed: int) -> None:
+    """Colored squares on white, 16x16 PNGs."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        pixels = np.full((16, 16, 3), 255, np.uint8)
+        x, y, size = rng.integers(0, 8), rng.integers(0, 8), rng.integers(4, 9)
+        pixels[y:y + size, x:x + size] = rng.integers(0, 256, 3)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+
+
+def random_vqgan(cfg: dict, images: Path, seed: int) -> VQGAN:
+    """An untrained VQGAN whose codes are spread over its encoder outputs, so the tokens vary."""
+    torch.manual_seed(seed)
+    vqgan = VQGAN(cfg).eval()
+    batch = torch.stack([ImageFolderDataset(images, cfg["mean"], cfg["std"], size=16)[i] for i in range(8)])
+    with torch.no_grad():
+        latents = vqgan.encode_latents(batch).permute(0, 2, 3, 1).flatten(0, 2)  # (8*4*4, C)
+        vqgan.codebook.embedding.weight.copy_(latents[torch.randperm(len(latents))[:16]])
+    return vqgan
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("training")
+    write_images(root / "train", 16, seed=0)
+    write_images(root / "val", 8, seed=1)
+    (root / "vqgan.yml").write_text(TINY_VQGAN)
+    (root / "maskgit.yml").write_text(TINY_MASKGIT)
+    vqgan = random_vqgan(load_vqgan_config(root / "vqgan.yml"), root / "train", seed=0)
+    save_checkpoint(vqgan.state_dict(), root / "vqgan.pt")
+    return SimpleNamespace(root=root, train=root / "train", val=root / "val", vq_config=root / "vqgan.yml",
+                           config=root / "maskgit.yml", vq_ckpt=root / "vqgan.pt")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def stage2_argv(ws: SimpleNamespace, run: Path, *extra: str, cache: Path | None = None) -> list[str]:
+    return ["--MaskGitConfig", str(ws.config), "--train_d_path", str(ws.train), "--val_d_path", str(ws.val),
+            "--checkpoint-path", str(run), "--cache-dir", str(cache or ws.root / "cache"), "--device", "cpu",
+            "--num_workers", "0", "--log-every", "1", *extra]
+
+
+def run_stage2(ws: SimpleNamespace, run: Path, *extra: str, cache: Path | None = None):
+    return stage2.train(stage2.parse_args(stage2_argv(ws, run, *extra, cache=cache)))
+
+
+def stage1_argv(ws: SimpleNamespace, run: Path, *extra: str) -> list[str]:
+    return ["training_vqgan.py", "--config", str(ws.vq_config), "--train-path", str(ws.train),
+            "--val-path", str(ws.val), "--run-dir", str(run), "--device", "cpu", "--num_workers", "0", *extra]
+
+
+def run_stage1(ws: SimpleNamespace, run: Path, monkeypatch, *extra: str) -> None:
+    monkeypatch.setattr(sys, "argv", stage1_argv(ws, run, *extra))
+    stage1.main()
+
+
+def records(run: Path, key: str) -> list[float]:
+    return [r[key] for r in RunLog(run).records if key in r]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+def test_stage2_overfits_and_writes_its_files(ws, tmp_path):
+    run = tmp_path / "run"
+    model, step = run_stage2(ws, run, "--epochs", "8", "--val_d_path", str(ws.train))  # val = train: overfit
+    assert step == 32
+    val_loss = records(run, "val_loss")
+    assert len(val_loss) == 8 and val_loss[-1] < val_loss[0] - 0.1, val_loss
+    assert records(run, "val_acc")[-1] > records(run, "val_acc")[0]
+    for name in ("last.pt", "best.pt", "transformer.pt", "log.jsonl", "curves.png"):
+        assert (run / name).is_file(), name
+    best = load_checkpoint(run / "best.pt")
+    assert best["best_val_loss"] == pytest.approx(min(val_loss))
+
+    # the plain weights load into MaskGit for inpainting; the fp16 export loads back into fp32
+    loaded = load_maskgit(str(ws.config), transformer_ckpt=str(run / "transformer.pt"))
+    assert_same_weights(loaded.transformer.state_dict(), best["model"])
+    stage2.export(stage2.parse_args(stage2_argv(ws, run, "--export", str(tmp_path / "fp16.pt"))),
+                  load_maskgit_config(ws.config))
+    assert all(v.dtype == torch.float16 for v in load_checkpoint(tmp_path / "fp16.pt").values())
+    fresh = BidirectionalTransformer(load_maskgit_config(ws.config)["Transformer_param"])
+    load_weights(fresh, tmp_path / "fp16.pt")
+    torch.testing.assert_close(fresh.state_dict(), best["model"], atol=1e-3, rtol=1e-3)
+
+
+def test_stage2_resume_equals_uninterrupted_run(ws, tmp_path):
+    # 4 steps per epoch (16 images, 2 x 2 accumulated); killed mid-epoch 1, resumed across the epoch end
+    flags = ("--batch-size", "2", "--accum-grad", "2", "--save-every", "100")
+    run_stage2(ws, tmp_path / "straight", *flags, "--max-steps", "6")
+    run_stage2(ws, tmp_path / "resumed", *flags, "--max-steps", "3")
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    run_stage2(ws, tmp_path / "resumed", *flags, "--max-steps", "6", "--resume")
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    assert_same_weights(a["model"], b["model"])
+    assert records(tmp_path / "straight", "loss") == records(tmp_path / "resumed", "loss")
+
+
+def test_truncated_checkpoint_is_refused(ws, tmp_path):
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "1")
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[:len(data) // 2])
+    result = subprocess.run([sys.executable, "training_transformer.py", *stage2_argv(ws, run, "--resume")],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "last.pt" in error[0] and "truncated" in error[0], result.stderr
+
+
+def bad_vqgan_checkpoint(ws: SimpleNamespace, tmp_path: Path) -> Path:
+    cfg = {**load_vqgan_config(ws.vq_config), "latent_dim": 4}
+    save_checkpoint(VQGAN(cfg).state_dict(), tmp_path / "other.pt")
+    return tmp_path / "other.pt"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("config", "config not found"),
+    ("data", "folder not found"),
+    ("vqgan_missing", "VQGAN checkpoint not found"),
+    ("vqgan_mismatch", "does not match the model"),
+    ("partial", "--partial"),
+    ("exists", "pass --resume"),
+])
+def test_bad_input_is_one_line_and_exit_2(ws, tmp_path, monkeypatch, capsys, case, message):
+    run = tmp_path / "run"
+    extra = {"config": ["--MaskGitConfig", str(tmp_path / "missing.yml")],
+             "data": ["--train_d_path", str(tmp_path / "missing")],
+             "vqgan_missing": ["--vqgan-ckpt", str(tmp_path / "missing.pt")],
+             "vqgan_mismatch": ["--vqgan-ckpt", str(bad_vqgan_checkpoint(ws, tmp_path))],
+             "partial": ["--partial", "0"],
+             "exists": []}[case]
+    if case == "exists":
+        save_checkpoint({}, run / "last.pt")
+    monkeypatch.setattr(sys, "argv", ["training_transformer.py", *stage2_argv(ws, run, *extra)])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(stage2.main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_token_cache_is_reused_and_rebuilt_when_inputs_change(ws, tmp_path, monkeypatch):
+    encoded = []
+    encode = stage2.encode_images
+    monkeypatch.setattr(stage2, "encode_images", lambda *a, **k: encoded.append(a[6]) or encode(*a, **k))
+    train = tmp_path / "train"
+    write_images(train, 16, seed=0)
+    cache = tmp_path / "cache"
+
+    def run(name: str, *extra: str) -> list[str]:
+        encoded.clear()
+        run_stage2(ws, tmp_path / name, "--max-steps", "1", "--train_d_path", str(train), *extra, cache=cache)
+        return list(encoded)
+
+    assert run("first") == ["encoding train images", "encoding val images"]
+    assert run("same") == []  # another run, same VQGAN and data: read from the cache
+    assert len(list(cache.glob("*.pt"))) == 2
+
+    # the cached tokens are the VQGAN's tokens of each image and of its mirror image
+    (entry,) = cache.glob("train-*.pt")
+    tokens = load_checkpoint(entry)["tokens"]
+    assert tokens.dtype == torch.int16 and tokens.shape == (16, 2, 16)
+    model = load_maskgit(str(ws.config))
+    image = ImageFolderDataset(train, model.vqgan.cfg["mean"], model.vqgan.cfg["std"], size=16)[3][None]
+    assert torch.equal(tokens[3, 0].long(), model.encode_to_z(image)[1][0])
+    assert torch.equal(tokens[3, 1].long(), model.encode_to_z(image.flip(-1))[1][0])
+    entry.write_bytes(b"damaged")
+    assert run("damaged_cache_file") == ["encoding train images"]
+
+    other = random_vqgan(load_vqgan_config(ws.vq_config), train, seed=1)
+    save_checkpoint(other.state_dict(), tmp_path / "other_vqgan.pt")
+    assert run("new_vqgan", "--vqgan-ckpt", str(tmp_path / "other_vqgan.pt")) == [
+        "encoding train images", "encoding val images"]
+    write_images(tmp_path / "more", 1, seed=5)
+    (tmp_path / "more" / "img00.png").rename(train / "extra.png")
+    assert run("new_image") == ["encoding train images"]
+    os.utime(train / "img05.png", ns=(0, 0))
+    assert run("touched_image") == ["encoding train images"]
+    assert run("flip_off", "--MaskGitConfig", str(no_flip_config(ws, tmp_path))) == ["encoding train images"]
+
+
+def no_flip_config(ws: SimpleNamespace, tmp_path: Path) -> Path:
+    path = tmp_path / "maskgit_noflip.yml"
+    text = TINY_MASKGIT.replace("flip: true", "flip: false")
+    text = text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt))
+    path.write_text(text)
+    return path
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(ws, tmp_path, monkeypatch):
+    calls = []
+    real_loss = stage2.masked_token_loss
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        losses, correct = real_loss(*args, **kwargs)
+        return (losses * float("nan") if len(calls) > 2 else losses), correct
+
+    monkeypatch.setattr(stage2, "masked_token_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="loss is nan at step 2"):
+        run_stage2(ws, run, "--save-every", "1")
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+DDP_WORKER = """
+import os, sys
+import torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from training_transformer import parse_args, train
+model, step = train(parse_args(sys.argv[1:]))
+out = os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt")
+torch.save({{"step": step, "model": model.transformer.state_dict()}}, out)
+"""
+
+
+def test_ddp_two_gloo_processes_stay_in_step(ws, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER.format(root=str(ROOT), out=str(tmp_path)))
+    run = tmp_path / "run"
+    argv = stage2_argv(ws, run, "--batch-size", "2", "--max-steps", "3", cache=tmp_path / "cache")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(worker), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    assert_same_weights(ranks[0]["model"], ranks[1]["model"])
+    state = load_checkpoint(run / "last.pt")  # written by rank 0 only
+    assert state["steps_per_epoch"] == 4  # 16 images / (2 ranks x 2)
+    assert_same_weights(state["model"], ranks[0]["model"])
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    assert records(run, "step") and max(records(run, "step")) == 3
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+def test_stage1_smoke_then_stage2_on_its_tokens(ws, tmp_path, monkeypatch):
+    run = tmp_path / "vqgan"
+    run_stage1(ws, run, monkeypatch, "--val-path", str(ws.train))
+    psnr = records(run, "val_psnr")
+    assert len(psnr) == 3 and psnr[-1] > psnr[0], psnr
+    assert (run / "vqgan.pt").is_file() and (run / "curves.png").is_file()
+    _, step = run_stage2(ws, tmp_path / "maskgit", "--vqgan-ckpt", str(run / "vqgan.pt"), "--max-steps", "2")
+    assert step == 2
+
+
+def test_stage1_resume_equals_uninterrupted_run(ws, tmp_path, monkeypatch):
+    run_stage1(ws, tmp_path / "straight", monkeypatch, "--max-steps", "6")
+    run_stage1(ws, tmp_path / "resumed", monkeypatch, "--max-steps", "3")
+    run_stage1(ws, tmp_path / "resumed", monkeypatch, "--max-steps", "6", "--resume")
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    assert_same_weights(a["vqgan"], b["vqgan"])

@@ -1,0 +1,395 @@
+"""Stage 2: train MaskGit's bidirectional transformer by masked visual token modeling on the tokens
+of a frozen stage-1 VQGAN.
+
+    python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small
+    python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small --resume
+    torchrun --nproc_per_node 4 training_transformer.py --MaskGitConfig configs/MaskGit.yml --checkpoint-path runs/lab
+    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/maskgit_small.pt
+
+The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
+validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
+config and the image files; an epoch then costs transformer time only. Hyper-parameters come from
+the config's `train_param` section (defaults below); flags override them. The run folder
+(--checkpoint-path) holds last.pt (resumable), best.pt (lowest validation loss), transformer.pt
+(plain weights of the best, for load_maskgit), log.jsonl and curves.png.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common import (
+    ResumableSampler,
+    RunLog,
+    UserError,
+    autocast,
+    check_finite,
+    cleanup_distributed,
+    gather_rng_states,
+    half_state_dict,
+    load_checkpoint,
+    load_weights,
+    merge_train_param,
+    restore_rng_state,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+    setup_distributed,
+    warmup_cosine,
+)
+from data import ImageFolderDataset
+from models import BidirectionalTransformer, MaskGit
+from models.config import load_maskgit_config, read_yaml
+from models.maskgit import load_maskgit
+
+TRAIN_DEFAULTS = {
+    "epochs": 100, "batch_size": 32, "learning_rate": 2e-4, "betas": [0.9, 0.96], "warmup_steps": 500,
+    "weight_decay": 0.045,        # AdamW, on the linear layers' weights only
+    "grad_clip": 1.0,
+    "accum_grad": 1,              # micro-batches per optimizer step
+    "flip": True,                 # train on the tokens of the image or of its mirror image, at random
+}
+CACHE_VERSION = 1
+VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, so epochs compare
+PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accuracy": ["acc", "val_acc"],
+               "learning rate": ["lr"]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train_d_path", default="datasets/twemoji/train", help="folder of training images")
+    p.add_argument("--val_d_path", default="datasets/twemoji/val", help="folder of validation images")
+    p.add_argument("--checkpoint-path", default="runs/maskgit", help="run folder: checkpoints, log, curves")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--num_workers", type=int, default=2, help="image loader workers while building the token cache")
+    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-batch")
+    p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--val-per-epoch", type=int, default=1, help="validate every N epochs (and at the last step)")
+    p.add_argument("--save-per-epoch", type=int, default=0,
+                   help="also keep a resumable epochNNN.pt every N epochs (0: only last.pt and best.pt)")
+    p.add_argument("--save-every", type=int, default=200, help="write last.pt every N steps (and at each epoch end)")
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--MaskGitConfig", default="configs/small/MaskGit.yml", help="MaskGit YAML config")
+    p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")
+    p.add_argument("--start-from-epoch", type=int, default=0,
+                   help="restart from the epochNNN.pt snapshot written after epoch N (see --save-per-epoch)")
+    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_PATH/last.pt")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in total (the LR schedule still spans --epochs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
+    p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")
+    p.add_argument("--log-every", type=int, default=10, help="log the mean training loss every N steps")
+    p.add_argument("--export", metavar="PATH",
+                   help="write CHECKPOINT_PATH/best.pt's transformer weights in fp16 to PATH and exit")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- token cache
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool) -> str:
+    """Hash of everything the tokens depend on: VQGAN weights and config, the image files (name,
+    size, modification time) and whether mirror images are encoded too."""
+    listing = [(f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
+    blob = json.dumps({"version": CACHE_VERSION, "vqgan": vqgan_digest, "config": vqgan_cfg,
+                       "files": listing, "flip": flip}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@torch.no_grad()
+def encode_images(model: MaskGit, dataset: ImageFolderDataset, flip: bool, batch_size: int, num_workers: int,
+                  device: torch.device, desc: str) -> torch.Tensor:
+    """Token ids of every image, and of its mirror image when `flip`: (N, views, h*w) int16 on the CPU.
+    Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
+    dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
+    chunks = []
+    for images in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
+        images = images.to(device)
+        views = [images, images.flip(-1)] if flip else [images]
+        chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
+    return torch.cat(chunks)
+
+
+def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_digest: str, cache_dir: Path,
+                split: str, batch_size: int, num_workers: int, device: torch.device, rank: int, world: int
+                ) -> torch.Tensor:
+    """The (N, views, h*w) tokens of `dataset`, read from the cache or encoded and cached by rank 0,
+    then sent to the other ranks (no shared file system needed)."""
+    tokens = None
+    if rank == 0:
+        key = cache_key(vqgan_digest, model.vqgan.cfg, dataset.files, flip)
+        path = cache_dir / f"{split}-{key[:16]}.pt"
+        if path.is_file():
+            try:
+                cached = load_checkpoint(path)
+                if cached.get("key") == key:
+                    tokens = cached["tokens"]
+            except UserError as err:
+                print(f"rebuilding the token cache: {err}")
+        if tokens is None:
+            tokens = encode_images(model, dataset, flip, batch_size, num_workers, device, f"encoding {split} images")
+            save_checkpoint({"version": CACHE_VERSION, "key": key, "files": [f.name for f in dataset.files],
+                             "flip": flip, "tokens": tokens}, path)
+            print(f"token cache written: {path}")
+        else:
+            print(f"token cache reused: {path}")
+    if world > 1:
+        box = [tokens]
+        dist.broadcast_object_list(box, src=0)
+        tokens = box[0]
+    return tokens
+
+
+# ----------------------------------------------------------------------------- training pieces
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy per masked position (M,) and whether its top prediction is right (M,), in fp32.
+    The mask token (the last logit) is never a target, so it is left out of the softmax."""
+    picked = logits[mask][:, :-1].float()  # (M, num_codebook_vectors)
+    targets = targets[mask]
+    losses = F.cross_entropy(picked, targets, label_smoothing=label_smoothing, reduction="none")
+    return losses, picked.argmax(-1) == targets
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the weights of linear layers; none on biases, norms, embeddings."""
+    decayed = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def validate(model: MaskGit, tokens: torch.Tensor, masks: torch.Tensor, batch_size: int, label_smoothing: float,
+             device: torch.device, rank: int, world: int) -> tuple[float, float]:
+    """(loss, accuracy) on the masked tokens of the validation set, under fixed masks (N, h*w).
+    Each rank takes every world-th image; the sums are all-reduced, so every rank gets the totals."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked count
+    for idx in torch.arange(rank, len(tokens), world).split(batch_size):
+        z, mask = tokens[idx, 0].long().to(device), masks[idx].to(device)  # (B, N) each
+        with autocast(device):
+            logits = model.transformer(torch.where(mask, model.mask_token_id, z))
+        losses, correct = masked_token_loss(logits, z, mask, label_smoothing)
+        sums += torch.stack([losses.sum(), correct.sum(), torch.tensor(len(losses), device=device)]).double()
+    if world > 1:
+        dist.all_reduce(sums)
+    model.train()
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+def export(args: argparse.Namespace, cfg: dict) -> None:
+    """Write the best transformer's weights in fp16 (loading them back gives fp32)."""
+    transformer = BidirectionalTransformer(cfg["Transformer_param"])
+    load_weights(transformer, Path(args.checkpoint_path) / "best.pt", key="model")
+    save_checkpoint(half_state_dict(transformer), args.export)
+    print(f"wrote {args.export}")
+
+
+def check_flags(args: argparse.Namespace, tcfg: dict) -> None:
+    if not 0 < args.partial <= 1:
+        raise UserError(f"--partial must be in (0, 1], got {args.partial}")
+    for name, value in (("batch-size", tcfg["batch_size"]), ("accum-grad", tcfg["accum_grad"]),
+                        ("epochs", tcfg["epochs"]), ("val-per-epoch", args.val_per_epoch),
+                        ("save-every", args.save_every), ("log-every", args.log_every)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    if args.resume and args.start_from_epoch:
+        raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
+    """Train (or continue training) the transformer; returns the model and the number of steps done."""
+    cfg = load_maskgit_config(args.MaskGitConfig)
+    tcfg = merge_train_param(TRAIN_DEFAULTS, read_yaml(args.MaskGitConfig).get("train_param"),
+                             {"batch_size": args.batch_size, "epochs": args.epochs,
+                              "learning_rate": args.learning_rate, "accum_grad": args.accum_grad},
+                             str(args.MaskGitConfig))
+    check_flags(args, tcfg)
+    vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"].get("VQ_CKPT_path")
+    if not vqgan_ckpt:
+        raise UserError(f"{args.MaskGitConfig}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
+    if not Path(vqgan_ckpt).is_file():
+        raise UserError(f"VQGAN checkpoint not found: {vqgan_ckpt} (train stage 1 with training_vqgan.py, then "
+                        "pass --vqgan-ckpt RUN_DIR/vqgan.pt or set VQ_CKPT_path in the config)")
+    run_dir, cache_dir = Path(args.checkpoint_path), Path(args.cache_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    source = (run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch
+              else last_path if args.resume else None)
+    if source is None and last_path.exists():
+        raise UserError(f"{last_path} exists: pass --resume to continue that run, or choose another --checkpoint-path")
+
+    rank, world, device = setup_distributed(args.device)
+    try:
+        is_main = rank == 0
+        batch, accum = tcfg["batch_size"], tcfg["accum_grad"]
+        vq = cfg["vqgan"]
+        train_set = ImageFolderDataset(args.train_d_path, vq["mean"], vq["std"], size=vq["img_resolution"])
+        val_set = ImageFolderDataset(args.val_d_path, vq["mean"], vq["std"], size=vq["img_resolution"])
+        per_step = batch * accum  # samples per rank per optimizer step
+        steps_per_epoch = int(len(train_set) * args.partial) // (per_step * world)
+        if steps_per_epoch == 0:
+            raise UserError(f"{args.train_d_path}: {int(len(train_set) * args.partial)} images (--partial "
+                            f"{args.partial}) are fewer than one step of {per_step * world}")
+        total_steps = steps_per_epoch * tcfg["epochs"]  # the LR schedule's length
+        stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+
+        seed_everything(args.random_seed)  # the same initial weights on every rank
+        model = load_maskgit(args.MaskGitConfig, vqgan_ckpt=vqgan_ckpt, device=device)
+        vqgan_digest = file_digest(vqgan_ckpt)
+        encoding = (batch, args.num_workers, device, rank, world)
+        train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train",
+                                   *encoding)  # (N, views, h*w)
+        val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)
+        val_masks = model.random_mask(len(val_tokens), torch.device("cpu"),
+                                      torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
+        seed_everything(args.random_seed + rank)  # masks, views and dropout differ between ranks
+
+        transformer = model.transformer
+        optimizer = torch.optim.AdamW(param_groups(transformer, tcfg["weight_decay"]), lr=tcfg["learning_rate"],
+                                      betas=tuple(tcfg["betas"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, total_steps, tcfg["warmup_steps"]))
+        step, best_val_loss = 0, math.inf
+        if source is not None:
+            state = load_checkpoint(source)
+            if state["vqgan_digest"] != vqgan_digest:
+                raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
+            try:
+                transformer.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise UserError(f"{source} does not match {args.MaskGitConfig}: "
+                                f"{' '.join(str(err).split())[:300]}") from None
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, best_val_loss = state["step"], state["best_val_loss"]
+            restore_rng_state(state["rng"], rank)
+            if is_main:
+                print(f"resumed from {source} at step {step}")
+                if state["steps_per_epoch"] != steps_per_epoch:
+                    print(f"warning: {steps_per_epoch} steps per epoch now, {state['steps_per_epoch']} before "
+                          "(batch size, --accum-grad, --partial, data or process count changed): the rest of the "
+                          "epoch will not be the samples the run had left")
+        log = RunLog(run_dir, enabled=is_main)
+        log.truncate_after(step)
+        if args.compile:
+            transformer.compile()
+        ddp = DistributedDataParallel(model) if world > 1 else model
+        model.train()
+
+        def checkpoint() -> dict:
+            return {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "epoch": step / steps_per_epoch,
+                    "best_val_loss": best_val_loss, "rng": gather_rng_states(world),
+                    "steps_per_epoch": steps_per_epoch, "vqgan_digest": vqgan_digest, "config": cfg,
+                    "train_param": tcfg}
+
+        if is_main:
+            n_params = sum(p.numel() for p in transformer.parameters())
+            print(f"{len(train_tokens)} training images x {train_tokens.shape[1]} view(s), {len(val_tokens)} val; "
+                  f"{n_params / 1e6:.1f}M parameters; {steps_per_epoch} steps/epoch of {per_step * world} images, "
+                  f"{total_steps} steps in all, on {world} x {device}")
+        label_smoothing = cfg["label_smoothing"]
+        running = torch.zeros(3)  # over the log interval: loss sum, accuracy sum, steps
+        while step < stop_at:
+            epoch, done = divmod(step, steps_per_epoch)
+            order = torch.tensor(ResumableSampler(len(train_tokens), args.random_seed, epoch, done * per_step,
+                                                  rank, world).indices)
+            order = order[:(steps_per_epoch - done) * per_step].view(-1, accum, batch)  # (steps, accum, B)
+            bar = tqdm(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main, initial=done,
+                       total=steps_per_epoch, dynamic_ncols=True)
+            for micro_batches in bar:
+                stats = torch.zeros(3, device=device)  # loss (sum of micro-batch means), correct, masked count
+                for i, idx in enumerate(micro_batches):
+                    views = torch.randint(train_tokens.shape[1], (batch,))
+                    z = train_tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
+                    with ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
+                        with autocast(device):
+                            logits, targets, mask = ddp(z)  # logits (B, h*w, vocab)
+                        losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
+                        (losses.mean() / accum).backward()
+                    stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
+                if world > 1:
+                    dist.all_reduce(stats)
+                loss, acc = stats[0] / (accum * world), (stats[1] / stats[2]).item()
+                check_finite(loss, step, last_path)
+                grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), tcfg["grad_clip"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+
+                lr = scheduler.get_last_lr()[0]
+                running += torch.tensor([loss.item(), acc, 1.0])
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", lr=f"{lr:.1e}", refresh=False)
+                epoch_end, finished = step % steps_per_epoch == 0, step >= stop_at
+                if step % args.log_every == 0 or epoch_end or finished:
+                    log.write(step=step, epoch=step / steps_per_epoch, loss=(running[0] / running[2]).item(),
+                              acc=(running[1] / running[2]).item(), lr=lr, grad_norm=grad_norm.item())
+                    running.zero_()
+                improved = False
+                if (epoch_end and (epoch + 1) % args.val_per_epoch == 0) or finished:
+                    val_loss, val_acc = validate(model, val_tokens, val_masks, batch, label_smoothing, device,
+                                                 rank, world)
+                    improved = val_loss < best_val_loss
+                    best_val_loss = min(best_val_loss, val_loss)
+                    log.write(step=step, epoch=step / steps_per_epoch, val_loss=val_loss, val_acc=val_acc)
+                    log.plot(run_dir / "curves.png", PLOT_PANELS)
+                    if is_main:
+                        tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss {val_loss:.4f}, "
+                                   f"masked-token accuracy {val_acc:.1%}" + (" (best)" if improved else ""))
+                if epoch_end or finished or step % args.save_every == 0:
+                    state = checkpoint()
+                    if is_main:
+                        save_checkpoint(state, last_path)
+                        if improved:
+                            save_checkpoint(state, best_path)
+                            save_checkpoint(transformer.state_dict(), run_dir / "transformer.pt")
+                        if epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0:
+                            save_checkpoint(state, run_dir / f"epoch{epoch + 1:03d}.pt")
+                if finished:
+                    break
+        if is_main:
+            print(f"done: {step} steps, best val loss {best_val_loss:.4f}; weights in {run_dir / 'transformer.pt'}")
+        return model, step
+    finally:
+        cleanup_distributed()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.export:
+        export(args, load_maskgit_config(args.MaskGitConfig))
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
