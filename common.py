@@ -99,14 +99,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def gather_rng_states(world_size: int) -> list[dict]:
-    """Every rank's RNG states, indexed by rank, for a checkpoint. Under DDP this is a collective:
-    every rank must call it."""
+def gather_per_rank(obj: object, world_size: int) -> list:
+    """Every rank's `obj` (e.g. its rng_state()), indexed by rank, for rank 0's checkpoint. Under DDP
+    this is a collective: every rank must call it."""
     if world_size == 1:
-        return [rng_state()]
-    states: list = [None] * world_size
-    dist.all_gather_object(states, rng_state())
-    return states
+        return [obj]
+    objects: list = [None] * world_size
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def restore_rng_state(states: list[dict], rank: int) -> None:
@@ -282,7 +282,8 @@ class RunLog:
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.lines:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         tmp = Path(path).with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=100)

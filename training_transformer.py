@@ -37,12 +37,13 @@ from common import (
     autocast,
     check_finite,
     cleanup_distributed,
-    gather_rng_states,
+    gather_per_rank,
     half_state_dict,
     load_checkpoint,
     load_weights,
     merge_train_param,
     restore_rng_state,
+    rng_state,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -307,7 +308,7 @@ def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
         def checkpoint() -> dict:
             return {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": step, "epoch": step / steps_per_epoch,
-                    "best_val_loss": best_val_loss, "rng": gather_rng_states(world),
+                    "best_val_loss": best_val_loss, "rng": gather_per_rank(rng_state(), world),
                     "steps_per_epoch": steps_per_epoch, "vqgan_digest": vqgan_digest, "config": cfg,
                     "train_param": tcfg}
 

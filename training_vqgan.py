@@ -28,14 +28,16 @@ from common import (
     autocast,
     check_finite,
     cleanup_distributed,
+    gather_per_rank,
     half_state_dict,
     load_checkpoint,
     load_weights,
+    merge_train_param,
+    restore_rng_state,
     rng_state,
     run_cli,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     setup_distributed,
     warmup_cosine,
 )
@@ -70,7 +72,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in total (the LR schedule still spans --epochs)")
     p.add_argument("--save-every", type=int, default=100, help="write last.pt every N steps (and each epoch)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--random-seed", type=int, default=0)
@@ -139,10 +142,9 @@ def validate(vqgan: VQGAN, loader: DataLoader, device: torch.device, mean, std, 
 def main() -> None:
     args = parse_args()
     cfg = load_vqgan_config(args.config)
-    tcfg = {**TRAIN_DEFAULTS, **(read_yaml(args.config).get("train_param") or {})}
-    for flag, key in (("batch_size", "batch_size"), ("epochs", "epochs"), ("learning_rate", "learning_rate")):
-        if getattr(args, flag) is not None:
-            tcfg[key] = getattr(args, flag)
+    tcfg = merge_train_param(TRAIN_DEFAULTS, read_yaml(args.config).get("train_param"),
+                             {"batch_size": args.batch_size, "epochs": args.epochs,
+                              "learning_rate": args.learning_rate}, args.config)
     if tcfg["disc_loss"] not in ("hinge", "vanilla"):
         raise UserError(f"{args.config}: train_param.disc_loss must be hinge or vanilla")
     run_dir = Path(args.run_dir)
@@ -158,16 +160,15 @@ def main() -> None:
     is_main = rank == 0
     seed_everything(args.random_seed + rank)
     mean, std = cfg["mean"], cfg["std"]
-    train_set = ImageFolderDataset(args.train_path, mean, std, flip=tcfg["flip"], size=cfg["img_resolution"],
-                                   strict=args.strict_size)
+    # flips are drawn in the training loop from the checkpointed RNG, so that a resume continues exactly
+    train_set = ImageFolderDataset(args.train_path, mean, std, size=cfg["img_resolution"], strict=args.strict_size)
     val_set = ImageFolderDataset(args.val_path, mean, std, size=cfg["img_resolution"], strict=args.strict_size)
     batch = tcfg["batch_size"]
     steps_per_epoch = len(train_set) // (batch * world)
     if steps_per_epoch == 0:
         raise UserError(f"{args.train_path} has {len(train_set)} images, fewer than one batch of {batch * world}")
-    total_steps = steps_per_epoch * tcfg["epochs"]
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
+    total_steps = steps_per_epoch * tcfg["epochs"]  # the LR schedule's length
+    stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
 
     vqgan = VQGAN(cfg).to(device)
     disc = Discriminator(cfg["image_channels"]).to(device)
@@ -182,6 +183,9 @@ def main() -> None:
 
     step, best_psnr = 0, -math.inf
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    counts = torch.zeros(cfg["num_codebook_vectors"], dtype=torch.long)  # code use since the last re-init
+    epoch_counts = torch.zeros_like(counts)
+    code_rng = torch.Generator().manual_seed(args.random_seed)
     if args.resume:
         state = load_checkpoint(last_path)
         vqgan.load_state_dict(state["vqgan"])
@@ -191,7 +195,11 @@ def main() -> None:
         sched_vq.load_state_dict(state["sched_vq"])
         sched_disc.load_state_dict(state["sched_disc"])
         step, best_psnr = state["step"], state["best_psnr"]
-        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        restore_rng_state(state["rng"], rank)
+        if rank < len(state.get("code_counts", [])):
+            counts, epoch_counts = state["code_counts"][rank]
+        if "code_rng" in state:
+            code_rng.set_state(state["code_rng"])
         if is_main:
             print(f"resumed from {last_path} at step {step}")
     elif last_path.exists():
@@ -202,28 +210,27 @@ def main() -> None:
     disc_model = DistributedDataParallel(disc) if world > 1 else disc
 
     def checkpoint() -> dict:
-        states = [rng_state()]
-        if world > 1:
-            states = [None] * world
-            torch.distributed.all_gather_object(states, rng_state())
         return {"vqgan": vqgan.state_dict(), "discriminator": disc.state_dict(), "opt_vq": opt_vq.state_dict(),
                 "opt_disc": opt_disc.state_dict(), "sched_vq": sched_vq.state_dict(),
-                "sched_disc": sched_disc.state_dict(), "step": step, "best_psnr": best_psnr, "rng": states,
+                "sched_disc": sched_disc.state_dict(), "step": step, "best_psnr": best_psnr,
+                "rng": gather_per_rank(rng_state(), world),
+                "code_counts": gather_per_rank([counts, epoch_counts], world), "code_rng": code_rng.get_state(),
                 "config": cfg, "train_param": tcfg}
 
-    val_loader = DataLoader(val_set, batch_size=batch, num_workers=args.num_workers)
-    counts = torch.zeros(cfg["num_codebook_vectors"], dtype=torch.long)
-    epoch_counts = torch.zeros_like(counts)
-    code_rng = torch.Generator().manual_seed(args.random_seed)
-    while step < total_steps:
+    # loaders get their own generator: creating one must not draw from the checkpointed global RNG
+    val_loader = DataLoader(val_set, batch_size=batch, num_workers=args.num_workers, generator=torch.Generator())
+    while step < stop_at:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         sampler = ResumableSampler(len(train_set), args.random_seed, epoch, done_in_epoch * batch, rank, world)
         loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda")
+                            drop_last=True, pin_memory=device.type == "cuda", generator=torch.Generator())
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main,
                    initial=done_in_epoch, total=steps_per_epoch, dynamic_ncols=True)
         for images in bar:
             images = images.to(device, non_blocking=True)
+            if tcfg["flip"]:
+                flip = (torch.rand(len(images)) < 0.5).to(device)
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             gan_on = step >= tcfg["disc_start"] and tcfg["disc_weight"] > 0
             with autocast(device):
                 decoded, indices, q_loss = model(images)
@@ -278,7 +285,7 @@ def main() -> None:
                           g_loss=g_loss.item(), d_loss=d_loss.item(), lr=sched_vq.get_last_lr()[0],
                           reinit_codes=reinit)
             epoch_end = step % steps_per_epoch == 0
-            if epoch_end or step == total_steps:
+            if epoch_end or step == stop_at:
                 psnr, val_counts = validate(vqgan, val_loader, device, mean, std,
                                             run_dir / f"recon_epoch{epoch + 1:03d}.png" if is_main else None)
                 usage, perplexity = codebook_health(epoch_counts)
@@ -303,7 +310,7 @@ def main() -> None:
                 state = checkpoint()
                 if is_main:
                     save_checkpoint(state, last_path)
-            if step >= total_steps:
+            if step >= stop_at:
                 break
     if is_main:
         print(f"done: {step} steps, best val PSNR {best_psnr:.2f} dB; weights in {run_dir / 'vqgan.pt'}")
