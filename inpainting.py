@@ -1,0 +1,516 @@
+"""Inpainting with MaskGIT: fill the holes of a test set, or of one image, by iterative parallel
+decoding, and score the results against the ground truth.
+
+    python inpainting.py                                   # default dataset and shipped checkpoints
+    python inpainting.py --total-iter 12 --sweet-spot 8 --mask-func linear --save-history
+    python inpainting.py --image photo.png --mask-kind center --output-dir outputs/one
+    python inpainting.py --image photo.png --mask hole.png --no-paste
+    python inpainting.py --baseline mean-fill              # the mean-color baseline, same metrics
+
+Outputs in --output-dir, with the lab's names: test_results/image_000.png, ... (one per input, in
+input order), with --save-history mask_scheduling/test_{i}.png (the latent mask at every step, holes
+black) and imga/test_{i}.png (masked input, then the image after each step), overview.png, and
+metrics.json when ground truth is given (--gt-path; default: test_gt.csv beside the masked images).
+The functions below are also the building blocks of scripts/sweep.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from common import UserError, autocast, resolve_device, resolve_path, run_cli
+from data import (
+    MASK_KINDS,
+    InpaintingDataset,
+    apply_mask,
+    denormalize,
+    generate_mask,
+    load_ground_truth,
+    load_hole,
+    normalize,
+    pixel_to_token_mask,
+    read_image,
+    save_png,
+    to_uint8_image,
+)
+from data.images import check_sizes
+from data.masks import seeded_rng
+from models.config import load_maskgit_config
+from models.maskgit import GAMMA_FUNCTIONS, MaskGit, load_maskgit
+
+DEFAULT_CONFIG = "configs/small/MaskGit.yml"
+DEFAULT_TRANSFORMER = "checkpoints/transformer_small.pt"
+DEFAULT_MASKED = "datasets/twemoji/masked_image"
+DEFAULT_MASKS = "datasets/twemoji/mask64"
+BASELINES = ("mean-fill",)
+BATCH_SIZE = {"cuda": 64, "cpu": 16}
+OVERVIEW_IMAGES = 16
+PSNR_CAP = 100.0  # dB: an exact match has infinite PSNR, which neither a mean nor JSON can hold
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class Decoding:
+    """How the holes are filled: MaskGIT's schedule and sampling, or a baseline."""
+    method: str = "maskgit"                   # "maskgit" or a name in BASELINES
+    total_iter: int = 8                       # T: length of the mask schedule
+    sweet_spot: int = 8                       # S <= T: steps actually run (the lab's meaning)
+    mask_func: str = "cosine"                 # a name in GAMMA_FUNCTIONS
+    choice_temperature: float | None = None   # None: the config's
+    sample_temperature: float = 1.0           # 0: argmax
+    seed: int = 0
+    paste: bool = True                        # paste the known pixels back over the decode
+
+    def settings(self) -> dict:
+        """The fields that matter for this method, for metrics.json and the sweep's CSV."""
+        return asdict(self) if self.method == "maskgit" else {"method": self.method, "seed": self.seed}
+
+
+def check_decoding(total_iter: int, sweet_spot: int | None, mask_func: str) -> int:
+    """Validate the schedule flags; returns the sweet spot, clamped to total_iter with a warning."""
+    if total_iter < 1:
+        raise UserError(f"--total-iter must be at least 1, got {total_iter}")
+    if mask_func not in GAMMA_FUNCTIONS:
+        raise UserError(f"unknown --mask-func {mask_func!r}; valid: {', '.join(GAMMA_FUNCTIONS)}")
+    if sweet_spot is None:
+        return total_iter
+    if sweet_spot < 1:
+        raise UserError(f"--sweet-spot must be at least 1, got {sweet_spot}")
+    if sweet_spot > total_iter:
+        print(f"warning: --sweet-spot {sweet_spot} is larger than --total-iter {total_iter}; "
+              f"using {total_iter}", file=sys.stderr)
+    return min(sweet_spot, total_iter)
+
+
+def default_batch_size(device: torch.device) -> int:
+    return BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_config(path: str | os.PathLike) -> dict:
+    """The checked MaskGit config (with its VQGAN config as cfg["vqgan"])."""
+    return load_maskgit_config(resolve_path(path))
+
+
+def load_model(config_path: str | os.PathLike, transformer_ckpt: str | os.PathLike,
+               device: torch.device) -> MaskGit:
+    """MaskGit with the config's VQGAN weights and the given transformer weights, eval mode."""
+    ckpt = resolve_path(transformer_ckpt)
+    if not ckpt.is_file():
+        raise UserError(f"transformer checkpoint not found: {ckpt} (pass --load-transformer-ckpt-path)")
+    return load_maskgit(str(resolve_path(config_path)), str(ckpt), device=device)
+
+
+def open_dataset(masked_dir: str | os.PathLike, mask_dir: str | os.PathLike, cfg: dict, partial: float = 1.0,
+                 strict: bool = True) -> Dataset:
+    """The lab's masked_image/ + mask64/ folders as (image, hole, index) items; with `partial` < 1
+    only the first ceil(partial * N) pairs."""
+    if not 0 < partial <= 1:
+        raise UserError(f"--partial must be in (0, 1], got {partial}")
+    vq = cfg["vqgan"]
+    dataset = InpaintingDataset(resolve_path(masked_dir), resolve_path(mask_dir), vq["mean"], vq["std"],
+                                size=vq["img_resolution"], strict=strict)
+    count = math.ceil(partial * len(dataset))
+    return dataset if count == len(dataset) else Subset(dataset, range(count))
+
+
+def open_single_image(image: str | os.PathLike, cfg: dict, mask: str | os.PathLike | None = None,
+                      mask_kind: str | None = None, seed: int = 0, strict: bool = True
+                      ) -> tuple[list, np.ndarray | None]:
+    """One image with a mask file, or a clean image and a generated mask (`mask_kind`, seeded like
+    `python -m data.masks`). Returns (a one-item dataset, the ground truth (1, H, W, 3) uint8: the
+    clean image when the mask was generated, else None)."""
+    vq = cfg["vqgan"]
+    size = vq["img_resolution"]
+    image = resolve_path(image)
+    if not image.is_file():
+        raise UserError(f"image not found: {image}")
+    files = [image]
+    if mask is not None:
+        mask = resolve_path(mask)
+        if not mask.is_file():
+            raise UserError(f"mask not found: {mask}")
+        files.append(mask)
+    check_sizes(files, size, strict, image.parent)
+    pixels = read_image(image, "RGB", size)  # (H, W, 3) uint8
+    if mask is not None:
+        hole, gt = load_hole(mask, size), None
+    else:
+        if mask_kind not in MASK_KINDS:
+            raise UserError(f"unknown --mask-kind {mask_kind!r}; valid: {', '.join(MASK_KINDS)}")
+        hole = generate_mask(mask_kind, size, seeded_rng(seed, image.stem)) < 128
+        pixels, gt = apply_mask(pixels, np.where(hole, 0, 255).astype(np.uint8)), pixels[None]
+    if hole.all():
+        raise UserError(f"mask {mask or mask_kind} is entirely hole (all black): nothing known to inpaint from")
+    item = (normalize(pixels, vq["mean"], vq["std"]), torch.from_numpy(hole)[None], 0)
+    return [item], gt
+
+
+def open_ground_truth(path: str | os.PathLike, count: int, size: int) -> np.ndarray:
+    """Ground truth for `count` inputs: a lab CSV, a folder or (one input) an image file -> (N, H, W, 3) uint8."""
+    path = resolve_path(path)
+    if path.is_file() and path.suffix.lower() != ".csv":
+        gt = read_image(path, "RGB", size)[None]
+    else:
+        gt = load_ground_truth(path, size)
+    if len(gt) != count:
+        raise UserError(f"{path} holds {len(gt)} ground-truth images but there are {count} inputs")
+    if gt.shape[1:3] != (size, size):
+        raise UserError(f"{path}: ground-truth images are {gt.shape[2]}x{gt.shape[1]}, not {size}x{size}")
+    return gt
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def make_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image seeded from (seed, image index), so that an image's result does
+    not depend on the batch size or on the other images of its batch."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+
+
+def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indices: Sequence[int],
+                decoding: Decoding, steps: int, history: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the first `steps` steps of the schedule on tokens z (B, N) -> (tokens (B, N), masks)."""
+    device = z.device
+    return model.inpaint(z, token_mask, decoding.total_iter, steps, decoding.mask_func,
+                         decoding.choice_temperature, decoding.sample_temperature,
+                         generators=make_generators(decoding.seed, indices), return_history=history,
+                         autocast_ctx=lambda: autocast(device))
+
+
+def mean_fill(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    """Baseline: each hole filled with the mean color of its image's known pixels. (B, 3, H, W) -> same."""
+    known = (~holes).float()  # (B, 1, H, W)
+    mean = (images * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True)  # (B, 3, 1, 1)
+    return torch.where(holes, mean, images)
+
+
+@dataclass
+class Result:
+    """What a run produced, in input order; token counts are 0 without ground truth or model."""
+    indices: np.ndarray   # (N,) index of each image in the input order
+    inputs: np.ndarray    # (N, H, W, 3) uint8 masked inputs
+    outputs: np.ndarray   # (N, H, W, 3) uint8 inpainted images
+    holes: np.ndarray     # (N, H, W) bool, True = hole
+    token_hits: int       # masked tokens predicted equal to the ground truth's VQGAN tokens
+    token_count: int      # masked tokens compared
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.indices) / max(self.seconds, 1e-9)
+
+
+def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, paste: bool) -> torch.Tensor:
+    """The decode (B, 3, H, W) with the known pixels of `images` pasted back where `holes` is False."""
+    return torch.where(holes, decoded.float(), images) if paste else decoded.float()
+
+
+def tile(images: np.ndarray, columns: int, pad: int = 2, value: int = 128) -> np.ndarray:
+    """uint8 (K, H, W, 3) -> one uint8 picture, `columns` images per row, `pad` pixels of `value`
+    around each (torchvision's make_grid layout, without importing torchvision for it)."""
+    k, h, w, c = images.shape
+    rows = math.ceil(k / columns)
+    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), value, dtype=np.uint8)
+    for i, image in enumerate(images):
+        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
+        out[top:top + h, left:left + w] = image
+    return out
+
+
+def _strip(frames: torch.Tensor) -> np.ndarray:
+    """(K, 3, H, W) in [0, 1] -> one row of the K frames, uint8 (H', W', 3)."""
+    pixels = (frames.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return tile(pixels, columns=len(pixels))
+
+
+def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, mean: Sequence[float],
+                   std: Sequence[float], device: torch.device, batch_size: int, num_workers: int = 0,
+                   out_dir: str | os.PathLike | None = None, save_history: bool = False,
+                   gt: np.ndarray | None = None, progress: bool = True) -> Result:
+    """Fill the holes of every (image, hole, index) item of `dataset`, batch by batch.
+
+    With `out_dir`, writes test_results/image_{i:03d}.png (and with `save_history` the per-step
+    pictures). With ground truth `gt` (indexed by the items' index), counts how many masked tokens
+    match the ground truth's own VQGAN tokens. `model` may be None for a baseline.
+    """
+    if decoding.method == "maskgit" and model is None:
+        raise ValueError("MaskGIT decoding needs a model")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        (out_dir / "test_results").mkdir(parents=True, exist_ok=True)
+        if save_history:
+            (out_dir / "mask_scheduling").mkdir(exist_ok=True)
+            (out_dir / "imga").mkdir(exist_ok=True)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    collected: dict[str, list] = {"indices": [], "inputs": [], "outputs": [], "holes": []}
+    hits = count = 0
+    start = time.perf_counter()
+    for images, holes, indices in tqdm(loader, desc="inpainting", unit="batch", disable=not progress):
+        images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
+        holes = holes.to(device, non_blocking=True)    # (B, 1, H, W) bool
+        masks: list[torch.Tensor] = []
+        if decoding.method == "mean-fill":
+            outputs = mean_fill(images, holes)
+        else:
+            token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)  # (B, N)
+            _, z = model.encode_to_z(images)  # (B, N)
+            tokens, masks = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, save_history)
+            outputs = _paste(model.decode_tokens(tokens), images, holes, decoding.paste)
+            if gt is not None:
+                _, gt_tokens = model.encode_to_z(normalize(gt[indices.numpy()], mean, std).to(device))
+                hits += int((tokens == gt_tokens)[token_mask].sum())
+                count += int(token_mask.sum())
+        outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
+        if out_dir is not None:
+            for i, pixels in zip(indices.tolist(), outputs_u8):
+                save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
+            if save_history and masks:
+                # decode of the first s steps = the sweet_spot=s run (same per-image randomness)
+                steps = [denormalize(images, mean, std)]
+                for s in range(1, decoding.sweet_spot):
+                    step_tokens, _ = fill_tokens(model, z, token_mask, indices, decoding, s)
+                    steps.append(denormalize(_paste(model.decode_tokens(step_tokens), images, holes, decoding.paste),
+                                             mean, std))
+                steps.append(denormalize(outputs, mean, std))
+                frames = torch.stack(steps, 1)  # (B, S+1, 3, H, W)
+                side = model.vqgan.latent_resolution
+                latent = (~torch.stack(masks, 1)).float().view(len(images), -1, 1, side, side)  # (B, S+1, 1, L, L)
+                for b, i in enumerate(indices.tolist()):
+                    mask_frames = F.interpolate(latent[b], size=images.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
+                    save_png(_strip(mask_frames), out_dir / "mask_scheduling" / f"test_{i}.png")
+                    save_png(_strip(frames[b]), out_dir / "imga" / f"test_{i}.png")
+        collected["indices"].append(indices.numpy())
+        collected["inputs"].append(to_uint8_image(images, mean, std))
+        collected["outputs"].append(outputs_u8)
+        collected["holes"].append(holes[:, 0].cpu().numpy())
+    seconds = time.perf_counter() - start
+    arrays = {key: np.concatenate(values) for key, values in collected.items()}
+    return Result(**arrays, token_hits=hits, token_count=count, seconds=seconds)
+
+
+# ----------------------------------------------------------------------------- metrics and pictures
+
+def _psnr_from_mse(mse: float) -> float:
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
+
+
+def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray) -> dict:
+    """Means over the images that have a hole (uint8 (N, H, W, 3) outputs and ground truth, (N, H, W)
+    holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM, and L1 in
+    the hole (pixel values in [0, 1])."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # scipy: slow to import
+
+    scored = [i for i in range(len(outputs)) if holes[i].any()]
+    if not scored:
+        raise UserError("no image has a hole (every mask is all white): nothing to score")
+    psnr, psnr_hole, ssim, l1_hole = [], [], [], []
+    for i in scored:
+        out, ref = outputs[i], gt[i]
+        with np.errstate(divide="ignore"):  # identical images: skimage divides by an MSE of 0
+            psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(ref, out, data_range=255))))
+        ssim.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
+        # scikit-image has no masked PSNR: MSE over the hole pixels only, converted to dB the same way
+        diff = out[holes[i]].astype(np.float64) - ref[holes[i]]  # (P, 3)
+        psnr_hole.append(_psnr_from_mse(float(np.mean(diff ** 2))))
+        l1_hole.append(float(np.mean(np.abs(diff))) / 255)
+    return {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)), "ssim": float(np.mean(ssim)),
+            "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
+
+
+def result_metrics(result: Result, gt: np.ndarray) -> dict:
+    """compute_metrics of a run against the ground truth (indexed like the inputs), plus masked-token
+    accuracy (MaskGIT only) and speed."""
+    metrics = compute_metrics(result.outputs, gt[result.indices], result.holes)
+    if result.token_count:
+        metrics["masked_token_accuracy"] = result.token_hits / result.token_count
+    metrics["images_per_second"] = result.images_per_second
+    return metrics
+
+
+def save_overview(path: str | os.PathLike, inputs: np.ndarray, outputs: np.ndarray, gt: np.ndarray | None = None,
+                  title: str = "") -> None:
+    """One page: input | inpainted | ground truth (when given) for the first 16 images, 4 per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(OVERVIEW_IMAGES, len(inputs))
+    columns = [inputs[:n], outputs[:n]] + ([gt[:n]] if gt is not None else [])
+    grid = tile(np.concatenate(columns, axis=2), columns=min(4, n), pad=4, value=255)  # cells (n, H, k*W, 3)
+    height, width = grid.shape[:2]
+    fig, ax = plt.subplots(figsize=(2 * width / 100, 2 * height / 100 + 0.5), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    label = "input | inpainted" + (" | ground truth" if gt is not None else "")
+    ax.set_title(f"{label}   (first {n} of {len(inputs)}){'   ' + title if title else ''}", fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def clear_outputs(out_dir: Path) -> int:
+    """Delete the lab-named images an earlier run left in `out_dir`, so that a smaller run does not
+    leave stale ones for FID to pick up. Returns how many were removed."""
+    stale = [*out_dir.glob("test_results/image_*.png"), *out_dir.glob("mask_scheduling/test_*.png"),
+             *out_dir.glob("imga/test_*.png")]
+    for file in stale:
+        file.unlink()
+    return len(stale)
+
+
+# ----------------------------------------------------------------------------- command line
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one line and exit code 2, like every bad input."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared with scripts/sweep.py: model, data, device and sampling."""
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--cpu-fallback", action="store_true", help="use the CPU when the CUDA device asked for is missing")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per batch (default: {BATCH_SIZE['cuda']} on CUDA, {BATCH_SIZE['cpu']} on the CPU)")
+    p.add_argument("--partial", type=float, default=1.0, help="fraction of the test set to use (the first ones)")
+    p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
+                   default=min(4, (os.cpu_count() or 2) // 2), help="data loading processes")
+    p.add_argument("--MaskGitConfig", default=DEFAULT_CONFIG, help="MaskGit YAML config (names the VQGAN files)")
+    p.add_argument("--load-transformer-ckpt-path", default=DEFAULT_TRANSFORMER, help="transformer weights")
+    p.add_argument("--test-maskedimage-path", default=DEFAULT_MASKED, help="masked images (hole painted gray)")
+    p.add_argument("--test-mask-path", default=DEFAULT_MASKS, help="masks, paired by sorted name (black = hole)")
+    p.add_argument("--gt-path", help="ground truth for metrics: folder, lab CSV or (with --image) an image file "
+                   "(default: test_gt.csv beside the masked images, if there)")
+    p.add_argument("--no-strict-size", action="store_true",
+                   help="resize images and masks of another size than the config's (default: refuse them)")
+    p.add_argument("--random-seed", type=int, default=0, help="each image's randomness comes from (seed, index)")
+    p.add_argument("--choice-temperature", type=float, default=None,
+                   help="Gumbel noise on the confidence when choosing tokens to keep (default: the config's)")
+    p.add_argument("--sample-temperature", type=float, default=1.0, help="token sampling temperature (0 = argmax)")
+    p.add_argument("--no-paste", action="store_true",
+                   help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_common_arguments(args: argparse.Namespace) -> None:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.sample_temperature < 0:
+        raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {args.sample_temperature}")
+    if args.choice_temperature is not None and args.choice_temperature < 0:
+        raise UserError(f"--choice-temperature must be >= 0, got {args.choice_temperature}")
+
+
+def default_gt_path(args: argparse.Namespace) -> Path | None:
+    """--gt-path, else test_gt.csv beside the masked-image folder (the dataset's), else None."""
+    if args.gt_path is not None:
+        return resolve_path(args.gt_path)
+    beside = resolve_path(args.test_maskedimage_path).parent / "test_gt.csv"
+    return beside if beside.is_file() else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    p.add_argument("--total-iter", type=int, default=8, help="T: steps of the mask schedule")
+    p.add_argument("--sweet-spot", type=int, default=None,
+                   help="S: run the first S steps of the T-step schedule and fill what is still masked with "
+                        "that step's choices (default: T)")
+    p.add_argument("--mask-func", default=None,
+                   help=f"mask schedule: {', '.join(GAMMA_FUNCTIONS)} (default: the config's gamma_type)")
+    p.add_argument("--output-dir", default="outputs/inpainting", help="where test_results/ etc. go")
+    p.add_argument("--save-history", action="store_true",
+                   help="also write mask_scheduling/test_{i}.png and imga/test_{i}.png (slower)")
+    p.add_argument("--baseline", choices=BASELINES, help="fill holes without the model, for the results table")
+    p.add_argument("--image", help="single-image mode: the image to inpaint")
+    p.add_argument("--mask", help="with --image: its mask (black = hole)")
+    p.add_argument("--mask-kind", help=f"with --image (a clean one): generate a mask: {', '.join(MASK_KINDS)}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_common_arguments(args)
+    if args.image is None and (args.mask or args.mask_kind):
+        raise UserError("--mask and --mask-kind go with --image")
+    if args.image is not None and (args.mask is None) == (args.mask_kind is None):
+        raise UserError("--image needs exactly one of --mask FILE or --mask-kind KIND")
+    if args.baseline and args.save_history:
+        raise UserError("--save-history shows MaskGIT's steps; the baseline has none")
+    cfg = load_config(args.MaskGitConfig)
+    mask_func = args.mask_func or cfg["gamma_type"]
+    sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
+    decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
+                        cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
+                        args.sample_temperature, args.random_seed, not args.no_paste)
+    device = resolve_device(args.device, args.cpu_fallback)
+    vq = cfg["vqgan"]
+    strict = not args.no_strict_size
+
+    if args.image is not None:
+        dataset, gt = open_single_image(args.image, cfg, args.mask, args.mask_kind, args.random_seed, strict)
+        gt_path = None if args.gt_path is None else resolve_path(args.gt_path)
+        inputs = {"image": args.image, "mask": args.mask, "mask_kind": args.mask_kind}
+        total = 1
+    else:
+        dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, strict)
+        gt, gt_path = None, default_gt_path(args)
+        inputs = {"masked_images": args.test_maskedimage_path, "masks": args.test_mask_path, "partial": args.partial}
+        total = len(dataset.dataset) if isinstance(dataset, Subset) else len(dataset)
+    if gt_path is not None:
+        gt = open_ground_truth(gt_path, total, vq["img_resolution"])
+
+    model = None if args.baseline else load_model(args.MaskGitConfig, args.load_transformer_ckpt_path, device)
+    out_dir = Path(args.output_dir)
+    removed = clear_outputs(out_dir)
+    if removed:
+        print(f"removed {removed} images of an earlier run from {out_dir}", file=sys.stderr)
+    batch_size = args.batch_size or default_batch_size(device)
+    result = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size, args.num_workers,
+                            out_dir, args.save_history, gt, progress=not args.no_progress)
+
+    title = "mean-fill baseline" if args.baseline else f"{mask_func} T={args.total_iter} S={sweet_spot}"
+    save_overview(out_dir / "overview.png", result.inputs, result.outputs,
+                  None if gt is None else gt[result.indices], title)
+    n = len(result.indices)
+    print(f"inpainted {n} image{'s' * (n != 1)} in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s) "
+          f"on {device}, batch size {batch_size}")
+    written = ["test_results/", "overview.png"] + (["mask_scheduling/", "imga/"] if args.save_history else [])
+    if gt is not None:
+        metrics = result_metrics(result, gt)
+        record = {**metrics, "images": n, "seconds": result.seconds, "settings": {
+            **decoding.settings(), **inputs, "gt_path": None if gt_path is None else str(gt_path),
+            "config": args.MaskGitConfig,
+            "transformer_ckpt": None if args.baseline else args.load_transformer_ckpt_path,
+            "device": str(device), "batch_size": batch_size}}
+        (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        written.append("metrics.json")
+        accuracy = metrics.get("masked_token_accuracy")
+        print(f"PSNR {metrics['psnr']:.2f} dB (hole {metrics['psnr_hole']:.2f} dB), SSIM {metrics['ssim']:.4f}, "
+              f"L1 in hole {metrics['l1_hole']:.4f}"
+              + ("" if accuracy is None else f", masked-token accuracy {accuracy:.1%}"))
+    print(f"outputs in {out_dir}: {', '.join(written)}")
+    if gt_path is not None and n > 1:
+        print(f"FID: python fid/fid_score_gpu.py --predicted-path {out_dir / 'test_results'} --gt-path {gt_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

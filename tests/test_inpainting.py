@@ -1,0 +1,264 @@
+"""End-to-end tests of inpainting.py and scripts/sweep.py on a tiny random MaskGit (16x16 images,
+4x4 tokens, 16 codes) and seven images, all built in a temporary folder."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import inpainting
+from common import run_cli, save_checkpoint
+from data import apply_mask, generate_mask, write_gt_csv
+from models.maskgit import MaskGit
+from scripts import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, COUNT = 16, 7
+
+
+def write_configs(folder: Path, dim: int = 32) -> Path:
+    """Tiny VQGAN + MaskGit configs with random-init checkpoints; returns the MaskGit config path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vq = {"image_channels": 3, "enc_channels": [32, 32, 32, 32], "dec_channels": [32, 32, 32], "latent_dim": 8,
+          "img_resolution": SIZE, "latent_resolution": 4, "num_codebook_vectors": 16, "enc_res_blocks": 1,
+          "dec_res_blocks": 1, "mean": [0.6, 0.5, 0.4], "std": [0.3, 0.25, 0.2]}
+    transformer = {"num_image_tokens": 16, "num_codebook_vectors": 16, "dim": dim, "n_layers": 1,
+                   "hidden_dim": 64, "num_heads": 4, "dropout": 0.1}
+    maskgit = {"VQ_Configs": {"VQ_config_path": str(folder / "VQGAN.yml"), "VQ_CKPT_path": str(folder / "vqgan.pt")},
+               "num_image_tokens": 16, "num_codebook_vectors": 16, "choice_temperature": 4.5,
+               "gamma_type": "cosine", "Transformer_param": transformer}
+    (folder / "VQGAN.yml").write_text(yaml.safe_dump({"model_param": vq}))
+    (folder / "MaskGit.yml").write_text(yaml.safe_dump({"model_param": maskgit}))
+    torch.manual_seed(0)
+    cfg = inpainting.load_config(folder / "MaskGit.yml")
+    model = MaskGit(cfg)
+    save_checkpoint(model.vqgan.state_dict(), folder / "vqgan.pt")
+    save_checkpoint({"model": model.transformer.state_dict()}, folder / "transformer.pt")
+    return folder / "MaskGit.yml"
+
+
+def write_dataset(folder: Path, count: int = COUNT) -> Path:
+    """The lab's layout: masked_image/, mask64/ and test_gt.csv (ground truth in sorted order)."""
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+    for sub in ("masked_image", "mask64", "clean"):
+        (folder / sub).mkdir(parents=True)
+    for i, image in enumerate(clean):
+        mask = generate_mask(("box", "freeform", "center", "half")[i % 4], SIZE, i)
+        Image.fromarray(apply_mask(image, mask)).save(folder / "masked_image" / f"{i:02d}.png")
+        Image.fromarray(mask).save(folder / "mask64" / f"{i:02d}.png")
+        Image.fromarray(image).save(folder / "clean" / f"{i:02d}.png")
+    write_gt_csv(clean, folder / "test_gt.csv")
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model runs fastest on one thread (and does not fight other jobs for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny")
+    config = write_configs(root / "model")
+    data = write_dataset(root / "data")
+    ckpt = root / "model" / "transformer.pt"
+    return {"root": root, "config": config, "ckpt": ckpt, "data": data,
+            "args": ["--MaskGitConfig", str(config), "--load-transformer-ckpt-path", str(ckpt),
+                     "--test-maskedimage-path", str(data / "masked_image"), "--test-mask-path", str(data / "mask64"),
+                     "--device", "cpu", "--num_workers", "0", "--batch-size", "3", "--no-progress"]}
+
+
+def run(tiny: dict, out: Path, *extra: str) -> Path:
+    inpainting.main([*tiny["args"], "--output-dir", str(out), *extra])
+    return out
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def results(out: Path) -> np.ndarray:
+    return np.stack([read(out / "test_results" / f"image_{i:03d}.png") for i in range(COUNT)])
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny) -> Path:
+    return run(tiny, tiny["root"] / "out", "--total-iter", "4", "--sweet-spot", "3", "--save-history")
+
+
+def test_outputs_have_lab_names_and_sizes(default_run):
+    names = [f"image_{i:03d}.png" for i in range(COUNT)]
+    assert sorted(p.name for p in (default_run / "test_results").iterdir()) == names
+    assert all(read(default_run / "test_results" / name).shape == (SIZE, SIZE, 3) for name in names)
+    strip = (SIZE + 4, 4 * (SIZE + 2) + 2, 3)  # input + 3 steps in one row, 2-pixel padding
+    for i in range(COUNT):
+        assert read(default_run / "mask_scheduling" / f"test_{i}.png").shape == strip
+        assert read(default_run / "imga" / f"test_{i}.png").shape == strip
+    assert (default_run / "overview.png").is_file() and (default_run / "metrics.json").is_file()
+
+
+def test_history_ends_with_the_result_and_masks_shrink(default_run):
+    last = slice(3 * (SIZE + 2) + 2, 4 * (SIZE + 2))  # columns of the last frame
+    frames = read(default_run / "imga" / "test_0.png")
+    assert np.array_equal(frames[2:SIZE + 2, last], read(default_run / "test_results" / "image_000.png"))
+    masks = read(default_run / "mask_scheduling" / "test_0.png")[2:SIZE + 2, :, 0]
+    holes = [(masks[:, 2 + k * (SIZE + 2): 2 + k * (SIZE + 2) + SIZE] == 0).sum() for k in range(4)]
+    assert holes[0] > 0 and holes[-1] == 0 and holes == sorted(holes, reverse=True)
+
+
+def test_paste_keeps_known_pixels_and_no_paste_differs(tiny, default_run):
+    pasted = results(default_run)
+    raw = results(run(tiny, tiny["root"] / "raw", "--total-iter", "4", "--sweet-spot", "3", "--no-paste"))
+    inputs = np.stack([read(p) for p in sorted((tiny["data"] / "masked_image").iterdir())])
+    known = np.stack([read(p)[..., 0] >= 128 for p in sorted((tiny["data"] / "mask64").iterdir())])
+    assert np.array_equal(pasted[known], inputs[known])
+    assert not np.array_equal(raw[known], inputs[known])
+    assert np.array_equal(raw[~known], pasted[~known])  # same seed, same tokens, same decode in the hole
+
+
+def test_metrics_are_finite(default_run):
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    for key in ("psnr", "psnr_hole", "ssim", "l1_hole", "masked_token_accuracy", "images_per_second"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["images"] == COUNT
+    assert metrics["settings"]["total_iter"] == 4 and metrics["settings"]["sweet_spot"] == 3
+    assert metrics["settings"]["gt_path"].endswith("test_gt.csv")  # found beside masked_image/
+
+
+def test_same_seed_same_outputs(tiny, default_run):
+    again = run(tiny, tiny["root"] / "again", "--total-iter", "4", "--sweet-spot", "3", "--batch-size", "7")
+    assert np.array_equal(results(again), results(default_run))
+    other = run(tiny, tiny["root"] / "other", "--total-iter", "4", "--sweet-spot", "3", "--random-seed", "1")
+    assert not np.array_equal(results(other), results(default_run))
+
+
+def test_tokens_do_not_depend_on_batch_size(tiny):
+    cfg = inpainting.load_config(tiny["config"])
+    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    images, holes, indices = (torch.utils.data.default_collate([dataset[i] for i in range(COUNT)]))
+    token_mask = inpainting.pixel_to_token_mask(holes, 4)
+    _, z = model.encode_to_z(images)
+    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6)
+    together, _ = inpainting.fill_tokens(model, z, token_mask, indices, decoding, 6)
+    alone = torch.cat([inpainting.fill_tokens(model, z[i:i + 1], token_mask[i:i + 1], indices[i:i + 1], decoding, 6)[0]
+                       for i in range(COUNT)])
+    assert (together == alone).float().mean() >= 0.99
+
+
+def test_mean_fill_baseline(tiny):
+    out = run(tiny, tiny["root"] / "baseline", "--baseline", "mean-fill",
+              "--load-transformer-ckpt-path", "missing.pt")  # the baseline needs no transformer
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["method"] == "mean-fill" and "masked_token_accuracy" not in metrics
+    assert math.isfinite(metrics["psnr_hole"])
+    image = read(out / "test_results" / "image_000.png")
+    hole = read(tiny["data"] / "mask64" / "00.png")[..., 0] < 128
+    assert len(np.unique(image[hole], axis=0)) == 1
+
+
+def test_single_image_modes(tiny):
+    clean = tiny["data"] / "clean" / "03.png"
+    out = run(tiny, tiny["root"] / "single", "--image", str(clean), "--mask-kind", "center")
+    assert read(out / "test_results" / "image_000.png").shape == (SIZE, SIZE, 3)
+    assert json.loads((out / "metrics.json").read_text())["images"] == 1  # the clean image is the ground truth
+    out = run(tiny, tiny["root"] / "single_mask", "--image", str(tiny["data"] / "masked_image" / "01.png"),
+              "--mask", str(tiny["data"] / "mask64" / "01.png"))
+    known = read(tiny["data"] / "mask64" / "01.png")[..., 0] >= 128
+    image, masked = read(out / "test_results" / "image_000.png"), read(tiny["data"] / "masked_image" / "01.png")
+    assert np.array_equal(image[known], masked[known])
+    assert not (out / "metrics.json").exists()
+
+
+def test_sweet_spot_above_total_iter_is_clamped(tiny, capsys):
+    out = run(tiny, tiny["root"] / "clamped", "--total-iter", "2", "--sweet-spot", "5", "--partial", "0.3")
+    assert "warning: --sweet-spot 5 is larger than --total-iter 2; using 2" in capsys.readouterr().err
+    assert len(list((out / "test_results").iterdir())) == 3  # ceil(0.3 * 7)
+
+
+def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
+    data = tiny["data"]
+    short = tiny["root"] / "short_masks"
+    if not short.exists():
+        short.mkdir()
+        for p in sorted((data / "mask64").iterdir())[:-1]:
+            (short / p.name).write_bytes(p.read_bytes())
+    wide = tiny["root"] / "wide" / "MaskGit.yml"
+    if not wide.exists():
+        write_configs(wide.parent, dim=64)
+    odd = tiny["root"] / "odd"
+    if not odd.exists():
+        odd.mkdir()
+        Image.new("RGB", (8, 8)).save(odd / "a.png")
+    few = tiny["root"] / "few_gt"
+    if not few.exists():
+        few.mkdir()
+        for p in sorted((data / "clean").iterdir())[:3]:
+            (few / p.name).write_bytes(p.read_bytes())
+    return {
+        "missing checkpoint": (["--load-transformer-ckpt-path", "nope.pt"], "transformer checkpoint not found"),
+        "missing config": (["--MaskGitConfig", "nope.yml"], "config not found"),
+        "shape mismatch": (["--load-transformer-ckpt-path", str(wide.parent / "transformer.pt")], "shape mismatch"),
+        "mask count": (["--test-mask-path", str(short)], "7 masked images"),
+        "image size": (["--image", str(odd / "a.png"), "--mask-kind", "box"], "not 16x16"),
+        "mask func": (["--mask-func", "nope"], "valid: linear, cosine"),
+        "mask kind": (["--image", str(data / "clean" / "00.png"), "--mask-kind", "blob"], "freeform, box"),
+        "cuda": (["--device", "cuda"], "CUDA is not available"),
+        "bad flag value": (["--total-iter", "x"], "invalid int value"),
+        "gt count": (["--gt-path", str(few)], "holds 3 ground-truth images but there are 7 inputs"),
+        "image without mask": (["--image", str(data / "clean" / "00.png")], "exactly one of --mask"),
+    }
+
+
+CASES = ["missing checkpoint", "missing config", "shape mismatch", "mask count", "image size", "mask func",
+         "mask kind", "cuda", "bad flag value", "gt count", "image without mask"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line(tiny, case, capsys):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    args, needle = bad_input_cases(tiny)[case]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: inpainting.main([*tiny["args"], "--output-dir", str(tiny["root"] / "bad"), *args]))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+def test_cli_bad_input_exits_2_without_traceback(tiny):
+    result = subprocess.run([sys.executable, "inpainting.py", *tiny["args"], "--mask-func", "nope"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown --mask-func 'nope'; valid: linear, cosine, square, cubic, sqrt, log, exp"]
+
+
+def test_sweep_writes_csv_and_plot(tiny, monkeypatch, capsys):
+    monkeypatch.delenv("FID_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tiny["root"] / "torch_home"))  # no Inception weights there
+    out = tiny["root"] / "sweep"
+    sweep.main([*tiny["args"], "--out-dir", str(out), "--mask-funcs", "cosine", "linear", "--total-iters", "3",
+                "--sweet-spots", "1", "3", "5"])
+    with open(out / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mask_func"], r["total_iter"], r["sweet_spot"]) for r in rows] == [
+        ("cosine", "3", "1"), ("cosine", "3", "3"), ("linear", "3", "1"), ("linear", "3", "3")]
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("psnr_hole", "ssim", "masked_token_accuracy"))
+    assert "fid" not in rows[0] and "FID skipped" in capsys.readouterr().err
+    assert (out / "sweep.png").stat().st_size > 0
