@@ -47,11 +47,11 @@ def load_vqgan_config(path: str | os.PathLike) -> dict:
         raise UserError(f"{where}: img_resolution / latent_resolution must be a power of two, "
                         f"got {cfg['img_resolution']} / {cfg['latent_resolution']}")
     resamplings = int(ratio).bit_length() - 1
-    if len(cfg["enc_channels"]) - 1 < 2 * resamplings - 1:
-        raise UserError(f"{where}: `enc_channels` needs at least {2 * resamplings} entries for "
+    if len(cfg["enc_channels"]) - 1 < resamplings:
+        raise UserError(f"{where}: `enc_channels` needs at least {resamplings + 1} entries for "
                         f"{resamplings} downsamplings")
-    if len(cfg["dec_channels"]) < 2 * resamplings - 1:
-        raise UserError(f"{where}: `dec_channels` needs at least {2 * resamplings - 1} entries")
+    if len(cfg["dec_channels"]) < resamplings:
+        raise UserError(f"{where}: `dec_channels` needs at least {resamplings} entries for {resamplings} upsamplings")
     for key in ("mean", "std"):
         if len(cfg[key]) != cfg["image_channels"]:
             raise UserError(f"{where}: `{key}` needs {cfg['image_channels']} values, got {cfg[key]}")

@@ -84,13 +84,15 @@ class UpSampleBlock(nn.Module):
 
 
 def resampling_stages(num_stages: int, num_resamples: int) -> set[int]:
-    """Stages followed by a down/up-sampling block: every other stage counted from the deepest one,
-    which puts the lab's two resamplings after stages 4 and 2 of 5."""
-    stages = set(range(num_stages - 1, -1, -2)[:num_resamples])
-    if len(stages) < num_resamples:
-        raise ValueError(f"{num_stages} channel stages cannot hold {num_resamples} resamplings "
-                         f"(need at least {2 * num_resamples - 1})")
-    return stages
+    """Stages followed by a down/up-sampling block: every other stage counted from the deepest one
+    (the lab's two resamplings come after stages 4 and 2 of 5), or the deepest stages when there
+    are too few stages for that."""
+    if num_resamples > num_stages:
+        raise ValueError(f"{num_stages} channel stages cannot hold {num_resamples} resamplings")
+    every_other = list(range(num_stages - 1, -1, -2))
+    if len(every_other) >= num_resamples:
+        return set(every_other[:num_resamples])
+    return set(range(num_stages - num_resamples, num_stages))
 
 
 def num_resamplings(cfg: dict) -> int:

@@ -1,0 +1,278 @@
+"""Transformer attention paths, mask schedules, MVTM masking, iterative decoding, config checks."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import UserError
+from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
+from models.config import load_maskgit_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_VQGAN = """
+model_param:
+  image_channels: 3
+  enc_channels: [32, 32, 32]
+  dec_channels: [32, 32, 32]
+  latent_dim: 8
+  img_resolution: 16
+  latent_resolution: 4
+  num_codebook_vectors: 16
+  enc_res_blocks: 1
+  dec_res_blocks: 1
+"""
+
+TINY_MASKGIT = """
+model_param:
+  VQ_Configs:
+    VQ_config_path: vqgan.yml
+  num_image_tokens: 16
+  num_codebook_vectors: 16
+  choice_temperature: 4.5
+  gamma_type: {gamma}
+  Transformer_param:
+    num_image_tokens: 16
+    num_codebook_vectors: 16
+    dim: {dim}
+    n_layers: 2
+    hidden_dim: 64
+    num_heads: 4
+"""
+
+
+def write_tiny_configs(folder: Path, gamma: str = "cosine", dim: int = 32) -> Path:
+    (folder / "vqgan.yml").write_text(TINY_VQGAN)
+    path = folder / "maskgit.yml"
+    path.write_text(TINY_MASKGIT.format(gamma=gamma, dim=dim))
+    return path
+
+
+@pytest.fixture
+def tiny_maskgit(tmp_path) -> MaskGit:
+    torch.manual_seed(0)
+    return MaskGit(load_maskgit_config(write_tiny_configs(tmp_path))).eval()
+
+
+# ----------------------------------------------------------------------------- transformer
+
+def test_attention_paths_agree_for_same_weights():
+    torch.manual_seed(0)
+    cfg = {"num_image_tokens": 256, "num_codebook_vectors": 1024, "dim": 64, "n_layers": 2, "hidden_dim": 128,
+           "num_heads": 8, "attention": "manual"}
+    model = BidirectionalTransformer(cfg).eval()
+    tokens = torch.randint(0, 1025, (3, 256))
+    manual = model(tokens)
+    model.set_attention("sdpa")
+    fused = model(tokens)
+    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+    assert manual.shape == (3, 256, 1025)
+    assert manual.std() > 0.1  # a real, non-degenerate output
+
+
+def test_manual_attention_matches_explicit_formula():
+    torch.manual_seed(1)
+    cfg = {"num_image_tokens": 8, "num_codebook_vectors": 4, "dim": 16, "n_layers": 1, "hidden_dim": 32,
+           "num_heads": 4}
+    attn = BidirectionalTransformer(cfg).blocks[0].attention.eval()
+    x = torch.randn(2, 8, 16)
+    q, k, v = attn.query(x), attn.key(x), attn.value(x)
+    heads = []
+    for h in range(4):
+        sl = slice(4 * h, 4 * h + 4)
+        w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / 2.0, dim=-1)
+        heads.append(w @ v[..., sl])
+    torch.testing.assert_close(attn(x), attn.out_proj(torch.cat(heads, -1)))
+
+
+def test_logits_tied_to_token_embedding_plus_bias():
+    cfg = {"num_image_tokens": 4, "num_codebook_vectors": 6, "dim": 8, "n_layers": 1, "hidden_dim": 16,
+           "num_heads": 2}
+    model = BidirectionalTransformer(cfg).eval()
+    assert model.tok_emb.weight.shape == (7, 8) and model.bias.shape == (4, 7)
+    with torch.no_grad():
+        model.bias.fill_(0.0)
+        base = model(torch.zeros(1, 4, dtype=torch.long))
+        model.bias[2, 5] = 3.0
+        model.tok_emb.weight[6].zero_()  # the mask token's row
+        shifted = model(torch.zeros(1, 4, dtype=torch.long))
+    assert torch.allclose(shifted[0, 2, 5] - base[0, 2, 5], torch.tensor(3.0))
+    assert torch.allclose(shifted[0, :, 6], model.bias[:, 6])
+
+
+# ----------------------------------------------------------------------------- schedules
+
+@pytest.mark.parametrize("mode", sorted(GAMMA_FUNCTIONS))
+def test_schedule_end_points_and_monotone(mode):
+    gamma = gamma_func(mode)
+    assert gamma(0.0) == pytest.approx(1.0, abs=1e-12)
+    assert gamma(1.0) == pytest.approx(0.0, abs=1e-12)
+    values = [gamma(i / 200) for i in range(201)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_schedule_formulas():
+    assert gamma_func("cosine")(1 / 3) == pytest.approx(math.cos(math.pi / 6))
+    assert gamma_func("square")(0.5) == pytest.approx(0.75)
+    assert gamma_func("cubic")(0.5) == pytest.approx(0.875)
+    assert gamma_func("sqrt")(0.25) == pytest.approx(0.5)
+    assert gamma_func("linear")(0.3) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="valid: linear"):
+        gamma_func("zigzag")
+
+
+def test_masked_counts_formula_and_strict_decrease():
+    n0 = torch.tensor([0, 1, 3, 100, 256])
+    counts = masked_counts(n0, 8, "cosine")
+    for b, n in enumerate(n0.tolist()):
+        previous = n
+        for t in range(8):
+            k = min(math.floor(math.cos((t + 1) / 8 * math.pi / 2) * n), max(previous - 1, 0)) if t < 7 else 0
+            assert counts[b, t] == k
+            previous = k
+    # 3 hole tokens in 8 steps: the formula would keep 2 for several steps; it must fall by one each step
+    assert counts[2].tolist() == [2, 1, 0, 0, 0, 0, 0, 0]
+    assert counts[4, 0] == math.floor(math.cos(math.pi / 16) * 256)
+
+
+# ----------------------------------------------------------------------------- MVTM
+
+def test_mvtm_mask_counts(tiny_maskgit):
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randint(0, 16, (64, 16))
+    mask_gen = torch.Generator().manual_seed(3)
+    logits, targets, mask = tiny_maskgit(z, generator=generator)
+    r = torch.rand(64, generator=mask_gen)
+    expected = torch.tensor([max(1, math.ceil(math.cos(v * math.pi / 2) * 16)) for v in r.tolist()])
+    assert torch.equal(mask.sum(1), expected)
+    assert logits.shape == (64, 16, 17) and torch.equal(targets, z)
+    assert len(set(mask.sum(1).tolist())) > 3  # ratios really vary per sample
+
+
+def test_mvtm_replaces_masked_tokens_by_mask_id(tiny_maskgit):
+    seen = {}
+    tiny_maskgit.transformer.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0]))
+    z = torch.randint(0, 16, (8, 16))
+    _, _, mask = tiny_maskgit(z, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen["x"][mask], torch.full((int(mask.sum()),), 16))
+    assert torch.equal(seen["x"][~mask], z[~mask])
+
+
+# ----------------------------------------------------------------------------- decoding
+
+class RecordingStub(torch.nn.Module):
+    """Stands in for the transformer: random logits that favour the mask id, and a log of inputs."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.inputs = []
+
+    def logits(self, call: int, shape: torch.Size) -> torch.Tensor:
+        logits = torch.randn(*shape, self.vocab, generator=torch.Generator().manual_seed(call))
+        logits[..., -1] = 50.0  # the mask id would win if it were allowed
+        return logits
+
+    def forward(self, tokens):
+        self.inputs.append(tokens.clone())
+        return self.logits(len(self.inputs), tokens.shape)
+
+
+def hole_masks(batch: int, n: int, sizes: list[int]) -> torch.Tensor:
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    for b, size in enumerate(sizes):
+        mask[b, torch.randperm(n, generator=torch.Generator().manual_seed(b))[:size]] = True
+    return mask
+
+
+@pytest.mark.parametrize("sizes", [[7], [16, 1, 9, 0, 4]])
+@pytest.mark.parametrize("use_stub", [True, False])
+def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
+    if use_stub:
+        tiny_maskgit.transformer = RecordingStub(17)
+    batch, n, total = len(sizes), 16, 6
+    z = torch.randint(0, 16, (batch, n))
+    mask = hole_masks(batch, n, sizes)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(batch)]
+    tokens, history = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
+                                           return_history=True)
+    assert torch.equal(tokens[~mask], z[~mask])  # known tokens unchanged
+    assert (tokens < 16).all()  # no mask id, everything filled
+    assert len(history) == total + 1 and torch.equal(history[0], mask)
+    expected = masked_counts(mask.sum(1), total, "linear")
+    for t in range(total):
+        assert torch.equal(history[t + 1].sum(1), expected[:, t])
+        assert not (history[t + 1] & ~mask).any()  # only hole tokens are ever masked
+        assert not (history[t + 1] & ~history[t]).any()  # a decided token is never re-masked
+    if use_stub:
+        stub = tiny_maskgit.transformer
+        for t, seen in enumerate(stub.inputs):
+            assert torch.equal(seen == 16, history[t])  # the transformer saw exactly the current mask
+            decided = mask & ~history[t]
+            assert torch.equal(seen[decided], tokens[decided])  # decided tokens are kept to the end
+
+
+def test_decoding_is_seeded_and_per_sample(tiny_maskgit):
+    z = torch.randint(0, 16, (5, 16))
+    mask = hole_masks(5, 16, [16, 8, 12, 3, 10])
+    run = lambda idx, seeds: tiny_maskgit.inpaint(z[idx], mask[idx], total_iter=5, sample_temperature=1.0,
+                                                  generators=[torch.Generator().manual_seed(s) for s in seeds])[0]
+    all5 = run(slice(None), range(5))
+    assert torch.equal(all5, run(slice(None), range(5)))
+    # sample 2 alone, with its own generator, gets the same tokens as in the batch of 5
+    assert torch.equal(run(slice(2, 3), [2]), all5[2:3])
+    assert not torch.equal(run(slice(None), range(100, 105)), all5)
+
+
+def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
+    stub = RecordingStub(17)
+    tiny_maskgit.transformer = stub
+    z = torch.randint(0, 16, (2, 16))
+    mask = hole_masks(2, 16, [16, 10])
+    tokens, history = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
+                                           return_history=True)
+    assert len(stub.inputs) == 3 and len(history) == 4
+    logits = stub.logits(3, z.shape)
+    logits[..., 16] = -torch.inf
+    still_masked = history[2]
+    assert torch.equal(tokens[still_masked], logits.argmax(-1)[still_masked])
+    assert (tokens < 16).all() and torch.equal(tokens[~mask], z[~mask])
+
+
+def test_no_hole_leaves_tokens_unchanged(tiny_maskgit):
+    z = torch.randint(0, 16, (2, 16))
+    tokens, _ = tiny_maskgit.inpaint(z, torch.zeros(2, 16, dtype=torch.bool), total_iter=4)
+    assert torch.equal(tokens, z)
+
+
+# ----------------------------------------------------------------------------- configs
+
+def test_shipped_configs_load():
+    lab = load_maskgit_config(ROOT / "configs/MaskGit.yml")
+    t = lab["Transformer_param"]
+    assert (lab["num_image_tokens"], lab["num_codebook_vectors"], lab["choice_temperature"]) == (256, 1024, 4.5)
+    assert (t["dim"], t["n_layers"], t["hidden_dim"], t["num_heads"]) == (768, 15, 1536, 16)
+    small = load_maskgit_config(ROOT / "configs/small/MaskGit.yml")
+    assert small["vqgan"]["num_codebook_vectors"] == 1024
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("gamma_type: cosine", "gamma_type: wobbly"), "unknown `gamma_type`"),
+    (lambda s: s.replace("dim: 32", "dim: 30"), "not divisible by `num_heads`"),
+    (lambda s: s.replace("    hidden_dim: 64\n", ""), "missing key `hidden_dim`"),
+    (lambda s: s.replace("num_codebook_vectors: 16", "num_codebook_vectors: 32"), "num_codebook_vectors"),
+])
+def test_bad_config_names_key_and_file(tmp_path, edit, message):
+    path = write_tiny_configs(tmp_path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(UserError, match=message) as err:
+        load_maskgit_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_codebook_mismatch_between_vqgan_and_transformer(tmp_path):
+    path = write_tiny_configs(tmp_path)
+    (tmp_path / "vqgan.yml").write_text(TINY_VQGAN.replace("num_codebook_vectors: 16", "num_codebook_vectors: 8"))
+    with pytest.raises(UserError, match="VQGAN config .* has 8"):
+        load_maskgit_config(path)
