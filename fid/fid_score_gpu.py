@@ -198,15 +198,18 @@ def frechet_distance(
 ) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1^(1/2) S2 S1^(1/2))), in float64 on `device`.
 
-    With S1 = V diag(w) V^T (eigh) and A = V diag(sqrt(w)), A^T S2 A is symmetric PSD with the same
-    eigenvalues as S1^(1/2) S2 S1^(1/2) (and as S1 S2), so the trace term is the sum of the square
-    roots of its eigenvalues (eigvalsh). No iteration, nothing that can fail to converge. On
+    For any factor A with S1 = A A^T, A^T S2 A is symmetric PSD with the same eigenvalues as
+    S1^(1/2) S2 S1^(1/2) (and as S1 S2), so the trace term is the sum of the square roots of its
+    eigenvalues (eigvalsh): no iteration, nothing that can fail to converge. A is the Cholesky factor
+    of S1 (cheap), or, when S1 is singular and Cholesky fails, V diag(sqrt(w)) from the symmetric
+    eigendecomposition S1 = V diag(w) V^T with negative w (rounding noise) clamped to 0. On
     well-conditioned covariances this equals the scipy.linalg.sqrtm formula to ~1e-12 relative.
 
-    Singular covariances (fewer images than dims, constant features): eigenvalues below 0, which
-    are rounding noise, are clamped to 0, so the result is the exact distance between the two
-    degenerate Gaussians, with no epsilon added to the diagonals. scipy's sqrtm can return complex
-    or inaccurate values there (pytorch-fid then retries with 1e-6 added to the diagonals).
+    Singular covariances (fewer images than dims, constant features): negative eigenvalues of
+    A^T S2 A are clamped to 0 too, so the result is the distance between the two degenerate
+    Gaussians, with no epsilon added to the diagonals. Its error grows like sqrt(machine eps) per
+    zero eigenvalue, well within 1e-6 relative in the tests. scipy's sqrtm can return complex or
+    inaccurate values there (pytorch-fid then retries with 1e-6 added to the diagonals).
     """
     mu1, sigma1, mu2, sigma2 = (
         torch.as_tensor(a, dtype=torch.float64, device=device) for a in (mu1, sigma1, mu2, sigma2)
@@ -216,10 +219,11 @@ def frechet_distance(
                         f"sigma {tuple(sigma1.shape)} vs {tuple(sigma2.shape)}")
     if not all(torch.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise UserError("statistics contain NaN or infinite values")
-    w, v = torch.linalg.eigh(sigma1)
-    a = v * w.clamp(min=0).sqrt()
-    product = a.T @ sigma2 @ a
-    eigenvalues = torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0)
+    factor, info = torch.linalg.cholesky_ex(sigma1)
+    if info.item() != 0:
+        w, v = torch.linalg.eigh(sigma1)
+        factor = v * w.clamp(min=0).sqrt()
+    eigenvalues = torch.linalg.eigvalsh(factor.T @ sigma2 @ factor).clamp(min=0)
     diff = mu1 - mu2
     return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum())
 
