@@ -171,15 +171,21 @@ def test_stage2_overfits_and_writes_its_files(ws, tmp_path):
 
 def test_stage2_resume_equals_uninterrupted_run(ws, tmp_path):
     # 4 steps per epoch (16 images, 2 x 2 accumulated); killed mid-epoch 1, resumed across the epoch end
-    flags = ("--batch-size", "2", "--accum-grad", "2", "--save-every", "100")
-    run_stage2(ws, tmp_path / "straight", *flags, "--max-steps", "6")
-    run_stage2(ws, tmp_path / "resumed", *flags, "--max-steps", "3")
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
-    run_stage2(ws, tmp_path / "resumed", *flags, "--max-steps", "6", "--resume")
-    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    flags = ("--batch-size", "2", "--accum-grad", "2", "--save-every", "100", "--save-per-epoch", "1")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stage2(ws, straight, *flags, "--max-steps", "6")
+    run_stage2(ws, resumed, *flags, "--max-steps", "3")
+    assert load_checkpoint(resumed / "last.pt")["step"] == 3
+    run_stage2(ws, resumed, *flags, "--max-steps", "6", "--resume")
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert a["step"] == b["step"] == 6
     assert_same_weights(a["model"], b["model"])
-    assert records(tmp_path / "straight", "loss") == records(tmp_path / "resumed", "loss")
+    assert records(straight, "loss") == records(resumed, "loss")
+
+    # the lab's --start-from-epoch: rewind to the snapshot written after epoch 1 and redo steps 5-6
+    assert load_checkpoint(straight / "epoch001.pt")["step"] == 4
+    run_stage2(ws, straight, *flags, "--max-steps", "6", "--start-from-epoch", "1")
+    assert_same_weights(load_checkpoint(straight / "last.pt")["model"], a["model"])
 
 
 def test_truncated_checkpoint_is_refused(ws, tmp_path):
