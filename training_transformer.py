@@ -213,6 +213,9 @@ def export(args: argparse.Namespace, cfg: dict) -> None:
 
 
 def check_flags(args: argparse.Namespace, tcfg: dict) -> None:
+    if Path(args.checkpoint_path).suffix == ".pt":
+        raise UserError(f"--checkpoint-path is the run folder (last.pt, best.pt, logs go inside it), "
+                        f"not a file: {args.checkpoint_path}")
     if not 0 < args.partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {args.partial}")
     for name, value in (("batch-size", tcfg["batch_size"]), ("accum-grad", tcfg["accum_grad"]),

@@ -213,6 +213,7 @@ def bad_vqgan_checkpoint(ws: SimpleNamespace, tmp_path: Path) -> Path:
     ("vqgan_missing", "VQGAN checkpoint not found"),
     ("vqgan_mismatch", "does not match the model"),
     ("partial", "--partial"),
+    ("lab_checkpoint_file", "run folder"),
     ("exists", "pass --resume"),
 ])
 def test_bad_input_is_one_line_and_exit_2(ws, tmp_path, monkeypatch, capsys, case, message):
@@ -222,6 +223,7 @@ def test_bad_input_is_one_line_and_exit_2(ws, tmp_path, monkeypatch, capsys, cas
              "vqgan_missing": ["--vqgan-ckpt", str(tmp_path / "missing.pt")],
              "vqgan_mismatch": ["--vqgan-ckpt", str(bad_vqgan_checkpoint(ws, tmp_path))],
              "partial": ["--partial", "0"],
+             "lab_checkpoint_file": ["--checkpoint-path", str(tmp_path / "last_ckpt.pt")],
              "exists": []}[case]
     if case == "exists":
         save_checkpoint({}, run / "last.pt")
