@@ -239,6 +239,30 @@ def _strip(frames: torch.Tensor) -> np.ndarray:
     return tile(pixels, columns=len(pixels))
 
 
+def intermediate_images(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, images: torch.Tensor,
+                        holes: torch.Tensor, indices: Sequence[int], decoding: Decoding) -> list[torch.Tensor]:
+    """The image after each step s < S, each (B, 3, H, W) normalized: the decode of a sweet_spot=s
+    run, which repeats the first s steps of the full run exactly (same per-image randomness).
+    For --save-history only: it costs S(S-1)/2 extra transformer passes."""
+    frames = []
+    for s in range(1, decoding.sweet_spot):
+        tokens, _ = fill_tokens(model, z, token_mask, indices, decoding, s)
+        frames.append(_paste(model.decode_tokens(tokens), images, holes, decoding.paste))
+    return frames
+
+
+def save_history_pictures(out_dir: Path, indices: Sequence[int], masks: torch.Tensor, frames: torch.Tensor) -> None:
+    """One row per image: mask_scheduling/test_{i}.png, the latent mask (B, S+1, N) before and after
+    each step (holes black, scaled to the image size), and imga/test_{i}.png, the frames
+    (B, S+1, 3, H, W) in [0, 1]: masked input, then the image after each step."""
+    side = math.isqrt(masks.shape[-1])
+    known = (~masks).float().view(*masks.shape[:2], 1, side, side)  # (B, S+1, 1, L, L)
+    for b, i in enumerate(indices):
+        mask_frames = F.interpolate(known[b], size=frames.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
+        save_png(_strip(mask_frames), out_dir / "mask_scheduling" / f"test_{i}.png")
+        save_png(_strip(frames[b]), out_dir / "imga" / f"test_{i}.png")
+
+
 def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, mean: Sequence[float],
                    std: Sequence[float], device: torch.device, batch_size: int, num_workers: int = 0,
                    out_dir: str | os.PathLike | None = None, save_history: bool = False,
@@ -281,20 +305,9 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
             if save_history and masks:
-                # decode of the first s steps = the sweet_spot=s run (same per-image randomness)
-                steps = [denormalize(images, mean, std)]
-                for s in range(1, decoding.sweet_spot):
-                    step_tokens, _ = fill_tokens(model, z, token_mask, indices, decoding, s)
-                    steps.append(denormalize(_paste(model.decode_tokens(step_tokens), images, holes, decoding.paste),
-                                             mean, std))
-                steps.append(denormalize(outputs, mean, std))
-                frames = torch.stack(steps, 1)  # (B, S+1, 3, H, W)
-                side = model.vqgan.latent_resolution
-                latent = (~torch.stack(masks, 1)).float().view(len(images), -1, 1, side, side)  # (B, S+1, 1, L, L)
-                for b, i in enumerate(indices.tolist()):
-                    mask_frames = F.interpolate(latent[b], size=images.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
-                    save_png(_strip(mask_frames), out_dir / "mask_scheduling" / f"test_{i}.png")
-                    save_png(_strip(frames[b]), out_dir / "imga" / f"test_{i}.png")
+                frames = [images, *intermediate_images(model, z, token_mask, images, holes, indices, decoding), outputs]
+                save_history_pictures(out_dir, indices.tolist(), torch.stack(masks, 1),
+                                      denormalize(torch.stack(frames, 1), mean, std))
         collected["indices"].append(indices.numpy())
         collected["inputs"].append(to_uint8_image(images, mean, std))
         collected["outputs"].append(outputs_u8)
@@ -352,7 +365,8 @@ def save_overview(path: str | os.PathLike, inputs: np.ndarray, outputs: np.ndarr
 
     n = min(OVERVIEW_IMAGES, len(inputs))
     columns = [inputs[:n], outputs[:n]] + ([gt[:n]] if gt is not None else [])
-    grid = tile(np.concatenate(columns, axis=2), columns=min(4, n), pad=4, value=255)  # cells (n, H, k*W, 3)
+    cells = np.stack([tile(np.stack(triplet), len(columns), pad=1, value=160) for triplet in zip(*columns)])
+    grid = tile(cells, columns=min(4, n), pad=8, value=255)
     height, width = grid.shape[:2]
     fig, ax = plt.subplots(figsize=(2 * width / 100, 2 * height / 100 + 0.5), dpi=100)
     ax.imshow(grid, interpolation="nearest")
@@ -391,10 +405,14 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial", type=float, default=1.0, help="fraction of the test set to use (the first ones)")
     p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
                    default=min(4, (os.cpu_count() or 2) // 2), help="data loading processes")
-    p.add_argument("--MaskGitConfig", default=DEFAULT_CONFIG, help="MaskGit YAML config (names the VQGAN files)")
-    p.add_argument("--load-transformer-ckpt-path", default=DEFAULT_TRANSFORMER, help="transformer weights")
-    p.add_argument("--test-maskedimage-path", default=DEFAULT_MASKED, help="masked images (hole painted gray)")
-    p.add_argument("--test-mask-path", default=DEFAULT_MASKS, help="masks, paired by sorted name (black = hole)")
+    p.add_argument("--MaskGitConfig", default=DEFAULT_CONFIG,
+                   help="MaskGit YAML config, which names the VQGAN files (default: %(default)s)")
+    p.add_argument("--load-transformer-ckpt-path", default=DEFAULT_TRANSFORMER,
+                   help="transformer weights (default: %(default)s)")
+    p.add_argument("--test-maskedimage-path", default=DEFAULT_MASKED,
+                   help="masked images, hole painted gray (default: %(default)s)")
+    p.add_argument("--test-mask-path", default=DEFAULT_MASKS,
+                   help="masks paired by sorted name, black = hole (default: %(default)s)")
     p.add_argument("--gt-path", help="ground truth for metrics: folder, lab CSV or (with --image) an image file "
                    "(default: test_gt.csv beside the masked images, if there)")
     p.add_argument("--no-strict-size", action="store_true",
@@ -430,13 +448,14 @@ def default_gt_path(args: argparse.Namespace) -> Path | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
-    p.add_argument("--total-iter", type=int, default=8, help="T: steps of the mask schedule")
+    p.add_argument("--total-iter", type=int, default=8, help="T: steps of the mask schedule (default: %(default)s)")
     p.add_argument("--sweet-spot", type=int, default=None,
                    help="S: run the first S steps of the T-step schedule and fill what is still masked with "
                         "that step's choices (default: T)")
     p.add_argument("--mask-func", default=None,
                    help=f"mask schedule: {', '.join(GAMMA_FUNCTIONS)} (default: the config's gamma_type)")
-    p.add_argument("--output-dir", default="outputs/inpainting", help="where test_results/ etc. go")
+    p.add_argument("--output-dir", default="outputs/inpainting",
+                   help="where test_results/ etc. go (default: %(default)s)")
     p.add_argument("--save-history", action="store_true",
                    help="also write mask_scheduling/test_{i}.png and imga/test_{i}.png (slower)")
     p.add_argument("--baseline", choices=BASELINES, help="fill holes without the model, for the results table")
@@ -500,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             **decoding.settings(), **inputs, "gt_path": None if gt_path is None else str(gt_path),
             "config": args.MaskGitConfig,
             "transformer_ckpt": None if args.baseline else args.load_transformer_ckpt_path,
+            "vqgan_ckpt": None if args.baseline else cfg["VQ_Configs"].get("VQ_CKPT_path"),
             "device": str(device), "batch_size": batch_size}}
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         written.append("metrics.json")

@@ -60,14 +60,15 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
 
     metrics = [m for m in PLOT_METRICS if any(m in row for row in rows)]
     curves = list(dict.fromkeys((row["mask_func"], row["total_iter"]) for row in rows))
-    several_t = len({t for _, t in curves}) > 1
+    colors = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(f for f, _ in curves))}  # one color per mask function
+    styles = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(dict.fromkeys(t for _, t in curves))}  # per T
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for mask_func, total_iter in curves:
             points = sorted((r["sweet_spot"], r[metric]) for r in rows
                             if (r["mask_func"], r["total_iter"]) == (mask_func, total_iter))
-            ax.plot(*zip(*points), marker="o", markersize=3,
-                    label=f"{mask_func} T={total_iter}" if several_t else mask_func)
+            ax.plot(*zip(*points), color=colors[mask_func], linestyle=styles[total_iter], marker="o", markersize=3,
+                    label=f"{mask_func} T={total_iter}" if len(styles) > 1 else mask_func)
         ax.set_title(metric)
         ax.set_xlabel("sweet spot")
         ax.grid(alpha=0.3)
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--total-iters", nargs="+", type=int, default=[8], help="values of T")
     p.add_argument("--sweet-spots", nargs="+", type=int, default=None,
                    help="values of S (those above a T are skipped for it; default: 1..T)")
-    p.add_argument("--out-dir", default="outputs/sweep", help="where sweep.csv and sweep.png go")
+    p.add_argument("--out-dir", default="outputs/sweep", help="where sweep.csv and sweep.png go (default: %(default)s)")
     p.add_argument("--save-images", action="store_true", help="also write each setting's test_results/")
     p.add_argument("--inception-weights", help="FID Inception weights (default: $FID_INCEPTION_WEIGHTS, the hub cache)")
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the weights are available")
