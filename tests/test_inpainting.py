@@ -262,3 +262,19 @@ def test_sweep_writes_csv_and_plot(tiny, monkeypatch, capsys):
     assert all(math.isfinite(float(r[k])) for r in rows for k in ("psnr_hole", "ssim", "masked_token_accuracy"))
     assert "fid" not in rows[0] and "FID skipped" in capsys.readouterr().err
     assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_sweep_adds_fid_when_weights_are_there(tiny, monkeypatch):
+    weights = tiny["root"] / "inception.pth"
+    weights.write_bytes(b"stand-in")
+    calls = []
+    monkeypatch.setattr(sweep, "load_inception", lambda path, device: f"inception from {path.name}")
+    monkeypatch.setattr(sweep, "compute_fid", lambda pred, gt, **kw: calls.append((pred.shape, gt, kw)) or 12.5)
+    out = tiny["root"] / "sweep_fid"
+    sweep.main([*tiny["args"], "--out-dir", str(out), "--mask-funcs", "cosine", "--total-iters", "2",
+                "--sweet-spots", "2", "--inception-weights", str(weights)])
+    with open(out / "sweep.csv", newline="") as f:
+        assert [row["fid"] for row in csv.DictReader(f)] == ["12.5"]
+    (shape, gt, kw), = calls
+    assert shape == (COUNT, SIZE, SIZE, 3) and gt == tiny["data"] / "test_gt.csv"  # whole set: fid caches its stats
+    assert kw["model"] == "inception from inception.pth"
