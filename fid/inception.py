@@ -176,10 +176,9 @@ def check_state_dict(state: dict, model: FIDInceptionV3, path: str | os.PathLike
     """Raise a UserError naming the missing, unexpected or wrongly shaped keys of a weights file.
     BatchNorm's `num_batches_tracked` counters may be absent (old PyTorch versions did not save them)."""
     own = model.state_dict()
-    required = {k for k in own if not k.endswith("num_batches_tracked")}
-    missing = sorted(required - state.keys())
-    unexpected = sorted(str(k) for k in state.keys() - own.keys())
-    shapes = sorted(k for k in state.keys() & own.keys() if getattr(state[k], "shape", None) != own[k].shape)
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [str(k) for k in state if k not in own]
+    shapes = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
         if keys:
