@@ -142,6 +142,8 @@ def load_statistics(path: str | os.PathLike, dims: int | None = None) -> tuple[n
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write `mu`, `sigma` to an .npz (atomically), readable by `load_statistics` and pytorch-fid."""
     path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise UserError(f"statistics are saved as .npz, not {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, mu=mu, sigma=sigma)
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give --predicted-path (or --save-stats PATH.npz to only save the ground-truth statistics)")
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
+    if args.save_stats is not None and not args.save_stats.lower().endswith(".npz"):
+        raise UserError(f"--save-stats must name an .npz file, not {args.save_stats}")
     value = compute_fid(
         args.predicted_path, args.gt_path, dims=args.dims, device=args.device, batch_size=args.batch_size,
         num_workers=args.num_workers, weights=args.inception_weights, cache=not args.no_cache,
