@@ -49,7 +49,7 @@ from data import (
 from data.images import check_sizes
 from data.masks import seeded_rng
 from models.config import load_maskgit_config
-from models.maskgit import GAMMA_FUNCTIONS, MaskGit, load_maskgit
+from models.maskgit import GAMMA_FUNCTIONS, DecodeHistory, MaskGit, load_maskgit
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"
 DEFAULT_TRANSFORMER = "checkpoints/transformer_small.pt"
@@ -184,8 +184,8 @@ def make_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
 
 
 def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indices: Sequence[int],
-                decoding: Decoding, steps: int, history: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run the first `steps` steps of the schedule on tokens z (B, N) -> (tokens (B, N), masks)."""
+                decoding: Decoding, steps: int, history: bool = False) -> tuple[torch.Tensor, DecodeHistory | None]:
+    """Run the first `steps` steps of the schedule on tokens z (B, N) -> (tokens (B, N), step history)."""
     device = z.device
     return model.inpaint(z, token_mask, decoding.total_iter, steps, decoding.mask_func,
                          decoding.choice_temperature, decoding.sample_temperature,
@@ -239,18 +239,6 @@ def _strip(frames: torch.Tensor) -> np.ndarray:
     return tile(pixels, columns=len(pixels))
 
 
-def intermediate_images(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, images: torch.Tensor,
-                        holes: torch.Tensor, indices: Sequence[int], decoding: Decoding) -> list[torch.Tensor]:
-    """The image after each step s < S, each (B, 3, H, W) normalized: the decode of a sweet_spot=s
-    run, which repeats the first s steps of the full run exactly (same per-image randomness).
-    For --save-history only: it costs S(S-1)/2 extra transformer passes."""
-    frames = []
-    for s in range(1, decoding.sweet_spot):
-        tokens, _ = fill_tokens(model, z, token_mask, indices, decoding, s)
-        frames.append(_paste(model.decode_tokens(tokens), images, holes, decoding.paste))
-    return frames
-
-
 def save_history_pictures(out_dir: Path, indices: Sequence[int], masks: torch.Tensor, frames: torch.Tensor) -> None:
     """One row per image: mask_scheduling/test_{i}.png, the latent mask (B, S+1, N) before and after
     each step (holes black, scaled to the image size), and imga/test_{i}.png, the frames
@@ -288,13 +276,13 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
     for images, holes, indices in tqdm(loader, desc="inpainting", unit="batch", disable=not progress):
         images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
         holes = holes.to(device, non_blocking=True)    # (B, 1, H, W) bool
-        masks: list[torch.Tensor] = []
+        history = None
         if decoding.method == "mean-fill":
             outputs = mean_fill(images, holes)
         else:
             token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)  # (B, N)
             _, z = model.encode_to_z(images)  # (B, N)
-            tokens, masks = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, save_history)
+            tokens, history = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, save_history)
             outputs = _paste(model.decode_tokens(tokens), images, holes, decoding.paste)
             if gt is not None:
                 _, gt_tokens = model.encode_to_z(normalize(gt[indices.numpy()], mean, std).to(device))
@@ -304,10 +292,11 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         if out_dir is not None:
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
-            if save_history and masks:
-                frames = [images, *intermediate_images(model, z, token_mask, images, holes, indices, decoding), outputs]
-                save_history_pictures(out_dir, indices.tolist(), torch.stack(masks, 1),
-                                      denormalize(torch.stack(frames, 1), mean, std))
+            if history is not None:
+                steps = [_paste(model.decode_tokens(t.to(device)), images, holes, decoding.paste)
+                         for t in history.tokens]  # the image after each step; the last one is `outputs`
+                save_history_pictures(out_dir, indices.tolist(), torch.stack(history.masks, 1),
+                                      denormalize(torch.stack([images, *steps], 1), mean, std))
         collected["indices"].append(indices.numpy())
         collected["inputs"].append(to_uint8_image(images, mean, std))
         collected["outputs"].append(outputs_u8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,15 @@ def uniform_noise(generators: Sequence[torch.Generator] | None, shape: tuple[int
     return u.clamp(1e-20, 1 - 1e-7)
 
 
+@dataclass
+class DecodeHistory:
+    """What iterative decoding did, step by step, each tensor (B, N) on the CPU.
+    masks[0] is the input mask, masks[t+1] the mask after step t; tokens[t] is step t's result with
+    every still-masked position filled by that step's choice (what a sweet spot of t+1 returns)."""
+    masks: list[torch.Tensor] = field(default_factory=list)
+    tokens: list[torch.Tensor] = field(default_factory=list)
+
+
 class MaskGit(nn.Module):
     def __init__(self, cfg: dict, vqgan: VQGAN | None = None):
         """`cfg` is the checked model_param of a MaskGit config (models.config.load_maskgit_config).
@@ -110,14 +120,13 @@ class MaskGit(nn.Module):
                 sweet_spot: int | None = None, mask_func: str | None = None,
                 choice_temperature: float | None = None, sample_temperature: float = 1.0,
                 generators: Sequence[torch.Generator] | None = None, return_history: bool = False,
-                autocast_ctx: Callable | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                autocast_ctx: Callable | None = None) -> tuple[torch.Tensor, DecodeHistory | None]:
         """Iterative decoding: fill the masked tokens of `z_indices` (B, N) where `token_mask` (B, N) is True.
 
         Each step predicts every masked token, keeps the most confident ones and re-masks the rest
         so that k_t stay masked (see masked_counts). Known tokens never change. With `sweet_spot`
         S < T the loop stops after S steps and fills what is still masked with that step's choices.
-        Returns (tokens (B, N), history): history[0] is the input mask, history[t+1] the mask after
-        step t, each (B, N) bool on the CPU (empty unless `return_history`).
+        Returns (tokens (B, N), a DecodeHistory when `return_history`, else None).
         """
         mask_func = mask_func or self.gamma_type
         choice_temperature = self.choice_temperature if choice_temperature is None else choice_temperature
@@ -128,7 +137,7 @@ class MaskGit(nn.Module):
         counts = masked_counts(token_mask.sum(1), total_iter, mask_func).to(device)  # (B, T)
         tokens = torch.where(token_mask, torch.full_like(z_indices, self.mask_token_id), z_indices)
         unknown = token_mask.clone()
-        history = [unknown.cpu()] if return_history else []
+        history = DecodeHistory(masks=[unknown.cpu()]) if return_history else None
         for t in range(steps):
             if autocast_ctx is not None:
                 with autocast_ctx():
@@ -145,10 +154,12 @@ class MaskGit(nn.Module):
             else:
                 sampled = logits.argmax(-1)
             sampled = torch.where(unknown, sampled, tokens)  # (B, N)
+            if history is not None:
+                history.tokens.append(sampled.cpu())
             if t == steps - 1:
                 tokens = sampled
-                if return_history:
-                    history.append(torch.zeros_like(unknown).cpu())
+                if history is not None:
+                    history.masks.append(torch.zeros_like(unknown).cpu())
                 break
             confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
             gumbel = -torch.log(-torch.log(uniform_noise(generators, (batch, n), device)))
@@ -157,8 +168,8 @@ class MaskGit(nn.Module):
             ranks = confidence.argsort(dim=1).argsort(dim=1)  # 0 = least confident
             unknown = ranks < counts[:, t:t + 1]
             tokens = torch.where(unknown, torch.full_like(sampled, self.mask_token_id), sampled)
-            if return_history:
-                history.append(unknown.cpu())
+            if history is not None:
+                history.masks.append(unknown.cpu())
         return tokens, history
 
 

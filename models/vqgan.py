@@ -14,10 +14,13 @@ import torch.nn.functional as F
 
 
 class GroupNorm(nn.Module):
+    """32 groups as in the lab model; narrow layers keep at least 4 channels per group, because a
+    group of one channel (instance norm) erases each image's mean colour before the output conv."""
+
     def __init__(self, channels: int):
         super().__init__()
-        self.gn = nn.GroupNorm(num_groups=32 if channels % 32 == 0 else math.gcd(32, channels),
-                               num_channels=channels, eps=1e-6, affine=True)
+        groups = math.gcd(32, max(1, channels // 4))
+        self.gn = nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gn(x)

@@ -195,11 +195,13 @@ def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
     z = torch.randint(0, 16, (batch, n))
     mask = hole_masks(batch, n, sizes)
     gens = [torch.Generator().manual_seed(10 + i) for i in range(batch)]
-    tokens, history = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
-                                           return_history=True)
+    tokens, steps = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
+                                         return_history=True)
+    history = steps.masks
     assert torch.equal(tokens[~mask], z[~mask])  # known tokens unchanged
     assert (tokens < 16).all()  # no mask id, everything filled
-    assert len(history) == total + 1 and torch.equal(history[0], mask)
+    assert len(history) == total + 1 and torch.equal(history[0], mask) and len(steps.tokens) == total
+    assert torch.equal(steps.tokens[-1], tokens)
     expected = masked_counts(mask.sum(1), total, "linear")
     for t in range(total):
         assert torch.equal(history[t + 1].sum(1), expected[:, t])
@@ -230,9 +232,11 @@ def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
     tiny_maskgit.transformer = stub
     z = torch.randint(0, 16, (2, 16))
     mask = hole_masks(2, 16, [16, 10])
-    tokens, history = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
-                                           return_history=True)
-    assert len(stub.inputs) == 3 and len(history) == 4
+    tokens, steps = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
+                                         return_history=True)
+    history = steps.masks
+    assert len(stub.inputs) == 3 and len(history) == 4 and len(steps.tokens) == 3
+    assert torch.equal(steps.tokens[-1], tokens)
     logits = stub.logits(3, z.shape)
     logits[..., 16] = -torch.inf
     still_masked = history[2]
