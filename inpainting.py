@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +210,13 @@ class Result:
     token_hits: int       # masked tokens predicted equal to the ground truth's VQGAN tokens
     token_count: int      # masked tokens compared
     seconds: float
+    # with `early_spots`: for each sweet spot S, what a run stopped after S steps gives (outputs, token hits)
+    early: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
+
+    def at_sweet_spot(self, spot: int) -> Result:
+        """This run's result had it stopped after `spot` steps (one of the `early_spots` it was run with)."""
+        outputs, hits = self.early[spot]
+        return replace(self, outputs=outputs, token_hits=hits, early={})
 
     @property
     def images_per_second(self) -> float:
@@ -251,15 +258,24 @@ def save_history_pictures(out_dir: Path, indices: Sequence[int], masks: torch.Te
         save_png(_strip(frames[b]), out_dir / "imga" / f"test_{i}.png")
 
 
+def save_results(out_dir: Path, result: Result) -> None:
+    """test_results/image_{i:03d}.png for every image of a finished run."""
+    (out_dir / "test_results").mkdir(parents=True, exist_ok=True)
+    for i, pixels in zip(result.indices.tolist(), result.outputs):
+        save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
+
+
 def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, mean: Sequence[float],
                    std: Sequence[float], device: torch.device, batch_size: int, num_workers: int = 0,
                    out_dir: str | os.PathLike | None = None, save_history: bool = False,
-                   gt: np.ndarray | None = None, progress: bool = True) -> Result:
+                   gt: np.ndarray | None = None, progress: bool = True, early_spots: Sequence[int] = ()) -> Result:
     """Fill the holes of every (image, hole, index) item of `dataset`, batch by batch.
 
     With `out_dir`, writes test_results/image_{i:03d}.png (and with `save_history` the per-step
     pictures). With ground truth `gt` (indexed by the items' index), counts how many masked tokens
-    match the ground truth's own VQGAN tokens. `model` may be None for a baseline.
+    match the ground truth's own VQGAN tokens. `model` may be None for a baseline. `early_spots`
+    (sweet spots up to decoding.sweet_spot) also collects what stopping after each of them gives,
+    for free: a run stopped after S steps is the first S steps of this one (Result.at_sweet_spot).
     """
     if decoding.method == "maskgit" and model is None:
         raise ValueError("MaskGIT decoding needs a model")
@@ -272,6 +288,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     collected: dict[str, list] = {"indices": [], "inputs": [], "outputs": [], "holes": []}
     hits = count = 0
+    early_outputs: dict[int, list[np.ndarray]] = {spot: [] for spot in early_spots}
+    early_hits = dict.fromkeys(early_spots, 0)
     start = time.perf_counter()
     for images, holes, indices in tqdm(loader, desc="inpainting", unit="batch", disable=not progress):
         images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
@@ -282,17 +300,25 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         else:
             token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)  # (B, N)
             _, z = model.encode_to_z(images)  # (B, N)
-            tokens, history = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, save_history)
+            tokens, history = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot,
+                                          save_history or bool(early_spots))
             outputs = _paste(model.decode_tokens(tokens), images, holes, decoding.paste)
+            gt_tokens = None
             if gt is not None:
                 _, gt_tokens = model.encode_to_z(normalize(gt[indices.numpy()], mean, std).to(device))
                 hits += int((tokens == gt_tokens)[token_mask].sum())
                 count += int(token_mask.sum())
+            for spot in early_spots:
+                spot_tokens = history.tokens[spot - 1].to(device)
+                early_outputs[spot].append(to_uint8_image(
+                    _paste(model.decode_tokens(spot_tokens), images, holes, decoding.paste), mean, std))
+                if gt_tokens is not None:
+                    early_hits[spot] += int((spot_tokens == gt_tokens)[token_mask].sum())
         outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
         if out_dir is not None:
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
-            if history is not None:
+            if save_history:
                 steps = [_paste(model.decode_tokens(t.to(device)), images, holes, decoding.paste)
                          for t in history.tokens]  # the image after each step; the last one is `outputs`
                 save_history_pictures(out_dir, indices.tolist(), torch.stack(history.masks, 1),
@@ -303,7 +329,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         collected["holes"].append(holes[:, 0].cpu().numpy())
     seconds = time.perf_counter() - start
     arrays = {key: np.concatenate(values) for key, values in collected.items()}
-    return Result(**arrays, token_hits=hits, token_count=count, seconds=seconds)
+    early = {spot: (np.concatenate(early_outputs[spot]), early_hits[spot]) for spot in early_spots}
+    return Result(**arrays, token_hits=hits, token_count=count, seconds=seconds, early=early)
 
 
 # ----------------------------------------------------------------------------- metrics and pictures

@@ -37,6 +37,7 @@ from inpainting import (
     open_ground_truth,
     result_metrics,
     run_inpainting,
+    save_results,
 )
 from models.maskgit import GAMMA_FUNCTIONS
 
@@ -86,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweet-spots", nargs="+", type=int, default=None,
                    help="values of S (those above a T are skipped for it; default: 1..T)")
     p.add_argument("--out-dir", default="outputs/sweep", help="where sweep.csv and sweep.png go (default: %(default)s)")
-    p.add_argument("--save-images", action="store_true", help="also write each setting's test_results/")
+    p.add_argument("--save-images", action="store_true",
+                   help="also write each setting's test_results/ under OUT_DIR/<func>_T<T>_S<S>/")
     p.add_argument("--inception-weights", help="FID Inception weights (default: $FID_INCEPTION_WEIGHTS, the hub cache)")
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the weights are available")
     return p.parse_args(argv)
@@ -95,14 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_common_arguments(args)
-    grid = []
+    grid = []  # (mask function, T, the sweet spots S <= T to score)
     for mask_func in args.mask_funcs:
         for total_iter in args.total_iters:
-            spots = args.sweet_spots or range(1, total_iter + 1)
-            for sweet_spot in spots:
-                check_decoding(total_iter, min(sweet_spot, total_iter), mask_func)
-                if sweet_spot <= total_iter:
-                    grid.append((mask_func, total_iter, sweet_spot))
+            check_decoding(total_iter, None, mask_func)
+            spots = sorted({s for s in args.sweet_spots or range(1, total_iter + 1) if s <= total_iter})
+            if any(s < 1 for s in spots):
+                raise UserError(f"--sweet-spots must be at least 1, got {spots}")
+            if spots:
+                grid.append((mask_func, total_iter, spots))
     if not grid:
         raise UserError("no setting to run: every --sweet-spots value is larger than every --total-iters value")
     cfg = load_config(args.MaskGitConfig)
@@ -127,20 +130,24 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
-    for mask_func, total_iter, sweet_spot in tqdm(grid, desc="sweep", unit="setting", disable=args.no_progress):
-        decoding = Decoding("maskgit", total_iter, sweet_spot, mask_func, choice_temperature,
+    for mask_func, total_iter, spots in tqdm(grid, desc="sweep", unit="schedule", disable=args.no_progress):
+        # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
+        decoding = Decoding("maskgit", total_iter, spots[-1], mask_func, choice_temperature,
                             args.sample_temperature, args.random_seed, not args.no_paste)
-        images_dir = out_dir / f"{mask_func}_T{total_iter}_S{sweet_spot}" if args.save_images else None
-        result = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size,
-                                args.num_workers, images_dir, gt=gt, progress=False)
-        row = {"mask_func": mask_func, "total_iter": total_iter, "sweet_spot": sweet_spot,
-               **result_metrics(result, gt)}
-        if inception is not None and len(result.indices) > 1:
-            whole_set = len(result.indices) == total  # then the ground truth's statistics come from fid's cache
-            row["fid"] = compute_fid(result.outputs, gt_path if whole_set else gt[result.indices],
-                                     model=inception, device=device, progress=False)
-        rows.append(row)
-        write_csv(rows, out_dir / "sweep.csv")
+        run = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size,
+                             args.num_workers, gt=gt, progress=False, early_spots=spots)
+        for sweet_spot in spots:
+            result = run.at_sweet_spot(sweet_spot)
+            if args.save_images:
+                save_results(out_dir / f"{mask_func}_T{total_iter}_S{sweet_spot}", result)
+            row = {"mask_func": mask_func, "total_iter": total_iter, "sweet_spot": sweet_spot,
+                   **result_metrics(result, gt)}
+            if inception is not None and len(result.indices) > 1:
+                whole_set = len(result.indices) == total  # then the ground truth's statistics come from fid's cache
+                row["fid"] = compute_fid(result.outputs, gt_path if whole_set else gt[result.indices],
+                                         model=inception, device=device, progress=False)
+            rows.append(row)
+            write_csv(rows, out_dir / "sweep.csv")
     plot_sweep(rows, out_dir / "sweep.png")
 
     best = max(rows, key=lambda r: r["psnr_hole"])

@@ -161,6 +161,24 @@ def test_tokens_do_not_depend_on_batch_size(tiny):
     assert (together == alone).float().mean() >= 0.99
 
 
+def test_early_sweet_spots_equal_separate_runs(tiny):
+    """The sweep scores every sweet spot from one run; each must equal a run stopped there."""
+    cfg = inpainting.load_config(tiny["config"])
+    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    mean, std = cfg["vqgan"]["mean"], cfg["vqgan"]["std"]
+    gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, 16)
+    full = inpainting.run_inpainting(dataset, model, inpainting.Decoding(total_iter=6, sweet_spot=6), mean, std,
+                                     torch.device("cpu"), 4, gt=gt, progress=False, early_spots=[2, 5, 6])
+    for spot in (2, 5):
+        alone = inpainting.run_inpainting(dataset, model, inpainting.Decoding(total_iter=6, sweet_spot=spot), mean,
+                                          std, torch.device("cpu"), 4, gt=gt, progress=False)
+        early = full.at_sweet_spot(spot)
+        assert np.array_equal(early.outputs, alone.outputs) and early.token_hits == alone.token_hits
+    assert np.array_equal(full.at_sweet_spot(6).outputs, full.outputs)
+    assert not np.array_equal(full.at_sweet_spot(2).outputs, full.outputs)
+
+
 def test_mean_fill_baseline(tiny):
     out = run(tiny, tiny["root"] / "baseline", "--baseline", "mean-fill",
               "--load-transformer-ckpt-path", "missing.pt")  # the baseline needs no transformer
