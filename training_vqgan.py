@@ -33,6 +33,7 @@ from common import (
     load_checkpoint,
     load_weights,
     merge_train_param,
+    resolve_device,
     restore_rng_state,
     rng_state,
     run_cli,
@@ -79,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--export", metavar="PATH", help="write RUN_DIR/best.pt's VQGAN weights in fp16 to PATH and exit")
+    p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
+                   "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
+    p.add_argument("--weights", help="with --evaluate: a VQGAN checkpoint (training checkpoint or plain weights)")
     return p.parse_args()
 
 
@@ -139,6 +143,21 @@ def validate(vqgan: VQGAN, loader: DataLoader, device: torch.device, mean, std, 
     return torch.cat(psnrs).mean().item(), counts
 
 
+def evaluate(cfg: dict, weights: str | Path, folder: str, args: argparse.Namespace) -> None:
+    """Reconstruction PSNR and codebook use of trained weights on a folder of images."""
+    device = resolve_device(args.device)
+    vqgan = VQGAN(cfg).to(device)
+    load_weights(vqgan, weights, key="vqgan")
+    dataset = ImageFolderDataset(folder, cfg["mean"], cfg["std"], size=cfg["img_resolution"], strict=args.strict_size)
+    loader = DataLoader(dataset, batch_size=64, num_workers=args.num_workers)
+    grid = Path(args.run_dir) / f"recon_{Path(folder).name}.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    psnr, counts = validate(vqgan, loader, device, cfg["mean"], cfg["std"], grid)
+    usage, perplexity = codebook_health(counts)
+    print(f"{folder}: {len(dataset)} images, reconstruction PSNR {psnr:.2f} dB, codebook use {usage:.1%} "
+          f"({int((counts > 0).sum())} of {len(counts)} codes), perplexity {perplexity:.0f}; grid: {grid}")
+
+
 def main() -> None:
     args = parse_args()
     cfg = load_vqgan_config(args.config)
@@ -154,6 +173,10 @@ def main() -> None:
         load_weights(vqgan, run_dir / "best.pt", key="vqgan")
         save_checkpoint(half_state_dict(vqgan), args.export)
         print(f"wrote {args.export}")
+        return
+
+    if args.evaluate:
+        evaluate(cfg, args.weights or run_dir / "best.pt", args.evaluate, args)
         return
 
     rank, world, device = setup_distributed(args.device)
