@@ -1,19 +1,21 @@
 """Inpainting throughput: this project's batched decoding against the lab-style loop, same weights,
 same test images, measured side by side.
 
-    python bench/bench_inpainting.py --device cpu --images 16 --repeats 3 --threads 1
+    python bench/bench_inpainting.py --device cpu --images 8 --repeats 3 --threads 1
     python bench/bench_inpainting.py --device cuda --config configs/MaskGit.yml --write
     python bench/bench_inpainting.py --device cpu --images 2 --profile
 
 lab-style (the baseline, written here): one image at a time, the hand-written attention core, fp32,
-and the VQGAN decode of the current prediction after every decoding step, as the lab's loop does.
+and the VQGAN decode of the image after every decoding step, as the lab's loop does (the tokens of
+each step come from MaskGit.inpaint's step history).
 project: inpainting.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
 attention, bf16 autocast on CUDA, one decode per image at the end.
 
 Both build the MaskGit of --config with the same seeded random weights (speed does not depend on
 the weights' values; the parent checks that both children hold the same ones) and fill the holes
-of the first --images images of the Twemoji test set, 8 steps of the cosine schedule. Every
-measured run is a child process, so the peak RSS is the variant's own; the variants alternate.
+of the first --images images of the Twemoji test set, 8 steps of the cosine schedule. Each
+variant runs in its own child process, set up and warmed up once, then asked for one timed pass
+at a time: the timed passes alternate between the variants, and the peak RSS is the variant's own.
 """
 from __future__ import annotations
 
@@ -29,17 +31,20 @@ import numpy as np
 import torch
 
 from bench.harness import (
+    VARIANTS,
+    check_same_weights,
     interleave,
     machine_summary,
     markdown_table,
     median,
-    paired_ratios,
+    memory_table,
     peak_memory,
     profile_table,
-    report_result,
-    run_child,
+    serve,
     set_threads,
-    timed,
+    speedup_text,
+    start_children,
+    stopwatch,
     update_section,
     weights_fingerprint,
 )
@@ -57,7 +62,6 @@ from inpainting import (
 )
 from models.maskgit import MaskGit
 
-VARIANTS = ("lab-style", "project")
 GOAL = {"cpu": 3.0, "cuda": 10.0}
 CPU_IMAGES = 16  # default subset on the CPU, where the lab-style loop is slow
 SEED = 0
@@ -65,42 +69,22 @@ SEED = 0
 Items = list[tuple[torch.Tensor, torch.Tensor, int]]
 
 
-class StepDecoder:
-    """Forward hook on the transformer that decodes each step's prediction (masked tokens filled
-    with their most likely code) to pixels, as the lab's loop does after every step. MaskGit.inpaint
-    has no per-step callback, hence the hook. The last step's decode is the output itself, which
-    the caller makes, so the hook skips every `steps`-th call."""
-
-    def __init__(self, model: MaskGit, steps: int):
-        self.model, self.steps, self.calls = model, steps, 0
-
-    def __call__(self, module: torch.nn.Module, args: tuple, logits: torch.Tensor) -> None:
-        self.calls += 1
-        if self.calls % self.steps:
-            tokens = args[0]
-            predicted = torch.where(tokens == self.model.mask_token_id, logits[..., :-1].argmax(-1), tokens)
-            self.model.decode_tokens(predicted)
-
-
 def lab_style_inpainting(model: MaskGit, items: Items, decoding: Decoding, cfg: dict,
                          device: torch.device) -> np.ndarray:
-    """The baseline: the lab's loop over the images one by one, fp32, decoding after every step.
+    """The baseline: the lab's loop over the images one at a time, fp32 (no autocast), with the VQGAN
+    decode of the image after every step (the lab draws them; the last one is the output).
     Returns the pasted-back outputs, uint8 (N, H, W, 3)."""
     vq = cfg["vqgan"]
-    hook = model.transformer.register_forward_hook(StepDecoder(model, decoding.sweet_spot))
     outputs = []
-    try:
-        for image, hole, index in items:
-            images, holes = image[None].to(device), hole[None].to(device)  # (1, 3, H, W), (1, 1, H, W)
-            token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)
-            _, z = model.encode_to_z(images)
-            tokens, _ = model.inpaint(z, token_mask, decoding.total_iter, decoding.sweet_spot, decoding.mask_func,
-                                      decoding.choice_temperature, decoding.sample_temperature,
-                                      generators=make_generators(decoding.seed, [index]))
-            decoded = model.decode_tokens(tokens)
-            outputs.append(to_uint8_image(torch.where(holes, decoded, images), vq["mean"], vq["std"]))
-    finally:
-        hook.remove()
+    for image, hole, index in items:
+        images, holes = image[None].to(device), hole[None].to(device)  # (1, 3, H, W), (1, 1, H, W)
+        token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)
+        _, z = model.encode_to_z(images)
+        _, history = model.inpaint(z, token_mask, decoding.total_iter, decoding.sweet_spot, decoding.mask_func,
+                                   decoding.choice_temperature, decoding.sample_temperature,
+                                   generators=make_generators(decoding.seed, [index]), return_history=True)
+        steps = [model.decode_tokens(tokens.to(device)) for tokens in history.tokens]  # (1, 3, H, W) each
+        outputs.append(to_uint8_image(torch.where(holes, steps[-1], images), vq["mean"], vq["std"]))
     return np.concatenate(outputs)
 
 
@@ -123,15 +107,19 @@ def prepare(variant: str, config: str, images: int, batch_size: int, device: tor
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One measured run of one variant (a child process): a warm-up, then the timed pass."""
+    """One variant's child process: set up, warm up, then one timed pass over the images per request."""
     device = torch.device(args.device)
     set_threads(args.threads)
     model, items, run = prepare(args.worker, args.config, args.images, args.batch_size, device)
-    warmup = args.batch_size if device.type == "cuda" and args.worker == "project" else 1
-    run(items[:warmup])
-    seconds, _ = timed(lambda: run(items), device)
-    report_result({"seconds": seconds, "images": len(items), "fingerprint": weights_fingerprint(model),
-                   **peak_memory(device)})
+    fingerprint = weights_fingerprint(model)
+    run(items[:args.batch_size if device.type == "cuda" and args.worker == "project" else 1])
+
+    def measure() -> dict:
+        with stopwatch(device) as times:
+            run(items)
+        return {**times, "images": len(items), "fingerprint": fingerprint, **peak_memory(device)}
+
+    serve(measure)
 
 
 def profile(args: argparse.Namespace, device: torch.device) -> None:
@@ -162,28 +150,17 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     machine = machine_summary(device, args.threads)
     child_args = ["--device", str(device), "--config", args.config, "--images", str(args.images),
                   "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-    script = Path(__file__).resolve()
-    results = interleave(args.repeats, VARIANTS, lambda v: run_child(script, [*child_args, "--worker", v]))
-    if len({r["fingerprint"] for runs in results.values() for r in runs}) != 1:
-        raise RuntimeError("the variants were not given the same weights")
+    with start_children(Path(__file__).resolve(), {v: [*child_args, "--worker", v] for v in VARIANTS}) as children:
+        results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
+    check_same_weights(results)
     images = results["project"][0]["images"]
     rates = {v: [r["images"] / r["seconds"] for r in runs] for v, runs in results.items()}
-    ratios = paired_ratios([r["seconds"] for r in results["lab-style"]], [r["seconds"] for r in results["project"]])
-    speedup, goal = median(ratios), GOAL[device.type]
-
-    speed_rows = [describe(v, device, args.batch_size) + [f"{median(rates[v]):.3g}",
-                                                          ", ".join(f"{x:.3g}" for x in rates[v])]
-                  for v in VARIANTS]
+    rows = [describe(v, device, args.batch_size) + [f"{median(rates[v]):.3g}", ", ".join(f"{x:.3g}" for x in rates[v])]
+            for v in VARIANTS]
     speed = markdown_table(["variant", "batch", "attention", "precision", "decode every step",
-                            "images/s (median)", "images/s (each run)"], speed_rows)
-    verdict = (f"Speed-up (median of {len(ratios)} paired ratios, lab-style time / project time): "
-               f"**{speedup:.2f}x** (runs: {', '.join(f'{x:.2f}' for x in ratios)}); "
-               f"goal on {device.type.upper()}: at least {goal:g}x, {'met' if speedup >= goal else 'missed'}.")
-    memory_headers = ["variant", "peak RSS (MiB)"] + (["GPU max allocated (MiB)"] if device.type == "cuda" else [])
-    memory_rows = [[v, f"{max(r['rss_mib'] for r in results[v]):.0f}"]
-                   + ([f"{max(r['gpu_mib'] for r in results[v]):.0f}"] if device.type == "cuda" else [])
-                   for v in VARIANTS]
-    memory = markdown_table(memory_headers, memory_rows)
+                            "images/s (median)", "images/s (each run)"], rows)
+    verdict = speedup_text(results, device, GOAL[device.type])
+    memory = memory_table(results, device)
     title = f"{device.type.upper()}, {args.config}, {images} test image(s)"
     print(f"\n{title}\n{machine}\n\n{speed}\n\n{verdict}\n\n{memory}")
 
@@ -194,8 +171,8 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
                        f"Machine: {machine}.{note}\n\nCommand: `{command_line(args, device)} --write`\n\n"
                        f"{speed}\n\n{verdict}")
         update_section("Peak memory", key, f"### Inpainting: {title}\n\n"
-                       f"Largest peak over the {args.repeats} runs of each variant (each run is its own "
-                       f"process).\n\n{memory}")
+                       f"Peak of each variant's own process (set-up, warm-up and the {args.repeats} timed "
+                       f"passes).\n\n{memory}")
         print("\nBENCHMARKS.md updated")
 
 

@@ -17,14 +17,14 @@ masked_token_loss, backward, gradient clipping, AdamW on param_groups, loss.item
 the same seeded random initialization in both (the parent checks it), the images are the first
 ones of the Twemoji training split, read into memory before timing (disk reads are timed for
 neither; they would only add to the baseline). s/epoch is extrapolated from the timed steps to
-the training split's steps per epoch. Every measured run is a child process, so the peak RSS is
-the variant's own; the variants alternate.
+the training split's steps per epoch. Each variant runs in its own child process, set up and
+warmed up once, then asked for --steps timed steps at a time: the timed runs alternate between the
+variants, and the peak RSS is the variant's own.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -33,17 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import torch
 
 from bench.harness import (
+    VARIANTS,
+    check_same_weights,
     interleave,
     machine_summary,
     markdown_table,
     median,
-    paired_ratios,
+    memory_table,
     peak_memory,
     profile_table,
-    report_result,
-    run_child,
+    serve,
     set_threads,
-    timed,
+    speedup_text,
+    start_children,
+    stopwatch,
     update_section,
     weights_fingerprint,
 )
@@ -53,7 +56,6 @@ from models.config import load_maskgit_config, read_yaml
 from models.maskgit import MaskGit
 from training_transformer import TRAIN_DEFAULTS, encode_images, masked_token_loss, param_groups
 
-VARIANTS = ("lab-style", "project")
 TRAIN_DIR = "datasets/twemoji/train"
 GOAL = {"cuda": 5.0}  # none set for the CPU
 WARMUP_STEPS = {"cpu": 1, "cuda": 5}
@@ -61,7 +63,9 @@ SEED = 0
 
 
 class Setup:
-    """A variant ready to train: seeded model, optimizer, and a function giving step i's tokens."""
+    """A variant ready to train: the seeded model with the variant's attention, AdamW, the images of
+    the run in memory and, for the project, their token cache (its build time extrapolated to the
+    whole training split in `cache_seconds_epoch`)."""
 
     def __init__(self, variant: str, config: str, batch_size: int | None, steps: int, device: torch.device):
         path = resolve_path(config)
@@ -80,12 +84,12 @@ class Setup:
         self.steps_per_epoch = len(dataset) // self.batch  # training_transformer.train(), one process
         count = (WARMUP_STEPS[device.type] + steps) * self.batch
         self.images = torch.stack([dataset[i % len(dataset)] for i in range(count)])  # (count, 3, H, W)
-        self.cache_seconds_per_image = 0.0
+        self.cache_seconds_epoch = 0.0
         if variant == "project":
-            seconds, self.tokens = timed(partial(encode_images, self.model, list(self.images), self.tcfg["flip"],
-                                                 self.batch, 0, device, "token cache"), device)
-            self.cache_seconds_per_image = seconds / count
-        self.cache_seconds_epoch = self.cache_seconds_per_image * len(dataset)
+            with stopwatch(device) as times:
+                self.tokens = encode_images(self.model, list(self.images), self.tcfg["flip"], self.batch, 0, device,
+                                            "token cache")
+            self.cache_seconds_epoch = times["seconds"] / count * len(dataset)
 
     def batch_tokens(self, step: int) -> torch.Tensor:
         """Token ids (B, N) of step `step`'s images: looked up in the cache, or (lab-style) encoded now."""
@@ -117,17 +121,22 @@ class Setup:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One measured run of one variant (a child process): warm-up steps, then the timed steps."""
+    """One variant's child process: set up, warm-up steps, then --steps timed steps per request."""
     device = torch.device(args.device)
     set_threads(args.threads)
     setup = Setup(args.worker, args.config, args.batch_size, args.steps, device)
     warmup = WARMUP_STEPS[device.type]
     setup.run(0, warmup)
-    seconds, _ = timed(partial(setup.run, warmup, args.steps), device)
-    report_result({"seconds": seconds, "steps": args.steps, "batch": setup.batch,
-                   "tokens": setup.cfg["num_image_tokens"], "steps_per_epoch": setup.steps_per_epoch,
-                   "cache_seconds_epoch": setup.cache_seconds_epoch, "fingerprint": setup.fingerprint,
-                   **peak_memory(device)})
+
+    def measure() -> dict:
+        with stopwatch(device) as times:
+            setup.run(warmup, args.steps)
+        return {**times, "steps": args.steps, "batch": setup.batch,
+                "tokens": setup.cfg["num_image_tokens"], "steps_per_epoch": setup.steps_per_epoch,
+                "cache_seconds_epoch": setup.cache_seconds_epoch, "fingerprint": setup.fingerprint,
+                **peak_memory(device)}
+
+    serve(measure)
 
 
 def profile(args: argparse.Namespace, device: torch.device) -> None:
@@ -164,17 +173,16 @@ def summarize(runs: list[dict]) -> dict:
             "epoch": per_step * runs[0]["steps_per_epoch"], "cache": median([r["cache_seconds_epoch"] for r in runs])}
 
 
-def benchmark(args: argparse.Namespace, device: torch.device, run: Callable[[str], dict]) -> None:
+def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     """Run the variants in alternation, print the tables and, with --write, update BENCHMARKS.md."""
     machine = machine_summary(device, args.threads)
-    results = interleave(args.repeats, VARIANTS, run)
-    if len({r["fingerprint"] for runs in results.values() for r in runs}) != 1:
-        raise RuntimeError("the variants were not given the same weights")
+    child_args = ["--device", str(device), "--config", args.config, "--steps", str(args.steps),
+                  "--threads", str(args.threads)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    with start_children(Path(__file__).resolve(), {v: [*child_args, "--worker", v] for v in VARIANTS}) as children:
+        results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
+    check_same_weights(results)
     stats = {v: summarize(runs) for v, runs in results.items()}
     first = results["project"][0]
-    ratios = paired_ratios([r["seconds"] for r in results["lab-style"]], [r["seconds"] for r in results["project"]])
-    speedup, goal = median(ratios), GOAL.get(device.type)
-
     rows = []
     for variant in VARIANTS:
         s = stats[variant]
@@ -185,17 +193,9 @@ def benchmark(args: argparse.Namespace, device: torch.device, run: Callable[[str
     speed = markdown_table(["variant", "tokens from", "attention", "precision", "tokens/s (median)",
                             "tokens/s (each run)", "s/step", "s/epoch (extrapolated)",
                             "one-off token cache, s"], rows)
-    goal_text = (f"goal on {device.type.upper()}: at least {goal:g}x, {'met' if speedup >= goal else 'missed'}"
-                 if goal else f"no goal set on {device.type.upper()}")
-    verdict = (f"Speed-up (median of {len(ratios)} paired ratios, lab-style time / project time per step): "
-               f"**{speedup:.2f}x** (runs: {', '.join(f'{x:.2f}' for x in ratios)}); {goal_text}. "
-               f"{first['steps_per_epoch']} steps of {first['batch']} images per epoch "
-               f"(the {TRAIN_DIR} split), {first['tokens']} tokens per image.")
-    memory_headers = ["variant", "peak RSS (MiB)"] + (["GPU max allocated (MiB)"] if device.type == "cuda" else [])
-    memory_rows = [[v, f"{max(r['rss_mib'] for r in results[v]):.0f}"]
-                   + ([f"{max(r['gpu_mib'] for r in results[v]):.0f}"] if device.type == "cuda" else [])
-                   for v in VARIANTS]
-    memory = markdown_table(memory_headers, memory_rows)
+    verdict = (f"{speedup_text(results, device, GOAL.get(device.type))} {first['steps_per_epoch']} steps of "
+               f"{first['batch']} images per epoch (the {TRAIN_DIR} split), {first['tokens']} tokens per image.")
+    memory = memory_table(results, device)
     title = f"{device.type.upper()}, {args.config}, batch {first['batch']}, {args.steps} timed step(s) per run"
     print(f"\n{title}\n{machine}\n\n{speed}\n\n{verdict}\n\n{memory}")
 
@@ -206,8 +206,8 @@ def benchmark(args: argparse.Namespace, device: torch.device, run: Callable[[str
                        f"Machine: {machine}.{note}\n\nCommand: `{command_line(args, device)} --write`\n\n"
                        f"{speed}\n\n{verdict}")
         update_section("Peak memory", key, f"### Stage-2 training: {title}\n\n"
-                       f"Largest peak over the {args.repeats} runs of each variant (each run is its own "
-                       f"process; it includes the images read for the run).\n\n{memory}")
+                       f"Peak of each variant's own process (set-up with the images it trains on, warm-up "
+                       f"and the {args.repeats} timed runs).\n\n{memory}")
         print("\nBENCHMARKS.md updated")
 
 
@@ -236,11 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     args.steps = args.steps or (20 if device.type == "cuda" else 2)
     if args.profile:
         profile(args, device)
-        return
-    child_args = ["--device", str(device), "--config", args.config, "--steps", str(args.steps),
-                  "--threads", str(args.threads)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
-    script = Path(__file__).resolve()
-    benchmark(args, device, lambda v: run_child(script, [*child_args, "--worker", v]))
+    else:
+        benchmark(args, device)
 
 
 if __name__ == "__main__":

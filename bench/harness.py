@@ -15,32 +15,71 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
-RESULT_PREFIX = "BENCH_RESULT "
+VARIANTS = ("lab-style", "project")  # the baseline written in each benchmark, and this project's code
+READY = "BENCH_READY"
+RESULT = "BENCH_RESULT "
 
 
 # ----------------------------------------------------------------------------- child processes
 
-def run_child(script: str | os.PathLike, args: Sequence[str]) -> dict:
-    """Run `script` with `args` in a fresh Python process and return the dict it reported with
-    report_result(). The child's other output goes to this process's stderr."""
-    command = [sys.executable, str(script), *args]
-    proc = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    results = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not results:
-        raise RuntimeError(f"benchmark child failed (exit {proc.returncode}): {' '.join(command)}")
-    return json.loads(results[-1])
+class Child:
+    """One variant's process: started once (imports, model, data and warm-up are paid once), then
+    asked for one measured run at a time, so that the variants can alternate; its peak RSS is the
+    variant's own. The child side is serve()."""
+
+    def __init__(self, script: str | os.PathLike, args: Sequence[str]):
+        self.command = [sys.executable, str(script), *args]
+        self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def _read(self, prefix: str) -> str:
+        """The rest of the child's next stdout line that starts with `prefix`."""
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        raise RuntimeError(f"benchmark child failed (exit {self.proc.wait()}): {' '.join(self.command)}")
+
+    def wait_ready(self) -> None:
+        self._read(READY)
+
+    def measure(self) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read(RESULT))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def report_result(result: dict) -> None:
-    """Hand a child's result to the parent (one tagged JSON line on stdout)."""
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+@contextmanager
+def start_children(script: str | os.PathLike, args: dict[str, Sequence[str]]) -> Iterator[dict[str, Child]]:
+    """A Child per variant ({variant: its arguments}), started together; yields once all are ready
+    (set up and warmed up), so that no start-up overlaps a measurement."""
+    children = {variant: Child(script, child_args) for variant, child_args in args.items()}
+    try:
+        for child in children.values():
+            child.wait_ready()
+        yield children
+    finally:
+        for child in children.values():
+            child.close()
+
+
+def serve(measure: Callable[[], dict]) -> None:
+    """Child side: say ready, then for every line read from stdin make one measured run and report
+    its result (a tagged JSON line on stdout) until stdin closes."""
+    print(READY, flush=True)
+    for _ in sys.stdin:
+        print(RESULT + json.dumps(measure()), flush=True)
 
 
 def interleave(repeats: int, variants: Sequence[str], run: Callable[[str], dict]) -> dict[str, list[dict]]:
@@ -52,11 +91,6 @@ def interleave(repeats: int, variants: Sequence[str], run: Callable[[str], dict]
             print(f"  repetition {r + 1}/{repeats}: {variant} ...", file=sys.stderr, flush=True)
             results[variant].append(run(variant))
     return results
-
-
-def paired_ratios(slow: list[float], fast: list[float]) -> list[float]:
-    """Per-repetition ratios slow/fast of two variants' times measured side by side."""
-    return [s / f for s, f in zip(slow, fast, strict=True)]
 
 
 def median(values: Sequence[float]) -> float:
@@ -76,13 +110,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """(wall-clock seconds, return value) of fn(), with the device's queued work finished on both sides."""
+@contextmanager
+def stopwatch(device: torch.device) -> Iterator[dict[str, float]]:
+    """Times the block: yields a dict that gets `seconds` (wall clock) and `cpu_seconds` (CPU time
+    of this process, all its threads), with the device's queued work finished on both sides."""
+    times: dict[str, float] = {}
     synchronize(device)
-    start = time.perf_counter()
-    value = fn()
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield times
     synchronize(device)
-    return time.perf_counter() - start, value
+    times.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -129,6 +166,39 @@ def machine_summary(device: torch.device, threads: int) -> str:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"{cpu}{gpu}; torch {torch.__version__}, Python {platform.python_version()}; "
             f"load average (1, 5, 15 min) at the start: {load}")
+
+
+def speedup_text(results: dict[str, list[dict]], device: torch.device, goal: float | None) -> str:
+    """The lab-style / project ratio of the wall-clock `seconds` of each repetition (the two were
+    measured side by side), its median against the goal, and on the CPU the same by CPU time."""
+    def ratios(key: str) -> list[float]:
+        return [b[key] / p[key] for b, p in zip(results["lab-style"], results["project"], strict=True)]
+
+    wall = ratios("seconds")
+    where = device.type.upper()
+    text = (f"Speed-up, lab-style time / project time, median of {len(wall)} paired ratios: "
+            f"**{median(wall):.2f}x** (runs: {', '.join(f'{x:.2f}' for x in wall)}); ")
+    text += (f"goal on {where}: at least {goal:g}x, {'met' if median(wall) >= goal else 'missed'}." if goal
+             else f"no goal set on {where}.")
+    if device.type == "cpu":
+        cpu = ratios("cpu_seconds")
+        text += (f" The same by CPU time of each variant's process (less sensitive to other load on the "
+                 f"machine): {median(cpu):.2f}x (runs: {', '.join(f'{x:.2f}' for x in cpu)}).")
+    return text
+
+
+def memory_table(results: dict[str, list[dict]], device: torch.device) -> str:
+    """Peak RSS per variant (and GPU max allocated on CUDA), the largest its process reported."""
+    headers = ["variant", "peak RSS (MiB)"] + (["GPU max allocated (MiB)"] if device.type == "cuda" else [])
+    rows = [[v, f"{max(r['rss_mib'] for r in runs):.0f}"]
+            + ([f"{max(r['gpu_mib'] for r in runs):.0f}"] if device.type == "cuda" else [])
+            for v, runs in results.items()]
+    return markdown_table(headers, rows)
+
+
+def check_same_weights(results: dict[str, list[dict]]) -> None:
+    if len({r["fingerprint"] for runs in results.values() for r in runs}) != 1:
+        raise RuntimeError("the variants were not given the same weights")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
