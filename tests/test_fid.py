@@ -95,7 +95,7 @@ def save_pngs(images: np.ndarray, folder: Path) -> Path:
 
 def scipy_fid(mu1, sigma1, mu2, sigma2) -> float:
     """The reference formula, as pytorch-fid computes it."""
-    covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
