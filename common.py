@@ -52,9 +52,10 @@ def resolve_path(path: str | os.PathLike, relative_to: str | os.PathLike | None 
 
 # ----------------------------------------------------------------------------- devices
 
-def resolve_device(name: str | None = None, cpu_fallback: bool = False) -> torch.device:
+def resolve_device(name: str | torch.device | None = None, cpu_fallback: bool = False) -> torch.device:
     """'cuda', 'cuda:1', 'cpu' or None (= cuda when available). CUDA asked for but missing is an
     error unless the user allowed falling back to the CPU."""
+    name = str(name) if isinstance(name, torch.device) else name
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
