@@ -208,12 +208,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def update_section(section: str, key: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Put `body` into BENCHMARKS.md under `## {section}`, between the markers of `key`: a block
-    with the same key (say the same device and config) is replaced, any other text is kept. A
-    missing section is added at the end of the file."""
+    """Put `body` into BENCHMARKS.md under `## {section}`, between markers named after `key` and the
+    section: the block of the same key (say the same device and config) is replaced; a new one goes
+    after the section's last block (or at its end); any other text is kept. A missing section is
+    added at the end of the file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"<!-- {key} -->\n{body.strip()}\n<!-- /{key} -->"
-    existing = re.compile(rf"<!-- {re.escape(key)} -->\n.*?<!-- /{re.escape(key)} -->", re.S)
+    marker = f"{key} | {section}"
+    block = f"<!-- {marker} -->\n{body.strip()}\n<!-- /{marker} -->"
+    existing = re.compile(rf"<!-- {re.escape(marker)} -->\n.*?<!-- /{re.escape(marker)} -->", re.S)
     heading = re.search(rf"^## {re.escape(section)}[ \t]*$", text, re.M)
     if existing.search(text):
         text = existing.sub(lambda _: block, text, count=1)
@@ -222,5 +224,10 @@ def update_section(section: str, key: str, body: str, path: Path = BENCHMARKS_MD
     else:
         following = re.search(r"^## ", text[heading.end():], re.M)
         end = heading.end() + following.start() if following else len(text)
-        text = text[:end].rstrip("\n") + f"\n\n{block}\n" + ("\n" + text[end:] if following else "")
+        blocks = list(re.finditer(r"<!-- /[^>]*-->", text[heading.end():end]))
+        if blocks:
+            at = heading.end() + blocks[-1].end()
+            text = text[:at] + f"\n\n{block}" + text[at:]
+        else:
+            text = text[:end].rstrip("\n") + f"\n\n{block}\n" + ("\n" + text[end:] if following else "")
     path.write_text(text)
