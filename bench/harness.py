@@ -1,6 +1,6 @@
-"""Shared pieces of the speed benchmarks: one child process per measured run (so that peak RSS is
-per variant), interleaved repetitions, timing, peak memory, the machine's description, and the
-blocks of BENCHMARKS.md that a `--write` replaces.
+"""Shared pieces of the speed benchmarks: a long-lived child process per variant (so that peak RSS
+is the variant's own), interleaved repetitions, timing, peak memory, the machine's description,
+the speed-up and memory tables, and the blocks of BENCHMARKS.md that a `--write` replaces.
 
 (Named harness.py rather than common.py so that it never shadows the repository's common.py.)
 """
