@@ -1,41 +1,63 @@
-"""Benchmark fid/: the Frechet distance on 2048-d statistics against the pytorch-fid formula with
-scipy.linalg.sqrtm (the baseline, written below), and Inception feature extraction in images/s.
-Writes the `## FID` section of BENCHMARKS.md.
+"""FID: the Frechet distance of this project against the pytorch-fid formula with scipy.linalg.sqrtm,
+on the same 2048-d statistics, measured side by side; and Inception feature extraction in images/s.
 
-    python bench/bench_fid.py                  # CPU, machine-default threads
-    python bench/bench_fid.py --device cuda    # the distance and the features on the GPU too
+    python bench/bench_fid.py --device cpu --threads 1 --write
+    python bench/bench_fid.py --device cuda --write
+    python bench/bench_fid.py --device cpu --profile
 
-Thread counts follow torch/numpy defaults; set OMP_NUM_THREADS / MKL_NUM_THREADS /
-OPENBLAS_NUM_THREADS in the environment to pin them (recorded in the output).
+lab-style (the baseline, written here): pytorch-fid's calculate_frechet_distance, a general matrix
+square root of S1 S2 with scipy.linalg.sqrtm (numpy, CPU, float64), retried with 1e-6 on the
+diagonals when it is not finite, real part taken.
+project: fid.frechet_distance, float64 torch on --device: Cholesky factor L of S1, then the sum of
+the square roots of the eigenvalues (eigvalsh) of L^T S2 L.
+
+Both compute the distance between the same two seeded, well-conditioned 2048-d Gaussians (the
+parent checks the values agree to 1e-6 relative). Each variant runs in its own child process, set
+up and warmed up once; the timed runs alternate between them. A third child times
+fid.extract_features on --images random 64x64 images with random Inception weights (the speed
+does not depend on the weights' values).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import resource
-import statistics
 import sys
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
+
 import numpy as np
-import scipy
 import scipy.linalg
 import torch
-import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench.harness import (
+    VARIANTS,
+    interleave,
+    machine_summary,
+    markdown_table,
+    median,
+    memory_table,
+    peak_memory,
+    profile_table,
+    serve,
+    set_threads,
+    speedup_text,
+    start_children,
+    stopwatch,
+    update_section,
+)
+from common import resolve_device, run_cli
 from fid import FIDInceptionV3, extract_features, frechet_distance
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+GOAL = {"cpu": 10.0}
+FEATURES = "features"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def baseline_frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Baseline: the pytorch-fid / lab formula, a general matrix square root of S1 S2 with scipy."""
+def lab_style_frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The baseline: pytorch-fid's formula, a general matrix square root of S1 S2 with scipy."""
     covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * 1e-6
@@ -46,155 +68,156 @@ def baseline_frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def synthetic_statistics(dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Two well-conditioned, correlated covariances, like those of two feature sets: S = A A^T / (2d)
-    with A (d, 2d) Gaussian has eigenvalues in about [0.09, 2.9]."""
+def synthetic_statistics(dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two correlated, well-conditioned covariances like those of two feature sets: S = A A^T / (2d)
+    with A a (d, 2d) Gaussian matrix has eigenvalues in about [0.09, 2.9]."""
     gen = torch.Generator().manual_seed(seed)
     a1 = torch.randn(dims, 2 * dims, generator=gen, dtype=torch.float64)
     a2 = a1 + 0.5 * torch.randn(dims, 2 * dims, generator=gen, dtype=torch.float64)
-    mu1, mu2 = torch.randn(2, dims, generator=gen, dtype=torch.float64) * 0.1
-    return mu1.numpy(), (a1 @ a1.T / (2 * dims)).numpy(), mu2.numpy(), (a2 @ a2.T / (2 * dims) / 1.25).numpy()
+    mu1, mu2 = 0.1 * torch.randn(2, dims, generator=gen, dtype=torch.float64)
+    return mu1.numpy(), (a1 @ a1.T / (2 * dims)).numpy(), mu2.numpy(), (a2 @ a2.T / (2.5 * dims)).numpy()
 
 
-def timed(fn, device: torch.device) -> tuple[float, float, object]:
-    """(wall seconds, CPU seconds of this process, result) of fn(). On a shared machine the CPU time
-    is the steadier figure: it leaves out the time other processes held the cores."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu, out
-
-
-def distance_breakdown(sigma1: np.ndarray, sigma2: np.ndarray, device: torch.device) -> dict[str, float]:
-    """Where frechet_distance spends its time: the same steps, timed one by one (wall seconds)."""
+def distance_steps(sigma1: np.ndarray, sigma2: np.ndarray, device: torch.device) -> dict[str, float]:
+    """Wall seconds of each step of frechet_distance, run one by one: where the project's time goes."""
     s1, s2 = (torch.as_tensor(s, device=device) for s in (sigma1, sigma2))
-    times = {}
-    times["cholesky"], _, (factor, _) = timed(lambda: torch.linalg.cholesky_ex(s1), device)
-    times["2 matmuls"], _, product = timed(lambda: factor.T @ s2 @ factor, device)
-    times["eigvalsh"], _, _ = timed(lambda: torch.linalg.eigvalsh(product), device)
-    return times
+    with stopwatch(device) as cholesky:
+        factor, _ = torch.linalg.cholesky_ex(s1)
+    with stopwatch(device) as matmuls:
+        product = factor.T @ s2 @ factor
+    with stopwatch(device) as eigvalsh:
+        torch.linalg.eigvalsh(product)
+    return {"cholesky": cholesky["seconds"], "2 matmuls": matmuls["seconds"], "eigvalsh": eigvalsh["seconds"]}
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def distance_fn(variant: str, stats: tuple[np.ndarray, ...], device: torch.device) -> Callable[[], float]:
+    if variant == "lab-style":
+        return partial(lab_style_frechet, *stats)
+    return partial(frechet_distance, *stats, device)
 
 
-def bench_distance(args: argparse.Namespace, device: torch.device) -> list[str]:
-    mu1, s1, mu2, s2 = synthetic_statistics(args.dims, seed=0)
-    ours, base, parts = [], [], []
-    for run in range(args.repeats):  # interleaved, so machine load hits both alike
-        *t, value = timed(lambda: frechet_distance(mu1, s1, mu2, s2, device), device)
-        ours.append(t)
-        *t, reference = timed(lambda: baseline_frechet(mu1, s1, mu2, s2), torch.device("cpu"))
-        base.append(t)
-        parts.append(distance_breakdown(s1, s2, device))
-        print(f"run {run + 1}: ours {ours[-1][0]:.3f} s, sqrtm {base[-1][0]:.3f} s (wall)", file=sys.stderr)
-    rel = abs(value - reference) / abs(reference)
-    ours_wall, ours_cpu = (statistics.median(t[i] for t in ours) for i in (0, 1))
-    base_wall, base_cpu = (statistics.median(t[i] for t in base) for i in (0, 1))
-    cpu_ratio = f", {base_cpu / ours_cpu:.1f}x CPU time" if device.type == "cpu" else ""
-    breakdown = ", ".join(f"{k} {statistics.median(p[k] for p in parts):.3f} s" for k in parts[0])
-    return [
-        f"| Frechet distance, {args.dims}-d, {device.type} (median of {args.repeats}) | {ours_wall:.3f} s "
-        f"(CPU time {ours_cpu:.3f} s) | {base_wall:.3f} s (CPU time {base_cpu:.3f} s) "
-        f"| **{base_wall / ours_wall:.1f}x** wall{cpu_ratio} |",
-        "",
-        f"- Same value: ours {value:.10f}, sqrtm formula {reference:.10f}, relative difference {rel:.1e} "
-        f"({'within' if rel <= 1e-6 else 'NOT within'} 1e-6).",
-        f"- All runs (wall s), ours: {', '.join(f'{t[0]:.2f}' for t in ours)}; "
-        f"sqrtm: {', '.join(f'{t[0]:.2f}' for t in base)}.",
-        f"- Where our time goes (wall medians): {breakdown}.",
-        f"- Peak RSS after the distance runs: {peak_rss_mib():.0f} MiB.",
-    ]
+def worker(args: argparse.Namespace) -> None:
+    """One child process: set up, warm up, then one timed run per request."""
+    device = torch.device("cpu") if args.worker == "lab-style" else torch.device(args.device)
+    set_threads(args.threads)
+    if args.worker == FEATURES:
+        model = FIDInceptionV3().eval().requires_grad_(False).to(device)
+        images = np.random.default_rng(0).integers(0, 256, (args.images, 64, 64, 3), dtype=np.uint8)
+        extract_features(images[:args.batch_size], model, args.batch_size, progress=False)
 
-
-def bench_features(args: argparse.Namespace, device: torch.device) -> list[str]:
-    model = FIDInceptionV3(args.dims).eval().requires_grad_(False).to(device)  # random weights: timing only
-    images = np.random.default_rng(0).integers(0, 256, (args.n_images, 64, 64, 3), dtype=np.uint8)
-    extract_features(images[: args.batch_size], model, args.batch_size, progress=False)  # warm-up
-    times = [
-        timed(lambda: extract_features(images, model, args.batch_size, progress=False), device)[:2]
-        for _ in range(args.feature_repeats)
-    ]
-    median, cpu = (statistics.median(t[i] for t in times) for i in (0, 1))
-    if device.type == "cuda":
-        memory = f"; GPU max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+        def measure() -> dict:
+            with stopwatch(device) as times:
+                extract_features(images, model, args.batch_size, progress=False)
+            return {**times, "images": args.images, **peak_memory(device)}
     else:
-        memory = ""
-    return [
-        f"| Inception features, {args.n_images} 64x64 images, {device.type}, batch {args.batch_size} "
-        f"(median of {args.feature_repeats}) | {args.n_images / median:.1f} images/s ({median:.1f} s; "
-        f"CPU time {cpu:.1f} s) | — | — |",
-        "",
-        "- Feature extraction: random weights (the timing does not depend on them); fp32, images resized to "
-        f"299x299 as pytorch-fid does. Peak RSS after the feature runs: {peak_rss_mib():.0f} MiB{memory}.",
-    ]
+        distance_fn(args.worker, synthetic_statistics(64), device)()  # warm-up: libraries loaded
+        stats = synthetic_statistics(args.dims)
+        run = distance_fn(args.worker, stats, device)
+
+        def measure() -> dict:
+            with stopwatch(device) as times:
+                value = run()
+            steps = distance_steps(stats[1], stats[3], device) if args.worker == "project" else {}
+            return {**times, "value": value, "steps": steps, **peak_memory(device)}
+
+    serve(measure)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    threads = ", ".join(f"{v}={os.environ[v]}" for v in THREAD_VARS if v in os.environ) or "thread env vars unset"
-    text = f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} ({threads})"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name()}"
-    return text
+def profile(args: argparse.Namespace, device: torch.device) -> None:
+    """Print torch.profiler's top operators of the project's distance and of one feature batch."""
+    set_threads(args.threads)
+    run = distance_fn("project", synthetic_statistics(args.dims), device)
+    run()
+    print(f"\nfrechet_distance, {args.dims}-d:\n{profile_table(run, device)}")
+    model = FIDInceptionV3().eval().requires_grad_(False).to(device)
+    images = np.random.default_rng(0).integers(0, 256, (args.batch_size, 64, 64, 3), dtype=np.uint8)
+    extract = partial(extract_features, images, model, args.batch_size, progress=False)
+    extract()
+    print(f"\nextract_features, one batch of {args.batch_size}:\n{profile_table(extract, device)}")
 
 
-def write_section(lines: list[str]) -> None:
-    """Replace (or append) the `## FID` section of BENCHMARKS.md, leaving the other sections alone."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    section = "\n".join(lines).rstrip() + "\n"
-    start = text.find("\n## FID\n")
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
+def command_line(args: argparse.Namespace, device: torch.device) -> str:
+    flags = [f"--device {device.type}", f"--dims {args.dims}", f"--images {args.images}", f"--batch-size "
+             f"{args.batch_size}", f"--repeats {args.repeats}", f"--feature-repeats {args.feature_repeats}"]
+    flags += [f"--threads {args.threads}"] if args.threads else []
+    return "python bench/bench_fid.py " + " ".join(flags)
+
+
+def benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """Run the distances in alternation, then the features; print the tables and, with --write,
+    update the FID block of BENCHMARKS.md."""
+    machine = machine_summary(device, args.threads)
+    if args.threads:  # scipy's BLAS reads these when the children import it
+        os.environ.update({var: str(args.threads) for var in THREAD_VARS})
+    child_args = ["--device", str(device), "--dims", str(args.dims), "--images", str(args.images),
+                  "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    kinds = [*VARIANTS, FEATURES]
+    with start_children(Path(__file__).resolve(), {k: [*child_args, "--worker", k] for k in kinds}) as children:
+        results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
+        features = [children[FEATURES].measure() for _ in range(args.feature_repeats)]
+
+    values = {v: results[v][0]["value"] for v in VARIANTS}
+    rel = abs(values["project"] - values["lab-style"]) / abs(values["lab-style"])
+    methods = {
+        "lab-style": "lab-style (baseline): `scipy.linalg.sqrtm(S1 S2)`, numpy float64, CPU",
+        "project": f"project: `fid.frechet_distance`, Cholesky + eigvalsh, torch float64, {device.type}",
+    }
+    rows = [[methods[v], f"{median([r['seconds'] for r in runs]):.3g}",
+             ", ".join(f"{r['seconds']:.3g}" for r in runs), f"{median([r['cpu_seconds'] for r in runs]):.3g}"]
+            for v, runs in results.items()]
+    distance = markdown_table(["variant", "seconds (median)", "seconds (each run)", "CPU seconds (median)"], rows)
+    verdict = speedup_text(results, device, GOAL.get(device.type))
+    steps = ", ".join(f"{k} {median([r['steps'][k] for r in results['project']]):.3g} s"
+                      for k in results["project"][0]["steps"])
+    check = (f"Same value: project {values['project']:.10g}, lab-style {values['lab-style']:.10g}, relative "
+             f"difference {rel:.1e} ({'within' if rel <= 1e-6 else 'NOT within'} 1e-6). Where the project's "
+             f"time goes (median wall seconds of each step, run alone): {steps}.")
+    rates = [r["images"] / r["seconds"] for r in features]
+    extraction = markdown_table(
+        ["images", "batch", "images/s (median)", "images/s (each run)", "CPU seconds (median)"],
+        [[args.images, args.batch_size, f"{median(rates):.3g}", ", ".join(f"{x:.3g}" for x in rates),
+          f"{median([r['cpu_seconds'] for r in features]):.3g}"]])
+    memory = memory_table({**results, "project: feature extraction": features}, device)
+    title = f"{device.type.upper()}, {args.dims}-d statistics, {args.images} 64x64 images"
+    print(f"\n{title}\n{machine}\n\n{distance}\n\n{verdict}\n\n{check}\n\n{extraction}\n\n{memory}")
+
+    if args.write:
+        note = f" {args.note}" if args.note else ""
+        update_section("FID", f"bench_fid {device.type}", f"### {title}\n\nMachine: {machine}.{note}\n\n"
+                       f"Command: `{command_line(args, device)} --write`\n\n"
+                       f"Frechet distance:\n\n{distance}\n\n{verdict}\n\n{check}\n\n"
+                       f"Feature extraction (`fid.extract_features`, fp32, resized to 299x299, random weights):"
+                       f"\n\n{extraction}\n\nPeak memory of each child process:\n\n{memory}")
+        print("\nBENCHMARKS.md updated")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dims", type=int, default=2048, help="statistics' dimension (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed distances of each variant (default: %(default)s)")
+    p.add_argument("--images", type=int, default=1000, help="images for feature extraction (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=50, help="feature extraction batch (default: %(default)s)")
+    p.add_argument("--feature-repeats", type=int, default=1, help="timed feature runs (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per child (default: the libraries' choice)")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators instead of timing")
+    p.add_argument("--write", action="store_true", help="update this benchmark's block of BENCHMARKS.md")
+    p.add_argument("--note", default="", help="a sentence added to the BENCHMARKS.md block (e.g. machine load)")
+    p.add_argument("--worker", choices=[*VARIANTS, FEATURES], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    device = resolve_device(args.device)
+    if args.profile:
+        profile(args, device)
     else:
-        end = text.find("\n## ", start + 1)
-        text = text[: start + 1] + section + (text[end:] if end >= 0 else "")
-    BENCHMARKS.write_text(text)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="where ours runs; the sqrtm baseline is always CPU")
-    parser.add_argument("--dims", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each distance")
-    parser.add_argument("--n-images", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--feature-repeats", type=int, default=1)
-    parser.add_argument("--skip-features", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-
-    env = " ".join(f"{v}={os.environ[v]}" for v in THREAD_VARS if v in os.environ)
-    command = " ".join(filter(None, [env, "python bench/bench_fid.py", *sys.argv[1:]]))
-    lines = [
-        "## FID",
-        "",
-        f"`{command}` — {datetime.date.today()}, {machine()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}.",
-        "",
-        "| what | this project | baseline: pytorch-fid formula, `scipy.linalg.sqrtm` (CPU) | speed-up |",
-        "|---|---|---|---|",
-    ]
-    distance = bench_distance(args, device)
-    features = [] if args.skip_features else bench_features(args, device)
-    lines += [distance[0], *features[:1], "", *distance[2:], *features[2:]]
-    if args.no_write:
-        print("\n".join(lines))
-    else:
-        write_section(lines)
-        print(f"wrote the FID section of {BENCHMARKS}")
+        benchmark(args, device)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -299,7 +299,7 @@ def test_ground_truth_statistics_are_cached(tmp_path, model64, monkeypatch):
 def test_cuda_asked_for_but_unavailable(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="CUDA is not available"):
-        fsg.resolve_device("cuda:0")
+        compute_fid(random_images(2), random_images(2), device="cuda:0")
 
 
 # ---- CLI ----
