@@ -48,8 +48,8 @@ from bench.harness import (
     update_section,
     weights_fingerprint,
 )
-from common import resolve_device, run_cli, seed_everything
-from data import pixel_to_token_mask, to_uint8_image
+from common import resolve_device, resolve_path, run_cli, seed_everything
+from data import list_images, pixel_to_token_mask, to_uint8_image
 from inpainting import (
     DEFAULT_MASKED,
     DEFAULT_MASKS,
@@ -161,7 +161,9 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
                             "images/s (median)", "images/s (each run)"], rows)
     verdict = speedup_text(results, device, GOAL[device.type])
     memory = memory_table(results, device)
-    title = f"{device.type.upper()}, {args.config}, {images} test image(s)"
+    total = len(list_images(resolve_path(DEFAULT_MASKED)))
+    subset = f"all {total} test images" if images == total else f"the first {images} of the {total} test images"
+    title = f"{device.type.upper()}, {args.config}, {subset}"
     print(f"\n{title}\n{machine}\n\n{speed}\n\n{verdict}\n\n{memory}")
 
     if args.write:

@@ -186,7 +186,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     rows = []
     for variant in VARIANTS:
         s = stats[variant]
-        cache = f"{s['cache']:.3g}" if variant == "project" else "(every epoch)"
+        cache = f"{s['cache']:.4g}" if variant == "project" else "(every epoch)"
         each = ", ".join(f"{x:.4g}" for x in s["each"])
         rows.append(describe(variant, device) + [f"{s['tokens_per_s']:.4g}", each, f"{s['per_step']:.3g}",
                                                  f"{s['epoch']:.4g}", cache])
