@@ -11,8 +11,10 @@ from models.transformer import ATTENTION_KINDS
 
 VQGAN_REQUIRED = ("image_channels", "enc_channels", "dec_channels", "latent_dim", "img_resolution",
                   "latent_resolution", "num_codebook_vectors")
+# A VQGAN config without mean/std is most likely the lab's own VQGAN.yml, which goes with its
+# VQGAN.pt: default to the normalization that checkpoint was trained with.
 VQGAN_DEFAULTS = {"beta": 0.25, "enc_res_blocks": 2, "dec_res_blocks": 3,
-                  "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+                  "mean": [0.4816, 0.4324, 0.3845], "std": [0.2602, 0.2518, 0.2537]}
 TRANSFORMER_REQUIRED = ("num_image_tokens", "num_codebook_vectors", "dim", "n_layers", "hidden_dim")
 TRANSFORMER_DEFAULTS = {"num_heads": 16, "dropout": 0.1, "attention": "manual"}
 MASKGIT_DEFAULTS = {"choice_temperature": 4.5, "gamma_type": "cosine", "label_smoothing": 0.0}

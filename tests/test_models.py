@@ -280,3 +280,15 @@ def test_codebook_mismatch_between_vqgan_and_transformer(tmp_path):
     (tmp_path / "vqgan.yml").write_text(TINY_VQGAN.replace("num_codebook_vectors: 16", "num_codebook_vectors: 8"))
     with pytest.raises(UserError, match="VQGAN config .* has 8"):
         load_maskgit_config(path)
+
+
+def test_vqgan_config_without_normalization_gets_the_lab_checkpoints(tmp_path):
+    from models.config import load_vqgan_config
+
+    path = tmp_path / "vqgan.yml"
+    path.write_text(TINY_VQGAN)
+    cfg = load_vqgan_config(path)
+    assert cfg["mean"] == [0.4816, 0.4324, 0.3845] and cfg["std"] == [0.2602, 0.2518, 0.2537]
+    path.write_text(TINY_VQGAN + "  mean: [0.5, 0.5]\n")
+    with pytest.raises(UserError, match="`mean` needs 3 values"):
+        load_vqgan_config(path)
