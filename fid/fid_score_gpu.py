@@ -192,6 +192,30 @@ def cached_statistics(
     return mu, sigma
 
 
+def psd_factor(sigma: torch.Tensor) -> torch.Tensor:
+    """A (d, r) factor F of a covariance, sigma = F F^T: its Cholesky factor, or, when sigma is
+    singular and that fails, Cholesky with diagonal pivoting, stopped at the numerical rank r
+    (the largest remaining diagonal <= d * eps * max diagonal, as LAPACK's pstrf)."""
+    factor, info = torch.linalg.cholesky_ex(sigma)
+    if info.item() == 0:
+        return factor
+    d = len(sigma)
+    diag = sigma.diagonal().clone()  # diagonal of sigma - F F^T
+    tol = d * torch.finfo(sigma.dtype).eps * diag.max()
+    factor = torch.zeros_like(sigma)
+    rank = 0
+    while rank < d:
+        p = int(torch.argmax(diag))
+        if diag[p] <= tol:
+            break
+        column = (sigma[:, p] - factor[:, :rank] @ factor[p, :rank]) / diag[p].sqrt()
+        factor[:, rank] = column
+        diag -= column * column
+        diag[p] = 0
+        rank += 1
+    return factor[:, :rank]
+
+
 def frechet_distance(
     mu1: np.ndarray | torch.Tensor,
     sigma1: np.ndarray | torch.Tensor,
@@ -201,18 +225,17 @@ def frechet_distance(
 ) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1^(1/2) S2 S1^(1/2))), in float64 on `device`.
 
-    For any factor A with S1 = A A^T, A^T S2 A is symmetric PSD with the same eigenvalues as
-    S1^(1/2) S2 S1^(1/2) (and as S1 S2), so the trace term is the sum of the square roots of its
-    eigenvalues (eigvalsh): no iteration, nothing that can fail to converge. A is the Cholesky factor
-    of S1 (cheap), or, when S1 is singular and Cholesky fails, V diag(sqrt(w)) from the symmetric
-    eigendecomposition S1 = V diag(w) V^T with negative w (rounding noise) clamped to 0. On
-    well-conditioned covariances this equals the scipy.linalg.sqrtm formula to ~1e-12 relative.
+    For any factor F with S1 = F F^T (`psd_factor`), F^T S2 F is symmetric PSD with the same nonzero
+    eigenvalues as S1^(1/2) S2 S1^(1/2) (and as S1 S2), so the trace term is the sum of the square
+    roots of its eigenvalues (eigvalsh, negative rounding noise clamped to 0): no iteration, nothing
+    that can fail to converge. On well-conditioned covariances this equals the scipy.linalg.sqrtm
+    formula to ~1e-12 relative.
 
-    Singular covariances (fewer images than dims, constant features): negative eigenvalues of
-    A^T S2 A are clamped to 0 too, so the result is the distance between the two degenerate
-    Gaussians, with no epsilon added to the diagonals. Its error grows like sqrt(machine eps) per
-    zero eigenvalue, well within 1e-6 relative in the tests. scipy's sqrtm can return complex or
-    inaccurate values there (pytorch-fid then retries with 1e-6 added to the diagonals).
+    Singular covariances (fewer images than dims, constant features): F has as many columns as S1's
+    numerical rank, so F^T S2 F is small and the result is the distance between the two degenerate
+    Gaussians, without any epsilon added to the diagonals (to ~1e-12 relative of an exact SVD of the
+    samples in the tests). scipy's sqrtm is less accurate there (~1e-7) and can return complex
+    values; pytorch-fid then takes the real part or retries with 1e-6 added to the diagonals.
     """
     mu1, sigma1, mu2, sigma2 = (
         torch.as_tensor(a, dtype=torch.float64, device=device) for a in (mu1, sigma1, mu2, sigma2)
@@ -222,10 +245,7 @@ def frechet_distance(
                         f"sigma {tuple(sigma1.shape)} vs {tuple(sigma2.shape)}")
     if not all(torch.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise UserError("statistics contain NaN or infinite values")
-    factor, info = torch.linalg.cholesky_ex(sigma1)
-    if info.item() != 0:
-        w, v = torch.linalg.eigh(sigma1)
-        factor = v * w.clamp(min=0).sqrt()
+    factor = psd_factor(sigma1)
     eigenvalues = torch.linalg.eigvalsh(factor.T @ sigma2 @ factor).clamp(min=0)
     diff = mu1 - mu2
     return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum())

@@ -131,20 +131,32 @@ def test_frechet_matches_scipy_on_well_conditioned(n, d):
     assert frechet_distance(*tensors) == pytest.approx(scipy_fid(mu1, s1, mu2, s2), rel=1e-6)
 
 
-@pytest.mark.parametrize("n", [10, 30, 64])  # fewer samples than dims: rank n-1 covariances
+@pytest.mark.parametrize("n", [10, 30, 64])  # no more samples than dims: rank n-1 covariances
 def test_frechet_on_rank_deficient(n):
     x1, x2 = samples(n, 64, seed=3), samples(n, 64, seed=4, shift=0.1)
     value = frechet_distance(*stats(x1), *stats(x2))
-    assert value == pytest.approx(exact_fid(x1, x2), rel=1e-6)
+    assert value == pytest.approx(exact_fid(x1, x2), rel=1e-9)
     assert value == pytest.approx(scipy_fid(*stats(x1), *stats(x2)), rel=1e-6)
 
 
-def test_frechet_with_constant_features_uses_eigh():
-    x1, x2 = samples(200, 32, seed=5), samples(200, 32, seed=6, shift=0.3)
-    x1[:, :4] = 1.0  # zero-variance features: S1 is singular and its Cholesky factorization fails
-    mu1, s1 = stats(x1)
-    assert torch.linalg.cholesky_ex(torch.from_numpy(s1))[1].item() != 0
-    assert frechet_distance(mu1, s1, *stats(x2)) == pytest.approx(exact_fid(x1, x2), rel=1e-6)
+def test_frechet_with_fewer_images_than_dims_like_the_test_set():
+    """401 test images, 2048-d non-negative (post-ReLU) features: this project's usual case."""
+    rng = np.random.default_rng(9)
+    mixing = rng.standard_normal((2048, 2048)) / math.sqrt(2048) * np.exp(-np.arange(2048) / 300)
+    x1, x2 = (np.maximum(rng.standard_normal((401, 2048)) @ mixing.T + shift, 0) for shift in (0.0, 0.05))
+    assert frechet_distance(*stats(x1), *stats(x2)) == pytest.approx(exact_fid(x1, x2), rel=1e-9)
+
+
+def test_psd_factor_of_singular_covariance():
+    x = samples(200, 32, seed=5)
+    x[:, :4] = 1.0  # zero-variance features: plain Cholesky fails
+    sigma = torch.from_numpy(np.cov(x, rowvar=False))
+    assert torch.linalg.cholesky_ex(sigma)[1].item() != 0
+    factor = fsg.psd_factor(sigma)
+    assert factor.shape == (32, 28)
+    torch.testing.assert_close(factor @ factor.T, sigma, rtol=0, atol=1e-12)
+    x2 = samples(200, 32, seed=6, shift=0.3)
+    assert frechet_distance(*stats(x), *stats(x2)) == pytest.approx(exact_fid(x, x2), rel=1e-9)
 
 
 def test_frechet_of_identical_statistics_is_zero():
