@@ -143,7 +143,7 @@ def profile_table(fn: Callable[[], object], device: torch.device, rows: int = 15
     with profile(activities=activities) as prof:
         fn()
         synchronize(device)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=50)
 
 
