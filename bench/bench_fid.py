@@ -8,14 +8,16 @@ on the same 2048-d statistics, measured side by side; and Inception feature extr
 lab-style (the baseline, written here): pytorch-fid's calculate_frechet_distance, a general matrix
 square root of S1 S2 with scipy.linalg.sqrtm (numpy, CPU, float64), retried with 1e-6 on the
 diagonals when it is not finite, real part taken.
-project: fid.frechet_distance, float64 torch on --device: Cholesky factor L of S1, then the sum of
-the square roots of the eigenvalues (eigvalsh) of L^T S2 L.
+project: fid.frechet_distance, float64 torch on --device: a factor F of S1 (Cholesky; pivoted and
+cut at the rank when S1 is singular), then the sum of the square roots of the eigenvalues
+(eigvalsh) of the symmetric F^T S2 F.
 
-Both compute the distance between the same two seeded, well-conditioned 2048-d Gaussians (the
-parent checks the values agree to 1e-6 relative). Each variant runs in its own child process, set
-up and warmed up once; the timed runs alternate between them. A third child times
-fid.extract_features on --images random 64x64 images with random Inception weights (the speed
-does not depend on the weights' values).
+Both compute the distance between the same two seeded 2048-d Gaussians (the parent checks that
+the values agree to 1e-6 relative), in two cases: well-conditioned covariances, and the singular
+ones of 401 samples (this project's test set has 401 images, fewer than 2048 dims). Each variant
+runs in its own child process, set up and warmed up once; the timed runs alternate between them.
+Another child times fid.extract_features on --images random 64x64 images with random Inception
+weights (the speed does not depend on the weights' values).
 """
 from __future__ import annotations
 
@@ -50,9 +52,11 @@ from bench.harness import (
 )
 from common import resolve_device, run_cli
 from fid import FIDInceptionV3, extract_features, frechet_distance
+from fid.fid_score_gpu import psd_factor
 
 GOAL = {"cpu": 10.0}
 FEATURES = "features"
+TEST_IMAGES = 401  # the Twemoji test set
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -68,9 +72,12 @@ def lab_style_frechet(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigm
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def synthetic_statistics(dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Two correlated, well-conditioned covariances like those of two feature sets: S = A A^T / (2d)
-    with A a (d, 2d) Gaussian matrix has eigenvalues in about [0.09, 2.9]."""
+Statistics = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def synthetic_statistics(dims: int, seed: int = 0) -> Statistics:
+    """Two correlated, well-conditioned covariances like those of two large feature sets:
+    S = A A^T / (2d) with A a (d, 2d) Gaussian matrix has eigenvalues in about [0.09, 2.9]."""
     gen = torch.Generator().manual_seed(seed)
     a1 = torch.randn(dims, 2 * dims, generator=gen, dtype=torch.float64)
     a2 = a1 + 0.5 * torch.randn(dims, 2 * dims, generator=gen, dtype=torch.float64)
@@ -78,16 +85,35 @@ def synthetic_statistics(dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return mu1.numpy(), (a1 @ a1.T / (2 * dims)).numpy(), mu2.numpy(), (a2 @ a2.T / (2.5 * dims)).numpy()
 
 
+def sample_statistics(dims: int, samples: int = TEST_IMAGES, seed: int = 0) -> Statistics:
+    """Statistics of two sets of `samples` non-negative (post-ReLU-like) feature vectors: with fewer
+    samples than dims both covariances are singular (rank samples - 1), as for this project's test set."""
+    gen = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(dims, dims, generator=gen, dtype=torch.float64) / dims**0.5
+    mixing *= torch.exp(-torch.arange(dims, dtype=torch.float64) / 300)
+    stats = []
+    for shift in (0.0, 0.05):
+        x = (torch.randn(samples, dims, generator=gen, dtype=torch.float64) @ mixing.T + shift).clamp(min=0)
+        stats += [x.mean(0).numpy(), torch.cov(x.T).numpy()]
+    return tuple(stats)
+
+
+CASES = {
+    "well-conditioned": synthetic_statistics,
+    f"{TEST_IMAGES} samples (singular)": sample_statistics,
+}
+
+
 def distance_steps(sigma1: np.ndarray, sigma2: np.ndarray, device: torch.device) -> dict[str, float]:
     """Wall seconds of each step of frechet_distance, run one by one: where the project's time goes."""
     s1, s2 = (torch.as_tensor(s, device=device) for s in (sigma1, sigma2))
-    with stopwatch(device) as cholesky:
-        factor, _ = torch.linalg.cholesky_ex(s1)
+    with stopwatch(device) as factoring:
+        factor = psd_factor(s1)
     with stopwatch(device) as matmuls:
         product = factor.T @ s2 @ factor
     with stopwatch(device) as eigvalsh:
         torch.linalg.eigvalsh(product)
-    return {"cholesky": cholesky["seconds"], "2 matmuls": matmuls["seconds"], "eigvalsh": eigvalsh["seconds"]}
+    return {"factor of S1": factoring["seconds"], "F^T S2 F": matmuls["seconds"], "eigvalsh": eigvalsh["seconds"]}
 
 
 def distance_fn(variant: str, stats: tuple[np.ndarray, ...], device: torch.device) -> Callable[[], float]:
@@ -110,8 +136,8 @@ def worker(args: argparse.Namespace) -> None:
                 extract_features(images, model, args.batch_size, progress=False)
             return {**times, "images": args.images, **peak_memory(device)}
     else:
-        distance_fn(args.worker, synthetic_statistics(64), device)()  # warm-up: libraries loaded
-        stats = synthetic_statistics(args.dims)
+        distance_fn(args.worker, CASES[args.case](64), device)()  # warm-up: libraries loaded
+        stats = CASES[args.case](args.dims)
         run = distance_fn(args.worker, stats, device)
 
         def measure() -> dict:
@@ -126,9 +152,10 @@ def worker(args: argparse.Namespace) -> None:
 def profile(args: argparse.Namespace, device: torch.device) -> None:
     """Print torch.profiler's top operators of the project's distance and of one feature batch."""
     set_threads(args.threads)
-    run = distance_fn("project", synthetic_statistics(args.dims), device)
-    run()
-    print(f"\nfrechet_distance, {args.dims}-d:\n{profile_table(run, device)}")
+    for case, statistics in CASES.items():
+        run = distance_fn("project", statistics(args.dims), device)
+        run()
+        print(f"\nfrechet_distance, {args.dims}-d, {case}:\n{profile_table(run, device)}")
     model = FIDInceptionV3().eval().requires_grad_(False).to(device)
     images = np.random.default_rng(0).integers(0, 256, (args.batch_size, 64, 64, 3), dtype=np.uint8)
     extract = partial(extract_features, images, model, args.batch_size, progress=False)
@@ -143,6 +170,33 @@ def command_line(args: argparse.Namespace, device: torch.device) -> str:
     return "python bench/bench_fid.py " + " ".join(flags)
 
 
+def distance_table(args: argparse.Namespace, device: torch.device, child_args: list[str]) -> tuple[list, str, dict]:
+    """Both variants on each case of statistics, in alternation: table rows, verdicts and results."""
+    rows, text, all_results = [], [], {v: [] for v in VARIANTS}
+    methods = {
+        "lab-style": "lab-style (baseline): `scipy.linalg.sqrtm(S1 S2)`, numpy float64, CPU",
+        "project": f"project: `fid.frechet_distance`, torch float64, {device.type}",
+    }
+    for case in CASES:
+        variants = {v: [*child_args, "--worker", v, "--case", case] for v in VARIANTS}
+        with start_children(Path(__file__).resolve(), variants) as children:
+            results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
+        rows += [[case, methods[v], f"{median([r['seconds'] for r in runs]):.3g}",
+                  ", ".join(f"{r['seconds']:.3g}" for r in runs), f"{median([r['cpu_seconds'] for r in runs]):.3g}"]
+                 for v, runs in results.items()]
+        project, lab = results["project"][0]["value"], results["lab-style"][0]["value"]
+        rel = abs(project - lab) / abs(lab)
+        steps = ", ".join(f"{k} {median([r['steps'][k] for r in results['project']]):.3g} s"
+                          for k in results["project"][0]["steps"])
+        text.append(f"**{case}**: {speedup_text(results, device, GOAL.get(device.type))} Same value: project "
+                    f"{project:.10g}, lab-style {lab:.10g}, relative difference {rel:.1e} "
+                    f"({'within' if rel <= 1e-6 else 'NOT within'} 1e-6). The project's steps (median wall "
+                    f"seconds, each run alone): {steps}.")
+        for v in VARIANTS:
+            all_results[v] += results[v]
+    return rows, "\n\n".join(text), all_results
+
+
 def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     """Run the distances in alternation, then the features; print the tables and, with --write,
     update the FID block of BENCHMARKS.md."""
@@ -151,27 +205,11 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
         os.environ.update({var: str(args.threads) for var in THREAD_VARS})
     child_args = ["--device", str(device), "--dims", str(args.dims), "--images", str(args.images),
                   "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-    kinds = [*VARIANTS, FEATURES]
-    with start_children(Path(__file__).resolve(), {k: [*child_args, "--worker", k] for k in kinds}) as children:
-        results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
+    rows, verdicts, results = distance_table(args, device, child_args)
+    distance = markdown_table(["statistics", "variant", "seconds (median)", "seconds (each run)",
+                               "CPU seconds (median)"], rows)
+    with start_children(Path(__file__).resolve(), {FEATURES: [*child_args, "--worker", FEATURES]}) as children:
         features = [children[FEATURES].measure() for _ in range(args.feature_repeats)]
-
-    values = {v: results[v][0]["value"] for v in VARIANTS}
-    rel = abs(values["project"] - values["lab-style"]) / abs(values["lab-style"])
-    methods = {
-        "lab-style": "lab-style (baseline): `scipy.linalg.sqrtm(S1 S2)`, numpy float64, CPU",
-        "project": f"project: `fid.frechet_distance`, Cholesky + eigvalsh, torch float64, {device.type}",
-    }
-    rows = [[methods[v], f"{median([r['seconds'] for r in runs]):.3g}",
-             ", ".join(f"{r['seconds']:.3g}" for r in runs), f"{median([r['cpu_seconds'] for r in runs]):.3g}"]
-            for v, runs in results.items()]
-    distance = markdown_table(["variant", "seconds (median)", "seconds (each run)", "CPU seconds (median)"], rows)
-    verdict = speedup_text(results, device, GOAL.get(device.type))
-    steps = ", ".join(f"{k} {median([r['steps'][k] for r in results['project']]):.3g} s"
-                      for k in results["project"][0]["steps"])
-    check = (f"Same value: project {values['project']:.10g}, lab-style {values['lab-style']:.10g}, relative "
-             f"difference {rel:.1e} ({'within' if rel <= 1e-6 else 'NOT within'} 1e-6). Where the project's "
-             f"time goes (median wall seconds of each step, run alone): {steps}.")
     rates = [r["images"] / r["seconds"] for r in features]
     extraction = markdown_table(
         ["images", "batch", "images/s (median)", "images/s (each run)", "CPU seconds (median)"],
@@ -179,13 +217,13 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
           f"{median([r['cpu_seconds'] for r in features]):.3g}"]])
     memory = memory_table({**results, "project: feature extraction": features}, device)
     title = f"{device.type.upper()}, {args.dims}-d statistics, {args.images} 64x64 images"
-    print(f"\n{title}\n{machine}\n\n{distance}\n\n{verdict}\n\n{check}\n\n{extraction}\n\n{memory}")
+    print(f"\n{title}\n{machine}\n\n{distance}\n\n{verdicts}\n\n{extraction}\n\n{memory}")
 
     if args.write:
         note = f" {args.note}" if args.note else ""
         update_section("FID", f"bench_fid {device.type}", f"### {title}\n\nMachine: {machine}.{note}\n\n"
                        f"Command: `{command_line(args, device)} --write`\n\n"
-                       f"Frechet distance:\n\n{distance}\n\n{verdict}\n\n{check}\n\n"
+                       f"Frechet distance:\n\n{distance}\n\n{verdicts}\n\n"
                        f"Feature extraction (`fid.extract_features`, fp32, resized to 299x299, random weights):"
                        f"\n\n{extraction}\n\nPeak memory of each child process:\n\n{memory}")
         print("\nBENCHMARKS.md updated")
@@ -204,6 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", action="store_true", help="update this benchmark's block of BENCHMARKS.md")
     p.add_argument("--note", default="", help="a sentence added to the BENCHMARKS.md block (e.g. machine load)")
     p.add_argument("--worker", choices=[*VARIANTS, FEATURES], help=argparse.SUPPRESS)
+    p.add_argument("--case", choices=list(CASES), default=next(iter(CASES)), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
