@@ -4,25 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import TINY_VQGAN
 
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
 from models.config import load_maskgit_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_VQGAN = """
-model_param:
-  image_channels: 3
-  enc_channels: [32, 32, 32]
-  dec_channels: [32, 32, 32]
-  latent_dim: 8
-  img_resolution: 16
-  latent_resolution: 4
-  num_codebook_vectors: 16
-  enc_res_blocks: 1
-  dec_res_blocks: 1
-"""
 
 TINY_MASKGIT = """
 model_param:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 
 import training_transformer as stage2
 import training_vqgan as stage1
@@ -24,18 +25,7 @@ from models.maskgit import load_maskgit
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_VQGAN = """
-model_param:
-  image_channels: 3
-  enc_channels: [32, 32, 32]
-  dec_channels: [32, 32, 32]
-  latent_dim: 8
-  img_resolution: 16
-  latent_resolution: 4
-  num_codebook_vectors: 16
-  enc_res_blocks: 1
-  dec_res_blocks: 1
-train_param:
+TINY_VQGAN = TINY_VQGAN_MODEL + """train_param:
   epochs: 3
   batch_size: 4
   learning_rate: 2.0e-3
