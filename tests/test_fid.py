@@ -203,7 +203,7 @@ def test_fid_blocks_differ_from_torchvision_only_where_pytorch_fid_does(state):
 def test_end_to_end_features_on_cpu(weights):
     images = random_images(2)
     model = load_inception(weights)
-    features = extract_features(images, model, batch_size=1, progress=False)
+    features = extract_features(images, model, batch_size=2, progress=False)
     assert features.shape == (2, 2048) and features.dtype == torch.float64
     assert torch.isfinite(features).all() and features.std(0).mean() > 1e-3
     for dims in (64, 192, 768):
