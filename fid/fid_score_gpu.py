@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gt-path", "--gtcsv-path", dest="gt_path", required=True,
                         help="ground truth: folder, lab CSV (--gtcsv-path is the lab's name) or .npz of statistics")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--cpu-fallback", action="store_true", help="run on the CPU when CUDA is asked for but missing")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default: 50)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="data loading processes for image folders")
+                        help="data loading processes for image folders (default: CPU cores, at most 8)")
     parser.add_argument("--dims", type=int, default=2048, choices=DIMS, help="which Inception features")
     parser.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                         "(default: $FID_INCEPTION_WEIGHTS, then torch's hub cache)")
@@ -329,9 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_stats is not None and not args.save_stats.lower().endswith(".npz"):
         raise UserError(f"--save-stats must name an .npz file, not {args.save_stats}")
     value = compute_fid(
-        args.predicted_path, args.gt_path, dims=args.dims, device=args.device, batch_size=args.batch_size,
-        num_workers=args.num_workers, weights=args.inception_weights, cache=not args.no_cache,
-        cache_dir=args.cache_dir, save_stats=args.save_stats,
+        args.predicted_path, args.gt_path, dims=args.dims, device=resolve_device(args.device, args.cpu_fallback),
+        batch_size=args.batch_size, num_workers=args.num_workers, weights=args.inception_weights,
+        cache=not args.no_cache, cache_dir=args.cache_dir, save_stats=args.save_stats,
     )
     if value is None:
         print(f"saved ground-truth statistics to {args.save_stats}")
