@@ -122,7 +122,7 @@ def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(0), np.cov(x, rowvar=False)
 
 
-@pytest.mark.parametrize("n,d", [(500, 64), (1000, 128)])
+@pytest.mark.parametrize("n,d", [(500, 64), (1000, 300)])  # 300 > the block of lower_congruence
 def test_frechet_matches_scipy_on_well_conditioned(n, d):
     mu1, s1 = stats(samples(n, d, seed=1))
     mu2, s2 = stats(samples(n, d, seed=2, shift=0.2))
@@ -147,16 +147,23 @@ def test_frechet_with_fewer_images_than_dims_like_the_test_set():
     assert frechet_distance(*stats(x1), *stats(x2)) == pytest.approx(exact_fid(x1, x2), rel=1e-9)
 
 
-def test_psd_factor_of_singular_covariance():
+def test_pivoted_cholesky_of_singular_covariance():
     x = samples(200, 32, seed=5)
     x[:, :4] = 1.0  # zero-variance features: plain Cholesky fails
     sigma = torch.from_numpy(np.cov(x, rowvar=False))
     assert torch.linalg.cholesky_ex(sigma)[1].item() != 0
-    factor = fsg.psd_factor(sigma)
+    factor = fsg.pivoted_cholesky(sigma)
     assert factor.shape == (32, 28)
     torch.testing.assert_close(factor @ factor.T, sigma, rtol=0, atol=1e-12)
     x2 = samples(200, 32, seed=6, shift=0.3)
     assert frechet_distance(*stats(x), *stats(x2)) == pytest.approx(exact_fid(x, x2), rel=1e-9)
+
+
+def test_lower_congruence_is_the_lower_triangle_of_the_product():
+    sigma = torch.from_numpy(stats(samples(200, 40, seed=10))[1])
+    lower = torch.linalg.cholesky(torch.from_numpy(stats(samples(200, 40, seed=11))[1]))
+    expected = (lower.T @ sigma @ lower).tril()
+    torch.testing.assert_close(fsg.lower_congruence(sigma, lower, block=16).tril(), expected)
 
 
 def test_frechet_of_identical_statistics_is_zero():
