@@ -5,7 +5,7 @@ decoding, and score the results against the ground truth.
     python inpainting.py --total-iter 12 --sweet-spot 8 --mask-func linear --save-history
     python inpainting.py --image photo.png --mask-kind center --output-dir outputs/one
     python inpainting.py --image photo.png --mask hole.png --no-paste
-    python inpainting.py --baseline mean-fill              # the mean-color baseline, same metrics
+    python inpainting.py --baseline ns                     # OpenCV Navier-Stokes (or telea, nearest, mean-fill)
 
 Outputs in --output-dir, with the lab's names: test_results/image_000.png, ... (one per input, in
 input order), with --save-history mask_scheduling/test_{i}.png (the latent mask at every step, holes
@@ -50,15 +50,14 @@ from data.images import check_sizes
 from data.masks import seeded_rng
 from models.config import load_maskgit_config
 from models.maskgit import GAMMA_FUNCTIONS, DecodeHistory, MaskGit, load_maskgit
+from scoring import BASELINES, compute_metrics, fill_baseline
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"
 DEFAULT_TRANSFORMER = "checkpoints/transformer_small.pt"
 DEFAULT_MASKED = "datasets/twemoji/masked_image"
 DEFAULT_MASKS = "datasets/twemoji/mask64"
-BASELINES = ("mean-fill",)
 BATCH_SIZE = {"cuda": 64, "cpu": 16}
 OVERVIEW_IMAGES = 16
-PSNR_CAP = 100.0  # dB: an exact match has infinite PSNR, which neither a mean nor JSON can hold
 
 
 # ----------------------------------------------------------------------------- settings
@@ -193,13 +192,6 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
                          autocast_ctx=lambda: autocast(device))
 
 
-def mean_fill(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-    """Baseline: each hole filled with the mean color of its image's known pixels. (B, 3, H, W) -> same."""
-    known = (~holes).float()  # (B, 1, H, W)
-    mean = (images * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True)  # (B, 3, 1, 1)
-    return torch.where(holes, mean, images)
-
-
 @dataclass
 class Result:
     """What a run produced, in input order; token counts are 0 without ground truth or model."""
@@ -295,8 +287,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
         holes = holes.to(device, non_blocking=True)    # (B, 1, H, W) bool
         history = None
-        if decoding.method == "mean-fill":
-            outputs = mean_fill(images, holes)
+        if decoding.method != "maskgit":
+            outputs_u8 = fill_baseline(decoding.method, to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy())
         else:
             token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)  # (B, N)
             _, z = model.encode_to_z(images)  # (B, N)
@@ -314,7 +306,7 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                     _paste(model.decode_tokens(spot_tokens), images, holes, decoding.paste), mean, std))
                 if gt_tokens is not None:
                     early_hits[spot] += int((spot_tokens == gt_tokens)[token_mask].sum())
-        outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
+            outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
         if out_dir is not None:
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
@@ -334,33 +326,6 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
 
 
 # ----------------------------------------------------------------------------- metrics and pictures
-
-def _psnr_from_mse(mse: float) -> float:
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
-
-
-def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray) -> dict:
-    """Means over the images that have a hole (uint8 (N, H, W, 3) outputs and ground truth, (N, H, W)
-    holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM, and L1 in
-    the hole (pixel values in [0, 1])."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # scipy: slow to import
-
-    scored = [i for i in range(len(outputs)) if holes[i].any()]
-    if not scored:
-        raise UserError("no image has a hole (every mask is all white): nothing to score")
-    psnr, psnr_hole, ssim, l1_hole = [], [], [], []
-    for i in scored:
-        out, ref = outputs[i], gt[i]
-        with np.errstate(divide="ignore"):  # identical images: skimage divides by an MSE of 0
-            psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(ref, out, data_range=255))))
-        ssim.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
-        # scikit-image has no masked PSNR: MSE over the hole pixels only, converted to dB the same way
-        diff = out[holes[i]].astype(np.float64) - ref[holes[i]]  # (P, 3)
-        psnr_hole.append(_psnr_from_mse(float(np.mean(diff ** 2))))
-        l1_hole.append(float(np.mean(np.abs(diff))) / 255)
-    return {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)), "ssim": float(np.mean(ssim)),
-            "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
-
 
 def result_metrics(result: Result, gt: np.ndarray) -> dict:
     """compute_metrics of a run against the ground truth (indexed like the inputs), plus masked-token
@@ -522,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size, args.num_workers,
                             out_dir, args.save_history, gt, progress=not args.no_progress)
 
-    title = "mean-fill baseline" if args.baseline else f"{mask_func} T={args.total_iter} S={sweet_spot}"
+    title = f"{args.baseline} baseline" if args.baseline else f"{mask_func} T={args.total_iter} S={sweet_spot}"
     save_overview(out_dir / "overview.png", result.inputs, result.outputs,
                   None if gt is None else gt[result.indices], title)
     n = len(result.indices)

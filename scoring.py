@@ -1,0 +1,99 @@
+"""Inpainting scores and the simple baselines they are compared with.
+
+Metrics work on uint8 pictures (N, H, W, 3) and hole masks (N, H, W) bool, True = hole. The
+baselines fill the holes of uint8 pictures from their known pixels only:
+
+- `mean-fill`: the mean colour of the known pixels;
+- `nearest`: the nearest known pixel (Euclidean distance transform, scipy);
+- `telea`, `ns`: OpenCV's inpainting (Telea's fast marching, Navier-Stokes), radius 3, what people
+  reach for instead of a learned model.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from common import UserError
+
+PSNR_CAP = 100.0  # dB: an exact match has infinite PSNR, which neither a mean nor JSON can hold
+BASELINES = ("mean-fill", "nearest", "telea", "ns")
+OPENCV_RADIUS = 3  # pixels around the hole OpenCV looks at (the value people use at 64x64)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of 8-bit pictures with mean squared error `mse`, capped at PSNR_CAP."""
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
+
+
+def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray, ssim: bool = True) -> dict:
+    """Means over the images that have a hole (uint8 (N, H, W, 3) outputs and ground truth, (N, H, W)
+    holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM (unless
+    `ssim` is False), and L1 in the hole (pixel values in [0, 1])."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # scipy: slow to import
+
+    scored = [i for i in range(len(outputs)) if holes[i].any()]
+    if not scored:
+        raise UserError("no image has a hole (every mask is all white): nothing to score")
+    psnr, psnr_hole, ssims, l1_hole = [], [], [], []
+    for i in scored:
+        out, ref = outputs[i], gt[i]
+        with np.errstate(divide="ignore"):  # identical images: skimage divides by an MSE of 0
+            psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(ref, out, data_range=255))))
+        if ssim:
+            ssims.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
+        # scikit-image has no masked PSNR: MSE over the hole pixels only, converted to dB the same way
+        diff = out[holes[i]].astype(np.float64) - ref[holes[i]]  # (P, 3)
+        psnr_hole.append(psnr_from_mse(float(np.mean(diff ** 2))))
+        l1_hole.append(float(np.mean(np.abs(diff))) / 255)
+    metrics = {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)),
+               "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
+    if ssim:
+        metrics["ssim"] = float(np.mean(ssims))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def _mean_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[hole] = np.round(image[~hole].astype(np.float64).mean(0)).astype(np.uint8)
+    return out
+
+
+def _nearest(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import distance_transform_edt
+
+    # for every pixel, the coordinates of the nearest known pixel (itself when known)
+    rows, cols = distance_transform_edt(hole, return_distances=False, return_indices=True)
+    return image[rows, cols]
+
+
+def _opencv(flag_name: str):
+    def fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        try:
+            import cv2
+        except ImportError:
+            raise UserError("the telea and ns baselines need OpenCV: pip install opencv-python-headless") from None
+        return cv2.inpaint(np.ascontiguousarray(image), hole.astype(np.uint8) * 255, OPENCV_RADIUS,
+                           getattr(cv2, flag_name))
+    return fill
+
+
+_FILLS = {"mean-fill": _mean_fill, "nearest": _nearest, "telea": _opencv("INPAINT_TELEA"),
+          "ns": _opencv("INPAINT_NS")}
+
+
+def fill_baseline(method: str, images: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """Fill the holes of uint8 pictures (N, H, W, 3) with a baseline; known pixels stay as they are.
+    Images whose hole covers everything are returned unchanged (nothing to fill from)."""
+    if method not in _FILLS:
+        raise UserError(f"unknown baseline {method!r}; valid: {', '.join(BASELINES)}")
+    fill = _FILLS[method]
+    out = images.copy()
+    for i, (image, hole) in enumerate(zip(images, holes)):
+        if hole.any() and not hole.all():
+            out[i] = np.where(hole[..., None], fill(image, hole), image)
+    return out
