@@ -8,7 +8,7 @@ from tiny_configs import TINY_VQGAN
 
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
-from models.config import load_maskgit_config
+from models.config import load_maskgit_config, transformer_param
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_attention_paths_agree_for_same_weights():
     torch.manual_seed(0)
     cfg = {"num_image_tokens": 256, "num_codebook_vectors": 1024, "dim": 64, "n_layers": 2, "hidden_dim": 128,
            "num_heads": 8, "attention": "manual"}
-    model = BidirectionalTransformer(cfg).eval()
+    model = BidirectionalTransformer(transformer_param(**cfg)).eval()
     tokens = torch.randint(0, 1025, (3, 256))
     manual = model(tokens)
     model.set_attention("sdpa")
@@ -63,7 +63,7 @@ def test_manual_attention_matches_explicit_formula():
     torch.manual_seed(1)
     cfg = {"num_image_tokens": 8, "num_codebook_vectors": 4, "dim": 16, "n_layers": 1, "hidden_dim": 32,
            "num_heads": 4}
-    attn = BidirectionalTransformer(cfg).blocks[0].attention.eval()
+    attn = BidirectionalTransformer(transformer_param(**cfg)).blocks[0].attention.eval()
     x = torch.randn(2, 8, 16)
     q, k, v = attn.query(x), attn.key(x), attn.value(x)
     heads = []
@@ -77,7 +77,7 @@ def test_manual_attention_matches_explicit_formula():
 def test_logits_tied_to_token_embedding_plus_bias():
     cfg = {"num_image_tokens": 4, "num_codebook_vectors": 6, "dim": 8, "n_layers": 1, "hidden_dim": 16,
            "num_heads": 2}
-    model = BidirectionalTransformer(cfg).eval()
+    model = BidirectionalTransformer(transformer_param(**cfg)).eval()
     assert model.tok_emb.weight.shape == (7, 8) and model.bias.shape == (4, 7)
     with torch.no_grad():
         model.bias.fill_(0.0)
