@@ -307,13 +307,13 @@ def load_maskgit_file(path: str | os.PathLike) -> Config:
     data = read_yaml(path)
     where = f"{path} (model_param)"
     cfg = check_section(data["model_param"], MASKGIT_PARAM, path, "model_param")
-    tcfg = cfg["Transformer_param"]
-    if tcfg["dim"] % tcfg["num_heads"]:
-        raise UserError(f"{path} (model_param.Transformer_param): `dim` {tcfg['dim']} is not divisible by "
-                        f"`num_heads` {tcfg['num_heads']}")
+    transformer = cfg["Transformer_param"]
+    if transformer["dim"] % transformer["num_heads"]:
+        raise UserError(f"{path} (model_param.Transformer_param): `dim` {transformer['dim']} is not divisible by "
+                        f"`num_heads` {transformer['num_heads']}")
     for key in ("num_image_tokens", "num_codebook_vectors"):
-        if tcfg[key] != cfg[key]:
-            raise UserError(f"{where}: `{key}` is {cfg[key]} but Transformer_param has {tcfg[key]}")
+        if transformer[key] != cfg[key]:
+            raise UserError(f"{where}: `{key}` is {cfg[key]} but Transformer_param has {transformer[key]}")
 
     vq_paths = cfg["VQ_Configs"]
     vq_config_path = resolve_path(vq_paths["VQ_config_path"], path.parent)

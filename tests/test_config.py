@@ -4,25 +4,13 @@ import re
 from pathlib import Path
 
 import pytest
+from tiny_configs import TINY_MASKGIT as TINY_MASKGIT_MODEL
 from tiny_configs import TINY_VQGAN
 
 from common import UserError
 from models.config import MASKGIT_TRAIN, apply_overrides, load_maskgit_file, load_vqgan_file
 
-TINY_MASKGIT = """
-model_param:
-  VQ_Configs:
-    VQ_config_path: vqgan.yml
-  num_image_tokens: 16
-  num_codebook_vectors: 16
-  Transformer_param:
-    num_image_tokens: 16
-    num_codebook_vectors: 16
-    dim: 32
-    n_layers: 2
-    hidden_dim: 64
-    num_heads: 4
-train_param:
+TINY_MASKGIT = TINY_MASKGIT_MODEL + """train_param:
   batch_size: 4
   learning_rate: 2.0e-4
   betas: [0.9, 0.96]
@@ -76,11 +64,9 @@ def test_empty_train_param_gets_the_defaults(tmp_path):
     ("betas: [0.9, 0.96]", "betas: 0.9", "`betas` must be two numbers"),
     ("num_heads: 4", "num_heads: 4\n    dropout: 1.5", "`dropout` must be a number >= 0 and < 1"),
     ("num_heads: 4", "num_heads: 4\n    attention: flash", "unknown `attention` 'flash'"),
-    ("num_codebook_vectors: 16\n  Transformer", "num_codebook_vectors: 16\n  gamma_type: 3\n  Transformer",
-     "unknown `gamma_type` 3"),
+    ("gamma_type: cosine", "gamma_type: 3", "unknown `gamma_type` 3"),
     ("num_heads: 4", "num_heads: 4\n    num_head: 4", "unknown key(s) `num_head`; known keys: num_image_tokens"),
-    ("num_codebook_vectors: 16\n  Trans", "num_codebook_vectors: 16\n  choice_temp: 1\n  Trans",
-     "unknown key(s) `choice_temp`"),
+    ("choice_temperature: 4.5", "choice_temp: 1", "unknown key(s) `choice_temp`"),
     ("batch_size: 4", "batch_sz: 4", "unknown key(s) `batch_sz`; known keys: epochs, batch_size"),
     ("train_param:", "trian_param:", "unknown top-level key(s) `trian_param`; known keys: model_param, train_param"),
     ("VQ_config_path: vqgan.yml", "VQ_config_path: vqgan.yml\n    VQ_ckpt: x.pt", "unknown key(s) `VQ_ckpt`"),

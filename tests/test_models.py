@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_configs import TINY_VQGAN
+from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
@@ -12,28 +12,11 @@ from models.config import load_maskgit_config, transformer_param
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_MASKGIT = """
-model_param:
-  VQ_Configs:
-    VQ_config_path: vqgan.yml
-  num_image_tokens: 16
-  num_codebook_vectors: 16
-  choice_temperature: 4.5
-  gamma_type: {gamma}
-  Transformer_param:
-    num_image_tokens: 16
-    num_codebook_vectors: 16
-    dim: {dim}
-    n_layers: 2
-    hidden_dim: 64
-    num_heads: 4
-"""
-
-
 def write_tiny_configs(folder: Path, gamma: str = "cosine", dim: int = 32) -> Path:
     (folder / "vqgan.yml").write_text(TINY_VQGAN)
     path = folder / "maskgit.yml"
-    path.write_text(TINY_MASKGIT.format(gamma=gamma, dim=dim))
+    text = TINY_MASKGIT.replace("gamma_type: cosine", f"gamma_type: {gamma}").replace("dim: 32", f"dim: {dim}")
+    path.write_text(text)
     return path
 
 
