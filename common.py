@@ -1,19 +1,19 @@
-"""Shared plumbing for every script: user errors, configs' files, devices, checkpoints, logging,
-learning-rate schedule and distributed set-up. One copy here instead of one per script."""
+"""Shared plumbing for every script: user errors, configs' files, devices, seeding, atomic files
+and checkpoints. One copy here instead of one per script; the training-only half (RNG state,
+distributed set-up, LR schedule, run log, sampler) is in training.py."""
 from __future__ import annotations
 
 import csv
-import json
-import math
+import hashlib
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -85,52 +85,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# ----------------------------------------------------------------------------- files and checkpoints
 
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def gather_per_rank(obj: object, world_size: int) -> list:
-    """Every rank's `obj` (e.g. its rng_state()), indexed by rank, for rank 0's checkpoint. Under DDP
-    this is a collective: every rank must call it."""
-    if world_size == 1:
-        return [obj]
-    objects: list = [None] * world_size
-    dist.all_gather_object(objects, obj)
-    return objects
-
-
-def restore_rng_state(states: list[dict], rank: int) -> None:
-    """Set this rank's RNG states from a checkpoint's list (rank 0's if the run had fewer ranks)."""
-    set_rng_state(states[rank] if rank < len(states) else states[0])
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed, so a
-    kill at any moment leaves either the old checkpoint or the new one, never half of one."""
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in `path`'s folder (same suffix, for writers that go by it); when the
+    block ends without error the file is flushed to disk and renamed to `path`. A kill at any moment
+    leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
+    """torch.save through atomic_write: a checkpoint is always whole."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # numpy's RNG state (in rng_state()) holds an ndarray: allow exactly what unpickling one needs
@@ -186,148 +172,12 @@ def half_state_dict(module: nn.Module) -> dict:
     return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
-# ----------------------------------------------------------------------------- hyper-parameters
-
-def merge_train_param(defaults: dict, section: dict | None, overrides: dict, where: str) -> dict:
-    """Training hyper-parameters: `defaults`, then a config's `train_param` section, then the flags
-    that were given (the `overrides` that are not None). An unknown key in the section is an error,
-    since a misspelt one would otherwise be ignored without a word."""
-    section = section or {}
-    if not isinstance(section, dict):
-        raise UserError(f"{where}: `train_param` must be a mapping of names to values")
-    unknown = sorted(set(section) - set(defaults))
-    if unknown:
-        raise UserError(f"{where}: unknown train_param key(s) {', '.join(unknown)}; "
-                        f"known keys: {', '.join(sorted(defaults))}")
-    return {**defaults, **section, **{k: v for k, v in overrides.items() if v is not None}}
-
-
-# ----------------------------------------------------------------------------- schedule
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
-    """LR multiplier: linear warmup from 0 to 1, then cosine decay to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- distributed
-
-def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE set) join the process group: NCCL on GPUs, gloo on the CPU.
-    Returns (rank, world_size, device); a plain run is rank 0 of 1."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, resolve_device(device_name)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = (device_name or "cuda").startswith("cuda") and torch.cuda.is_available()
-    if wants_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = resolve_device("cpu")
-    dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
-    return rank, world, device
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- logging
-
-class RunLog:
-    """Appends one JSON object per line to `log.jsonl` in the run folder (rank 0 only) and keeps the
-    records in memory for plotting."""
-
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
-        self.path = Path(run_dir) / "log.jsonl"
-        self.enabled = enabled
-        self.records: list[dict] = []
-        if enabled and self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run repeats them)."""
-        if not self.enabled:
-            return
-        self.records = [r for r in self.records if r.get("step", 0) <= step]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def write(self, **record: object) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def plot(self, path: str | os.PathLike, panels: dict[str, list[str]]) -> None:
-        """One PNG with a panel per entry of `panels` ({title: [metric keys]}), metric vs step."""
-        if not self.enabled or not self.records:
-            return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-        for ax, (title, keys) in zip(axes[0], panels.items()):
-            for key in keys:
-                points = [(r["step"], r[key]) for r in self.records if key in r and r[key] is not None]
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=key)
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=8)
-        fig.tight_layout()
-        tmp = Path(path).with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
-
-
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """Write a list of dicts as CSV (columns in first-seen order), atomically."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- training loops
-
-class ResumableSampler(torch.utils.data.Sampler):
-    """The epoch's shuffled order from torch's DistributedSampler (this rank's share, same for a
-    given seed and epoch), minus the first `skip` indices: a resumed run continues mid-epoch with
-    exactly the batches it had not seen."""
-
-    def __init__(self, dataset_size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True):
-        sampler = torch.utils.data.DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank,
-                                                      shuffle=shuffle, seed=seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        self.indices = list(sampler)[skip:]
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def check_finite(loss: torch.Tensor, step: int, checkpoint_path: str | os.PathLike) -> None:
-    """Stop the run on a NaN or inf loss; the last checkpoint written stays as it is."""
-    if not torch.isfinite(loss).all():
-        raise UserError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint is "
-                        f"{checkpoint_path} (resume from it with a lower learning rate)")

@@ -49,7 +49,8 @@ from data import (
 from data.images import check_sizes
 from data.masks import seeded_rng
 from models.config import load_maskgit_config
-from models.maskgit import GAMMA_FUNCTIONS, DecodeHistory, MaskGit, load_maskgit
+from models.maskgit import DecodeHistory, MaskGit, load_maskgit
+from models.schedules import GAMMA_FUNCTIONS
 from scoring import BASELINES, compute_metrics, fill_baseline
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"
@@ -106,13 +107,14 @@ def load_config(path: str | os.PathLike) -> dict:
     return load_maskgit_config(resolve_path(path))
 
 
-def load_model(config_path: str | os.PathLike, transformer_ckpt: str | os.PathLike,
+def load_model(config: dict | str | os.PathLike, transformer_ckpt: str | os.PathLike,
                device: torch.device) -> MaskGit:
-    """MaskGit with the config's VQGAN weights and the given transformer weights, eval mode."""
+    """MaskGit with the config's VQGAN weights and the given transformer weights, eval mode.
+    `config` is the checked config (load_config) or its file."""
     ckpt = resolve_path(transformer_ckpt)
     if not ckpt.is_file():
         raise UserError(f"transformer checkpoint not found: {ckpt} (pass --load-transformer-ckpt-path)")
-    return load_maskgit(str(resolve_path(config_path)), str(ckpt), device=device)
+    return load_maskgit(config if isinstance(config, dict) else load_config(config), ckpt, device=device)
 
 
 def open_dataset(masked_dir: str | os.PathLike, mask_dir: str | os.PathLike, cfg: dict, partial: float = 1.0,
@@ -186,8 +188,9 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
                 decoding: Decoding, steps: int, history: bool = False) -> tuple[torch.Tensor, DecodeHistory | None]:
     """Run the first `steps` steps of the schedule on tokens z (B, N) -> (tokens (B, N), step history)."""
     device = z.device
-    return model.inpaint(z, token_mask, decoding.total_iter, steps, decoding.mask_func,
-                         decoding.choice_temperature, decoding.sample_temperature,
+    return model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=steps,
+                         mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
+                         sample_temperature=decoding.sample_temperature,
                          generators=make_generators(decoding.seed, indices), return_history=history,
                          autocast_ctx=lambda: autocast(device))
 
@@ -478,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     if gt_path is not None:
         gt = open_ground_truth(gt_path, total, vq["img_resolution"])
 
-    model = None if args.baseline else load_model(args.MaskGitConfig, args.load_transformer_ckpt_path, device)
+    model = None if args.baseline else load_model(cfg, args.load_transformer_ckpt_path, device)
     out_dir = Path(args.output_dir)
     removed = clear_outputs(out_dir)
     if removed:

@@ -9,8 +9,8 @@ of a frozen stage-1 VQGAN.
 The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
 validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
 config and the image files; an epoch then costs transformer time only. Hyper-parameters come from
-the config's `train_param` section (defaults below); flags override them. The run folder
-(--checkpoint-path) holds last.pt (resumable), best.pt (lowest validation loss), transformer.pt
+the config's `train_param` section (defaults in models/config.py); flags override them. The run
+folder (--checkpoint-path, or --run-dir) holds last.pt (resumable), best.pt (lowest validation loss), transformer.pt
 (plain weights of the best, for load_maskgit), log.jsonl and curves.png.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,38 +31,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common import (
-    ResumableSampler,
-    RunLog,
-    UserError,
-    autocast,
-    check_finite,
-    cleanup_distributed,
-    gather_per_rank,
-    half_state_dict,
-    load_checkpoint,
-    load_weights,
-    merge_train_param,
-    restore_rng_state,
-    rng_state,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-    setup_distributed,
-    warmup_cosine,
-)
+import training
+from common import UserError, autocast, file_sha256, load_checkpoint, run_cli, save_checkpoint, seed_everything
 from data import ImageFolderDataset
 from models import BidirectionalTransformer, MaskGit
-from models.config import load_maskgit_config, read_yaml
+from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
+from training import ResumableSampler, RunLog, check_finite
 
-TRAIN_DEFAULTS = {
-    "epochs": 100, "batch_size": 32, "learning_rate": 2e-4, "betas": [0.9, 0.96], "warmup_steps": 500,
-    "weight_decay": 0.045,        # AdamW, on the linear layers' weights only
-    "grad_clip": 1.0,
-    "accum_grad": 1,              # micro-batches per optimizer step
-    "flip": True,                 # train on the tokens of the image or of its mirror image, at random
-}
 CACHE_VERSION = 1
 VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, so epochs compare
 PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accuracy": ["acc", "val_acc"],
@@ -70,46 +47,22 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train_d_path", default="datasets/twemoji/train", help="folder of training images")
-    p.add_argument("--val_d_path", default="datasets/twemoji/val", help="folder of validation images")
-    p.add_argument("--checkpoint-path", default="runs/maskgit", help="run folder: checkpoints, log, curves")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--num_workers", type=int, default=2, help="image loader workers while building the token cache")
-    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-batch")
+    training.add_run_arguments(p, config="configs/small/MaskGit.yml", run_dir="runs/maskgit", save_every=200,
+                               log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--val-per-epoch", type=int, default=1, help="validate every N epochs (and at the last step)")
     p.add_argument("--save-per-epoch", type=int, default=0,
                    help="also keep a resumable epochNNN.pt every N epochs (0: only last.pt and best.pt)")
-    p.add_argument("--save-every", type=int, default=200, help="write last.pt every N steps (and at each epoch end)")
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--MaskGitConfig", default="configs/small/MaskGit.yml", help="MaskGit YAML config")
-    p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--start-from-epoch", type=int, default=0,
                    help="restart from the epochNNN.pt snapshot written after epoch N (see --save-per-epoch)")
-    p.add_argument("--random-seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_PATH/last.pt")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps in total (the LR schedule still spans --epochs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
     p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")
-    p.add_argument("--log-every", type=int, default=10, help="log the mean training loss every N steps")
-    p.add_argument("--export", metavar="PATH",
-                   help="write CHECKPOINT_PATH/best.pt's transformer weights in fp16 to PATH and exit")
     return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- token cache
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool) -> str:
     """Hash of everything the tokens depend on: VQGAN weights and config, the image files (name,
@@ -187,87 +140,113 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 @torch.no_grad()
 def validate(model: MaskGit, tokens: torch.Tensor, masks: torch.Tensor, batch_size: int, label_smoothing: float,
-             device: torch.device, rank: int, world: int) -> tuple[float, float]:
-    """(loss, accuracy) on the masked tokens of the validation set, under fixed masks (N, h*w).
-    Each rank takes every world-th image; the sums are all-reduced, so every rank gets the totals."""
+             device: torch.device, rank: int, world: int) -> dict[str, float]:
+    """Validation metrics: loss and accuracy on the masked tokens of the validation set, under fixed
+    masks (N, h*w). Each rank takes every world-th image; the sums are all-reduced, so every rank
+    gets the totals. Returns {"val_loss", "val_acc"}, the names they have in the log."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked count
     for idx in torch.arange(rank, len(tokens), world).split(batch_size):
         z, mask = tokens[idx, 0].long().to(device), masks[idx].to(device)  # (B, N) each
         with autocast(device):
-            logits = model.transformer(torch.where(mask, model.mask_token_id, z))
+            logits = model.transformer(model.masked(z, mask))
         losses, correct = masked_token_loss(logits, z, mask, label_smoothing)
         sums += torch.stack([losses.sum(), correct.sum(), torch.tensor(len(losses), device=device)]).double()
     if world > 1:
         dist.all_reduce(sums)
     model.train()
-    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+    return {"val_loss": (sums[0] / sums[2]).item(), "val_acc": (sums[1] / sums[2]).item()}
 
 
-def export(args: argparse.Namespace, cfg: dict) -> None:
-    """Write the best transformer's weights in fp16 (loading them back gives fp32)."""
-    transformer = BidirectionalTransformer(cfg["Transformer_param"])
-    load_weights(transformer, Path(args.checkpoint_path) / "best.pt", key="model")
-    save_checkpoint(half_state_dict(transformer), args.export)
-    print(f"wrote {args.export}")
-
-
-def check_flags(args: argparse.Namespace, tcfg: dict) -> None:
-    if Path(args.checkpoint_path).suffix == ".pt":
-        raise UserError(f"--checkpoint-path is the run folder (last.pt, best.pt, logs go inside it), "
-                        f"not a file: {args.checkpoint_path}")
+def check_flags(args: argparse.Namespace) -> None:
+    """The stage-2 flags' values (the shared ones: training.check_run_arguments)."""
     if not 0 < args.partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {args.partial}")
-    for name, value in (("batch-size", tcfg["batch_size"]), ("accum-grad", tcfg["accum_grad"]),
-                        ("epochs", tcfg["epochs"]), ("val-per-epoch", args.val_per_epoch),
-                        ("save-every", args.save_every), ("log-every", args.log_every)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}")
+    if args.val_per_epoch < 1:
+        raise UserError(f"--val-per-epoch must be at least 1, got {args.val_per_epoch}")
     if args.resume and args.start_from_epoch:
         raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
 
 
 # ----------------------------------------------------------------------------- training
 
-def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
+@dataclass
+class Stage2:
+    """What a step trains: the MaskGit (its transformer, bare and under DDP), AdamW and its LR schedule."""
+    model: MaskGit
+    ddp: nn.Module  # the MaskGit, under DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def parts(self) -> dict[str, training.Stateful]:
+        """The checkpoint keys of what a resume must restore."""
+        return {"model": self.model.transformer, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+
+def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcfg: dict, label_smoothing: float,
+               step: int, last_path: Path, world: int) -> dict[str, torch.Tensor]:
+    """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
+    random view per row. Returns the loss (mean over micro-batches and ranks), the masked-token
+    accuracy and the gradient norm before clipping."""
+    device, accum = next(s.model.transformer.parameters()).device, len(micro_batches)
+    stats = torch.zeros(3, device=device)  # loss (sum of micro-batch means), correct, masked count
+    for i, idx in enumerate(micro_batches):
+        views = torch.randint(tokens.shape[1], (len(idx),))
+        z = tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
+        with s.ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
+            with autocast(device):
+                logits, targets, mask = s.ddp(z)  # logits (B, h*w, vocab)
+            losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
+            (losses.mean() / accum).backward()
+        stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
+    if world > 1:
+        dist.all_reduce(stats)
+    loss = stats[0] / (accum * world)
+    check_finite(loss, step, last_path)
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.transformer.parameters(), tcfg["grad_clip"])
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scheduler.step()
+    return {"loss": loss, "acc": stats[1] / stats[2], "grad_norm": grad_norm}
+
+
+def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskGit, int]:
     """Train (or continue training) the transformer; returns the model and the number of steps done."""
-    cfg = load_maskgit_config(args.MaskGitConfig)
-    tcfg = merge_train_param(TRAIN_DEFAULTS, read_yaml(args.MaskGitConfig).get("train_param"),
-                             {"batch_size": args.batch_size, "epochs": args.epochs,
-                              "learning_rate": args.learning_rate, "accum_grad": args.accum_grad},
-                             str(args.MaskGitConfig))
-    check_flags(args, tcfg)
-    vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"].get("VQ_CKPT_path")
+    config = config or load_maskgit_file(args.config)
+    cfg = config.model
+    tcfg = apply_overrides(config.train, MASKGIT_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
+                                                         "learning_rate": args.learning_rate,
+                                                         "accum_grad": args.accum_grad})
+    training.check_run_arguments(args)
+    check_flags(args)
+    vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_ckpt:
-        raise UserError(f"{args.MaskGitConfig}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
+        raise UserError(f"{args.config}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
     if not Path(vqgan_ckpt).is_file():
         raise UserError(f"VQGAN checkpoint not found: {vqgan_ckpt} (train stage 1 with training_vqgan.py, then "
                         "pass --vqgan-ckpt RUN_DIR/vqgan.pt or set VQ_CKPT_path in the config)")
-    run_dir, cache_dir = Path(args.checkpoint_path), Path(args.cache_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    source = (run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch
-              else last_path if args.resume else None)
-    if source is None and last_path.exists():
-        raise UserError(f"{last_path} exists: pass --resume to continue that run, or choose another --checkpoint-path")
+    run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
+    last_path = run_dir / "last.pt"
+    source = training.resume_source(run_dir, args.resume,
+                                    run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None)
 
-    rank, world, device = setup_distributed(args.device)
-    try:
+    with training.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         batch, accum = tcfg["batch_size"], tcfg["accum_grad"]
         vq = cfg["vqgan"]
-        train_set = ImageFolderDataset(args.train_d_path, vq["mean"], vq["std"], size=vq["img_resolution"])
-        val_set = ImageFolderDataset(args.val_d_path, vq["mean"], vq["std"], size=vq["img_resolution"])
+        train_set = ImageFolderDataset(args.train_path, vq["mean"], vq["std"], size=vq["img_resolution"])
+        val_set = ImageFolderDataset(args.val_path, vq["mean"], vq["std"], size=vq["img_resolution"])
         per_step = batch * accum  # samples per rank per optimizer step
         steps_per_epoch = int(len(train_set) * args.partial) // (per_step * world)
         if steps_per_epoch == 0:
-            raise UserError(f"{args.train_d_path}: {int(len(train_set) * args.partial)} images (--partial "
+            raise UserError(f"{args.train_path}: {int(len(train_set) * args.partial)} images (--partial "
                             f"{args.partial}) are fewer than one step of {per_step * world}")
         total_steps = steps_per_epoch * tcfg["epochs"]  # the LR schedule's length
         stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
 
         seed_everything(args.random_seed)  # the same initial weights on every rank
-        model = load_maskgit(args.MaskGitConfig, vqgan_ckpt=vqgan_ckpt, device=device)
-        vqgan_digest = file_digest(vqgan_ckpt)
+        model = load_maskgit(cfg, vqgan_ckpt=vqgan_ckpt, device=device)
+        vqgan_digest = file_sha256(vqgan_ckpt)
         encoding = (batch, args.num_workers, device, rank, world)
         train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train",
                                    *encoding)  # (N, views, h*w)
@@ -276,25 +255,16 @@ def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
                                       torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
         seed_everything(args.random_seed + rank)  # masks, views and dropout differ between ranks
 
-        transformer = model.transformer
-        optimizer = torch.optim.AdamW(param_groups(transformer, tcfg["weight_decay"]), lr=tcfg["learning_rate"],
-                                      betas=tuple(tcfg["betas"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, total_steps, tcfg["warmup_steps"]))
+        optimizer = torch.optim.AdamW(param_groups(model.transformer, tcfg["weight_decay"]),
+                                      lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
+        s = Stage2(model, model, optimizer, training.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
         step, best_val_loss = 0, math.inf
         if source is not None:
             state = load_checkpoint(source)
-            if state["vqgan_digest"] != vqgan_digest:
+            if state.get("vqgan_digest") != vqgan_digest:
                 raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
-            try:
-                transformer.load_state_dict(state["model"])
-            except RuntimeError as err:
-                raise UserError(f"{source} does not match {args.MaskGitConfig}: "
-                                f"{' '.join(str(err).split())[:300]}") from None
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            training.restore(state, s.parts(), rank, source, args.config)
             step, best_val_loss = state["step"], state["best_val_loss"]
-            restore_rng_state(state["rng"], rank)
             if is_main:
                 print(f"resumed from {source} at step {step}")
                 if state["steps_per_epoch"] != steps_per_epoch:
@@ -304,19 +274,13 @@ def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
         log = RunLog(run_dir, enabled=is_main)
         log.truncate_after(step)
         if args.compile:
-            transformer.compile()
-        ddp = DistributedDataParallel(model) if world > 1 else model
+            model.transformer.compile()
+        if world > 1:
+            s.ddp = DistributedDataParallel(model)
         model.train()
 
-        def checkpoint() -> dict:
-            return {"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step, "epoch": step / steps_per_epoch,
-                    "best_val_loss": best_val_loss, "rng": gather_per_rank(rng_state(), world),
-                    "steps_per_epoch": steps_per_epoch, "vqgan_digest": vqgan_digest, "config": cfg,
-                    "train_param": tcfg}
-
         if is_main:
-            n_params = sum(p.numel() for p in transformer.parameters())
+            n_params = sum(p.numel() for p in model.transformer.parameters())
             print(f"{len(train_tokens)} training images x {train_tokens.shape[1]} view(s), {len(val_tokens)} val; "
                   f"{n_params / 1e6:.1f}M parameters; {steps_per_epoch} steps/epoch of {per_step * world} images, "
                   f"{total_steps} steps in all, on {world} x {device}")
@@ -330,69 +294,52 @@ def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
             bar = tqdm(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main, initial=done,
                        total=steps_per_epoch, dynamic_ncols=True)
             for micro_batches in bar:
-                stats = torch.zeros(3, device=device)  # loss (sum of micro-batch means), correct, masked count
-                for i, idx in enumerate(micro_batches):
-                    views = torch.randint(train_tokens.shape[1], (batch,))
-                    z = train_tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
-                    with ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
-                        with autocast(device):
-                            logits, targets, mask = ddp(z)  # logits (B, h*w, vocab)
-                        losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
-                        (losses.mean() / accum).backward()
-                    stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
-                if world > 1:
-                    dist.all_reduce(stats)
-                loss, acc = stats[0] / (accum * world), (stats[1] / stats[2]).item()
-                check_finite(loss, step, last_path)
-                grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), tcfg["grad_clip"])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world)
                 step += 1
 
-                lr = scheduler.get_last_lr()[0]
-                running += torch.tensor([loss.item(), acc, 1.0])
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", lr=f"{lr:.1e}", refresh=False)
+                loss, acc, lr = out["loss"].item(), out["acc"].item(), s.scheduler.get_last_lr()[0]
+                running += torch.tensor([loss, acc, 1.0])
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.1e}", refresh=False)
                 epoch_end, finished = step % steps_per_epoch == 0, step >= stop_at
                 if step % args.log_every == 0 or epoch_end or finished:
                     log.write(step=step, epoch=step / steps_per_epoch, loss=(running[0] / running[2]).item(),
-                              acc=(running[1] / running[2]).item(), lr=lr, grad_norm=grad_norm.item())
+                              acc=(running[1] / running[2]).item(), lr=lr, grad_norm=out["grad_norm"].item())
                     running.zero_()
+
                 improved = False
                 if (epoch_end and (epoch + 1) % args.val_per_epoch == 0) or finished:
-                    val_loss, val_acc = validate(model, val_tokens, val_masks, batch, label_smoothing, device,
-                                                 rank, world)
-                    improved = val_loss < best_val_loss
-                    best_val_loss = min(best_val_loss, val_loss)
-                    log.write(step=step, epoch=step / steps_per_epoch, val_loss=val_loss, val_acc=val_acc)
+                    metrics = validate(model, val_tokens, val_masks, batch, label_smoothing, device, rank, world)
+                    improved = metrics["val_loss"] < best_val_loss
+                    best_val_loss = min(best_val_loss, metrics["val_loss"])
+                    log.write(step=step, epoch=step / steps_per_epoch, **metrics)
                     log.plot(run_dir / "curves.png", PLOT_PANELS)
                     if is_main:
-                        tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss {val_loss:.4f}, "
-                                   f"masked-token accuracy {val_acc:.1%}" + (" (best)" if improved else ""))
+                        tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss "
+                                   f"{metrics['val_loss']:.4f}, masked-token accuracy {metrics['val_acc']:.1%}"
+                                   + (" (best)" if improved else ""))
                 if epoch_end or finished or step % args.save_every == 0:
-                    state = checkpoint()
+                    state = training.run_state(
+                        s.parts(), world, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
+                        steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg)
+                    snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
-                        save_checkpoint(state, last_path)
-                        if improved:
-                            save_checkpoint(state, best_path)
-                            save_checkpoint(transformer.state_dict(), run_dir / "transformer.pt")
-                        if epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0:
-                            save_checkpoint(state, run_dir / f"epoch{epoch + 1:03d}.pt")
+                        training.save_run(run_dir, state, ("transformer.pt", model.transformer), improved,
+                                          f"epoch{epoch + 1:03d}.pt" if snapshot else None)
                 if finished:
                     break
         if is_main:
             print(f"done: {step} steps, best val loss {best_val_loss:.4f}; weights in {run_dir / 'transformer.pt'}")
         return model, step
-    finally:
-        cleanup_distributed()
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = load_maskgit_file(args.config)
     if args.export:
-        export(args, load_maskgit_config(args.MaskGitConfig))
+        training.export(BidirectionalTransformer(config.model["Transformer_param"]), args.run_dir, "model",
+                        args.export)
     else:
-        train(args)
+        train(args, config)
 
 
 if __name__ == "__main__":

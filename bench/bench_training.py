@@ -50,11 +50,11 @@ from bench.harness import (
     update_section,
     weights_fingerprint,
 )
-from common import autocast, merge_train_param, resolve_device, resolve_path, run_cli, seed_everything
+from common import autocast, resolve_device, resolve_path, run_cli, seed_everything
 from data import ImageFolderDataset
-from models.config import load_maskgit_config, read_yaml
+from models.config import MASKGIT_TRAIN, apply_overrides, load_maskgit_file
 from models.maskgit import MaskGit
-from training_transformer import TRAIN_DEFAULTS, encode_images, masked_token_loss, param_groups
+from training_transformer import encode_images, masked_token_loss, param_groups
 
 TRAIN_DIR = "datasets/twemoji/train"
 GOAL = {"cuda": 5.0}  # none set for the CPU
@@ -69,9 +69,8 @@ class Setup:
 
     def __init__(self, variant: str, config: str, batch_size: int | None, steps: int, device: torch.device):
         path = resolve_path(config)
-        self.cfg = load_maskgit_config(path)
-        self.tcfg = merge_train_param(TRAIN_DEFAULTS, read_yaml(path).get("train_param"),
-                                      {"batch_size": batch_size}, str(path))
+        config = load_maskgit_file(path)
+        self.cfg, self.tcfg = config.model, apply_overrides(config.train, MASKGIT_TRAIN, {"batch_size": batch_size})
         self.batch, self.device, self.variant = self.tcfg["batch_size"], device, variant
         seed_everything(SEED)
         self.model = MaskGit(self.cfg).to(device).train()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import UserError
+from common import UserError, atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -49,12 +49,10 @@ def write_gt_csv(images: np.ndarray, path: str | os.PathLike) -> None:
     """Write (N, S, S, 3) uint8 images as a lab-style CSV (header row, one HWC row per image)."""
     images = np.asarray(images, dtype=np.uint8)
     flat = images.reshape(len(images), -1)
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow([f"pixel_{i}" for i in range(flat.shape[1])])
         writer.writerows(flat.tolist())
-    os.replace(tmp, path)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -84,15 +84,16 @@ class BidirectionalTransformer(nn.Module):
     """Token ids (B, N) in [0, num_codebook_vectors] -> logits (B, N, num_codebook_vectors + 1)."""
 
     def __init__(self, cfg: dict):
+        """`cfg` is the checked Transformer_param of a MaskGit config (models.config)."""
         super().__init__()
         dim = cfg["dim"]
         self.num_image_tokens = cfg["num_image_tokens"]
         vocab = cfg["num_codebook_vectors"] + 1  # + the mask token
-        dropout = cfg.get("dropout", 0.1)
+        dropout = cfg["dropout"]
         self.tok_emb = nn.Embedding(vocab, dim)
         self.pos_emb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(self.num_image_tokens, dim), 0.0, 0.02))
         self.blocks = nn.Sequential(*[
-            EncoderBlock(dim, cfg["hidden_dim"], cfg.get("num_heads", 16), dropout, cfg.get("attention", "manual"))
+            EncoderBlock(dim, cfg["hidden_dim"], cfg["num_heads"], dropout, cfg["attention"])
             for _ in range(cfg["n_layers"])
         ])
         self.token_prediction = TokenPredictor(dim)

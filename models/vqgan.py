@@ -109,7 +109,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         channels = cfg["enc_channels"]
-        blocks_per_stage = cfg.get("enc_res_blocks", 2)
+        blocks_per_stage = cfg["enc_res_blocks"]
         downsample_after = resampling_stages(len(channels) - 1, num_resamplings(cfg))
         resolution = cfg["img_resolution"]
         layers: list[nn.Module] = [nn.Conv2d(cfg["image_channels"], channels[0], 3, 1, 1)]
@@ -136,7 +136,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         channels = cfg["dec_channels"]
-        blocks_per_stage = cfg.get("dec_res_blocks", 3)
+        blocks_per_stage = cfg["dec_res_blocks"]
         upsample_after = resampling_stages(len(channels), num_resamplings(cfg))
         resolution = cfg["latent_resolution"]
         in_ch = channels[-1]
@@ -166,7 +166,7 @@ class Codebook(nn.Module):
         super().__init__()
         self.num_codebook_vectors = cfg["num_codebook_vectors"]
         self.latent_dim = cfg["latent_dim"]
-        self.beta = cfg.get("beta", 0.25)
+        self.beta = cfg["beta"]
         self.embedding = nn.Embedding(self.num_codebook_vectors, self.latent_dim)
         self.embedding.weight.data.uniform_(-1.0 / self.num_codebook_vectors, 1.0 / self.num_codebook_vectors)
 

@@ -39,7 +39,7 @@ from inpainting import (
     run_inpainting,
     save_results,
 )
-from models.maskgit import GAMMA_FUNCTIONS
+from models.schedules import GAMMA_FUNCTIONS
 
 PLOT_METRICS = ("psnr_hole", "ssim", "l1_hole", "masked_token_accuracy", "fid")
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fid and inception is None:
         print(f"note: FID skipped: no Inception weights ({WEIGHTS_NAME}) in torch's hub cache; pass "
               f"--inception-weights PATH or set ${WEIGHTS_ENV}", file=sys.stderr)
-    model = load_model(args.MaskGitConfig, args.load_transformer_ckpt_path, device)
+    model = load_model(cfg, args.load_transformer_ckpt_path, device)
     batch_size = args.batch_size or default_batch_size(device)
     choice_temperature = cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature
     out_dir = Path(args.out_dir)

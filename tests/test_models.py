@@ -4,36 +4,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_configs import TINY_VQGAN
+from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
-from models.config import load_maskgit_config
+from models.config import load_maskgit_config, transformer_param
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_MASKGIT = """
-model_param:
-  VQ_Configs:
-    VQ_config_path: vqgan.yml
-  num_image_tokens: 16
-  num_codebook_vectors: 16
-  choice_temperature: 4.5
-  gamma_type: {gamma}
-  Transformer_param:
-    num_image_tokens: 16
-    num_codebook_vectors: 16
-    dim: {dim}
-    n_layers: 2
-    hidden_dim: 64
-    num_heads: 4
-"""
-
 
 def write_tiny_configs(folder: Path, gamma: str = "cosine", dim: int = 32) -> Path:
     (folder / "vqgan.yml").write_text(TINY_VQGAN)
     path = folder / "maskgit.yml"
-    path.write_text(TINY_MASKGIT.format(gamma=gamma, dim=dim))
+    text = TINY_MASKGIT.replace("gamma_type: cosine", f"gamma_type: {gamma}").replace("dim: 32", f"dim: {dim}")
+    path.write_text(text)
     return path
 
 
@@ -49,7 +32,7 @@ def test_attention_paths_agree_for_same_weights():
     torch.manual_seed(0)
     cfg = {"num_image_tokens": 256, "num_codebook_vectors": 1024, "dim": 64, "n_layers": 2, "hidden_dim": 128,
            "num_heads": 8, "attention": "manual"}
-    model = BidirectionalTransformer(cfg).eval()
+    model = BidirectionalTransformer(transformer_param(**cfg)).eval()
     tokens = torch.randint(0, 1025, (3, 256))
     manual = model(tokens)
     model.set_attention("sdpa")
@@ -63,7 +46,7 @@ def test_manual_attention_matches_explicit_formula():
     torch.manual_seed(1)
     cfg = {"num_image_tokens": 8, "num_codebook_vectors": 4, "dim": 16, "n_layers": 1, "hidden_dim": 32,
            "num_heads": 4}
-    attn = BidirectionalTransformer(cfg).blocks[0].attention.eval()
+    attn = BidirectionalTransformer(transformer_param(**cfg)).blocks[0].attention.eval()
     x = torch.randn(2, 8, 16)
     q, k, v = attn.query(x), attn.key(x), attn.value(x)
     heads = []
@@ -77,7 +60,7 @@ def test_manual_attention_matches_explicit_formula():
 def test_logits_tied_to_token_embedding_plus_bias():
     cfg = {"num_image_tokens": 4, "num_codebook_vectors": 6, "dim": 8, "n_layers": 1, "hidden_dim": 16,
            "num_heads": 2}
-    model = BidirectionalTransformer(cfg).eval()
+    model = BidirectionalTransformer(transformer_param(**cfg)).eval()
     assert model.tok_emb.weight.shape == (7, 8) and model.bias.shape == (4, 7)
     with torch.no_grad():
         model.bias.fill_(0.0)

@@ -17,11 +17,12 @@ from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 
 import training_transformer as stage2
 import training_vqgan as stage1
-from common import RunLog, UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
+from common import UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
 from data import ImageFolderDataset
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config
 from models.maskgit import load_maskgit
+from training import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,8 +152,7 @@ def test_stage2_overfits_and_writes_its_files(ws, tmp_path):
     # the plain weights load into MaskGit for inpainting; the fp16 export loads back into fp32
     loaded = load_maskgit(str(ws.config), transformer_ckpt=str(run / "transformer.pt"))
     assert_same_weights(loaded.transformer.state_dict(), best["model"])
-    stage2.export(stage2.parse_args(stage2_argv(ws, run, "--export", str(tmp_path / "fp16.pt"))),
-                  load_maskgit_config(ws.config))
+    stage2.main(stage2_argv(ws, run, "--export", str(tmp_path / "fp16.pt")))
     assert all(v.dtype == torch.float16 for v in load_checkpoint(tmp_path / "fp16.pt").values())
     fresh = BidirectionalTransformer(load_maskgit_config(ws.config)["Transformer_param"])
     load_weights(fresh, tmp_path / "fp16.pt")
@@ -341,3 +341,29 @@ def test_stage1_resume_equals_uninterrupted_run(ws, tmp_path, monkeypatch):
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert a["step"] == b["step"] == 6
     assert_same_weights(a["vqgan"], b["vqgan"])
+
+
+def test_stage1_resume_with_another_config_is_one_line(ws, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run_stage1(ws, run, monkeypatch, "--max-steps", "1")
+    other = tmp_path / "wider.yml"
+    other.write_text(TINY_VQGAN.replace("latent_dim: 8", "latent_dim: 4"))
+    argv = stage1_argv(ws, run, "--resume")
+    argv[argv.index("--config") + 1] = str(other)
+    monkeypatch.setattr(sys, "argv", argv)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(stage1.main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "does not match" in err[0] and str(other) in err[0], err
+
+
+@pytest.mark.parametrize("script", [stage1, stage2])
+def test_both_scripts_take_both_spellings_of_each_flag(script):
+    lab = script.parse_args(["--MaskGitConfig", "a.yml", "--checkpoint-path", "r", "--train_d_path", "t",
+                             "--val_d_path", "v", "--num_workers", "3"])
+    ours = script.parse_args(["--config", "a.yml", "--run-dir", "r", "--train-path", "t", "--val-path", "v",
+                              "--num-workers", "3"])
+    assert vars(lab) == vars(ours)
+    assert (ours.config, ours.run_dir, ours.train_path, ours.val_path, ours.num_workers) == ("a.yml", "r", "t", "v", 3)

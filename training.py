@@ -1,0 +1,279 @@
+"""The run skeleton both training scripts share: flags, RNG state, distributed set-up, LR schedule,
+the per-epoch resumable sampler, the run log, and one resume path and one save path for the
+checkpoints. Each script keeps its own model, step function and validation."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from common import (
+    UserError,
+    atomic_write,
+    half_state_dict,
+    load_weights,
+    resolve_device,
+    save_checkpoint,
+)
+
+# ----------------------------------------------------------------------------- flags
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, save_every: int,
+                      log_every: int) -> None:
+    """The flags both training scripts take, each under both spellings (this repository's and the
+    lab's), with the script's defaults."""
+    p.add_argument("--config", "--MaskGitConfig", default=config, help="YAML config")
+    p.add_argument("--train-path", "--train_d_path", default="datasets/twemoji/train", help="folder of training images")
+    p.add_argument("--val-path", "--val_d_path", default="datasets/twemoji/val", help="folder of validation images")
+    p.add_argument("--run-dir", "--checkpoint-path", default=run_dir,
+                   help="run folder: checkpoints, log, curves (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--num-workers", "--num_workers", type=int, default=2, help="image loader workers")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (overrides train_param)")
+    p.add_argument("--epochs", type=int, default=None, help="overrides train_param")
+    p.add_argument("--learning-rate", type=float, default=None, help="overrides train_param")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in total (the LR schedule still spans --epochs)")
+    p.add_argument("--save-every", type=int, default=save_every,
+                   help="write last.pt every N steps (and at each epoch end; default: %(default)s)")
+    p.add_argument("--log-every", type=int, default=log_every,
+                   help="write the training losses to log.jsonl every N steps (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--export", metavar="PATH", help="write RUN_DIR/best.pt's weights in fp16 to PATH and exit")
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Refuse flag values that would fail later or silently do nothing."""
+    if Path(args.run_dir).suffix == ".pt":
+        raise UserError(f"--run-dir (--checkpoint-path) is the run folder (last.pt, best.pt, logs go inside it), "
+                        f"not a file: {args.run_dir}")
+    for name, value in (("save-every", args.save_every), ("log-every", args.log_every)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_per_rank(obj: object, world_size: int) -> list:
+    """Every rank's `obj` (e.g. its rng_state()), indexed by rank, for rank 0's checkpoint. Under DDP
+    this is a collective: every rank must call it."""
+    if world_size == 1:
+        return [obj]
+    objects: list = [None] * world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def restore_rng_state(states: list[dict], rank: int) -> None:
+    """Set this rank's RNG states from a checkpoint's list (rank 0's if the run had fewer ranks)."""
+    set_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set) join the process group: NCCL on GPUs, gloo on the CPU.
+    Returns (rank, world_size, device); a plain run is rank 0 of 1."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, resolve_device(device_name)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = (device_name or "cuda").startswith("cuda") and torch.cuda.is_available()
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = resolve_device("cpu")
+    dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    return rank, world, device
+
+
+@contextmanager
+def distributed(device_name: str | None) -> Iterator[tuple[int, int, torch.device]]:
+    """setup_distributed(), with the process group left however the run ends."""
+    try:
+        yield setup_distributed(device_name)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- schedule and data order
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup from 0 to 1, then cosine decay to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+                 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """warmup_cosine over `total_steps` optimizer steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps))
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """The epoch's shuffled order from torch's DistributedSampler (this rank's share, same for a
+    given seed and epoch), minus the first `skip` indices: a resumed run continues mid-epoch with
+    exactly the batches it had not seen."""
+
+    def __init__(self, dataset_size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True):
+        sampler = torch.utils.data.DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank,
+                                                      shuffle=shuffle, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        self.indices = list(sampler)[skip:]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def check_finite(loss: torch.Tensor, step: int, checkpoint_path: str | os.PathLike) -> None:
+    """Stop the run on a NaN or inf loss; the last checkpoint written stays as it is."""
+    if not torch.isfinite(loss).all():
+        raise UserError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint is "
+                        f"{checkpoint_path} (resume from it with a lower learning rate)")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+def resume_source(run_dir: Path, resume: bool, snapshot: Path | None = None) -> Path | None:
+    """The checkpoint a run continues from: `snapshot` when given, RUN_DIR/last.pt with --resume,
+    else none; a new run refuses to overwrite an existing one."""
+    last = run_dir / "last.pt"
+    source = snapshot or (last if resume else None)
+    if source is None and last.exists():
+        raise UserError(f"{last} exists: pass --resume to continue that run, or choose another --run-dir")
+    return source
+
+
+def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike) -> None:
+    """Load a training checkpoint's entries into `parts` ({checkpoint key: module, optimizer or
+    scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError."""
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+    except KeyError as err:
+        raise UserError(f"{source} is not a checkpoint of this script (no {err} entry)") from None
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"{source} does not match {config}: {' '.join(str(err).split())[:300]}") from None
+    restore_rng_state(state["rng"], rank)
+
+
+def run_state(parts: dict[str, Stateful], world: int, **extra: object) -> dict:
+    """A resumable checkpoint: every part's state, every rank's RNG state and `extra`. A collective
+    under DDP: every rank calls it, rank 0 saves it."""
+    return {**{key: part.state_dict() for key, part in parts.items()},
+            "rng": gather_per_rank(rng_state(), world), **extra}
+
+
+def save_run(run_dir: Path, state: dict, weights: tuple[str, nn.Module], improved: bool,
+             snapshot: str | None = None) -> None:
+    """Write last.pt; when the run `improved`, also best.pt and the plain weights (`weights` is
+    (file name, module)); and the extra `snapshot` file when given. Rank 0 only."""
+    save_checkpoint(state, run_dir / "last.pt")
+    if improved:
+        save_checkpoint(state, run_dir / "best.pt")
+        save_checkpoint(weights[1].state_dict(), run_dir / weights[0])
+    if snapshot:
+        save_checkpoint(state, run_dir / snapshot)
+
+
+def export(module: nn.Module, run_dir: str | os.PathLike, key: str, dest: str | os.PathLike) -> None:
+    """Write the `key` weights of RUN_DIR/best.pt in fp16 to `dest` (loading them back gives fp32)."""
+    load_weights(module, Path(run_dir) / "best.pt", key=key)
+    save_checkpoint(half_state_dict(module), dest)
+    print(f"wrote {dest}")
+
+
+# ----------------------------------------------------------------------------- logging
+
+class RunLog:
+    """Appends one JSON object per line to `log.jsonl` in the run folder (rank 0 only) and keeps the
+    records in memory for plotting."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.enabled = enabled
+        self.records: list[dict] = []
+        if enabled and self.path.exists():
+            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run repeats them)."""
+        if not self.enabled:
+            return
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, **record: object) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self, path: str | os.PathLike, panels: dict[str, list[str]]) -> None:
+        """One PNG with a panel per entry of `panels` ({title: [metric keys]}), metric vs step."""
+        if not self.enabled or not self.records:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels.items()):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in self.records if key in r and r[key] is not None]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=key)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+        plt.close(fig)
