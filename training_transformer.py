@@ -36,6 +36,8 @@ from common import (
     UserError,
     autocast,
     check_finite,
+    check_minimum,
+    check_output_dir,
     cleanup_distributed,
     gather_per_rank,
     half_state_dict,
@@ -216,6 +218,8 @@ def check_flags(args: argparse.Namespace, tcfg: dict) -> None:
     if Path(args.checkpoint_path).suffix == ".pt":
         raise UserError(f"--checkpoint-path is the run folder (last.pt, best.pt, logs go inside it), "
                         f"not a file: {args.checkpoint_path}")
+    check_output_dir(args.checkpoint_path, "--checkpoint-path")
+    check_minimum(args, 0, "--num_workers")
     if not 0 < args.partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {args.partial}")
     for name, value in (("batch-size", tcfg["batch_size"]), ("accum-grad", tcfg["accum_grad"]),
@@ -283,7 +287,7 @@ def train(args: argparse.Namespace) -> tuple[MaskGit, int]:
             optimizer, lambda s: warmup_cosine(s, total_steps, tcfg["warmup_steps"]))
         step, best_val_loss = 0, math.inf
         if source is not None:
-            state = load_checkpoint(source)
+            state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             if state["vqgan_digest"] != vqgan_digest:
                 raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
             try:

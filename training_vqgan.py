@@ -27,6 +27,8 @@ from common import (
     UserError,
     autocast,
     check_finite,
+    check_minimum,
+    check_output_dir,
     cleanup_distributed,
     gather_per_rank,
     half_state_dict,
@@ -160,13 +162,15 @@ def evaluate(cfg: dict, weights: str | Path, folder: str, args: argparse.Namespa
 
 def main() -> None:
     args = parse_args()
+    check_minimum(args, 1, "--batch-size", "--epochs", "--max-steps", "--save-every")
+    check_minimum(args, 0, "--num_workers")
     cfg = load_vqgan_config(args.config)
     tcfg = merge_train_param(TRAIN_DEFAULTS, read_yaml(args.config).get("train_param"),
                              {"batch_size": args.batch_size, "epochs": args.epochs,
                               "learning_rate": args.learning_rate}, args.config)
     if tcfg["disc_loss"] not in ("hinge", "vanilla"):
         raise UserError(f"{args.config}: train_param.disc_loss must be hinge or vanilla")
-    run_dir = Path(args.run_dir)
+    run_dir = check_output_dir(args.run_dir, "--run-dir")
 
     if args.export:
         vqgan = VQGAN(cfg)
@@ -210,7 +214,7 @@ def main() -> None:
     epoch_counts = torch.zeros_like(counts)
     code_rng = torch.Generator().manual_seed(args.random_seed)
     if args.resume:
-        state = load_checkpoint(last_path)
+        state = load_checkpoint(last_path, keys=("vqgan", "discriminator", "opt_vq", "step"))
         vqgan.load_state_dict(state["vqgan"])
         disc.load_state_dict(state["discriminator"])
         opt_vq.load_state_dict(state["opt_vq"])
