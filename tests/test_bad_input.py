@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_inpainting import write_configs, write_dataset
+from test_inpainting import one_thread, write_configs, write_dataset  # noqa: F401 (an autouse fixture)
 from tiny_configs import TINY_VQGAN
 
 import data.masks
@@ -37,14 +37,6 @@ from scripts import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 4  # images in the tiny test set
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:
