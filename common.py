@@ -8,7 +8,7 @@ import hashlib
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,6 +50,48 @@ def resolve_path(path: str | os.PathLike, relative_to: str | os.PathLike | None 
     return path
 
 
+# ----------------------------------------------------------------------------- flags and output folders
+
+def check_minimum(args: object, minimum: int, *flags: str) -> None:
+    """Each of `flags` ("--batch-size", "--num_workers": the attribute of `args` is the name without
+    dashes), when given, must be at least `minimum`."""
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_output_dir(out: str | os.PathLike, flag: str, writes: Sequence[str] = (),
+                     inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Check, before anything is read or written, that `out` can be the folder where a run writes
+    (or replaces) the entries `writes` (names inside it; "." for the whole folder): it is not a file,
+    it or its nearest existing parent is writable, and no input file or folder in `inputs` (None
+    skipped) is one of those entries, inside one or holds one. Does not create the folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} is a file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: {existing} is not writable")
+    for source in inputs:
+        if source is None:
+            continue
+        resolved = Path(source).resolve()
+        for name in writes:
+            if _overlap((out / name).resolve(), resolved):
+                raise UserError(f"{flag} {out} overlaps the input {source} (this run writes "
+                                f"{out / name if name != '.' else out}); choose another {flag}")
+    return out
+
+
 # ----------------------------------------------------------------------------- devices
 
 def resolve_device(name: str | torch.device | None = None, cpu_fallback: bool = False) -> torch.device:
@@ -61,7 +103,9 @@ def resolve_device(name: str | torch.device | None = None, cpu_fallback: bool = 
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r} (use cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             if cpu_fallback:
@@ -123,18 +167,29 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
 _NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.array(0).__reduce__()[0], type(np.dtype(np.uint32))]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint as data (weights_only=True, plus numpy arrays for the RNG state); a missing
-    or damaged file is a UserError."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    keys: Sequence[str] = ()) -> dict:
+    """Load a checkpoint as data (weights_only=True, plus numpy arrays for the RNG state). A missing,
+    empty or damaged file, one that does not hold a dict, or (`keys`: the entries a training
+    checkpoint has) one without all of `keys`, such as plain weights, is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes)")
     try:
         with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch checkpoint): "
-                        f"{str(err).splitlines()[0][:200]}") from None
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types, some with no message, for truncated or foreign files
+        detail = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch checkpoint): {detail}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights")
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a training checkpoint (no {', '.join(missing)}): plain weights "
+                        "cannot be resumed from")
+    return checkpoint
 
 
 def extract_state_dict(checkpoint: dict, key: str) -> dict:
@@ -149,13 +204,18 @@ def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model")
     Half-precision checkpoints are cast to the module's dtype. Returns the whole checkpoint."""
     checkpoint = load_checkpoint(path)
     state = extract_state_dict(checkpoint, key)
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    state = {str(k).removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{path} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}): "
+                        "a diverged run? Use an earlier checkpoint")
     own = module.state_dict()
     problems = []
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}"
+             for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                         ("shape mismatch (checkpoint vs config)", wrong)):
         if keys:

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from common import UserError, autocast, resolve_device, resolve_path, run_cli
+from common import UserError, autocast, check_minimum, check_output_dir, resolve_device, resolve_path, run_cli
 from data import (
     MASK_KINDS,
     InpaintingDataset,
@@ -59,6 +60,7 @@ DEFAULT_MASKED = "datasets/twemoji/masked_image"
 DEFAULT_MASKS = "datasets/twemoji/mask64"
 BATCH_SIZE = {"cuda": 64, "cpu": 16}
 OVERVIEW_IMAGES = 16
+OUTPUTS = ("test_results", "mask_scheduling", "imga", "overview.png", "metrics.json")  # what a run writes
 
 
 # ----------------------------------------------------------------------------- settings
@@ -362,10 +364,14 @@ def save_overview(path: str | os.PathLike, inputs: np.ndarray, outputs: np.ndarr
 
 
 def clear_outputs(out_dir: Path) -> int:
-    """Delete the lab-named images an earlier run left in `out_dir`, so that a smaller run does not
-    leave stale ones for FID to pick up. Returns how many were removed."""
-    stale = [*out_dir.glob("test_results/image_*.png"), *out_dir.glob("mask_scheduling/test_*.png"),
-             *out_dir.glob("imga/test_*.png")]
+    """Delete what an earlier run wrote in `out_dir`, and only that (files named as this script names
+    them): its lab-named images, so that a smaller run does not leave stale ones for FID to pick up,
+    and its metrics.json, which a run without ground truth would otherwise leave behind. Returns how
+    many files were removed."""
+    patterns = {"test_results": r"image_\d{3,}\.png", "mask_scheduling": r"test_\d+\.png", "imga": r"test_\d+\.png"}
+    stale = [f for folder, pattern in patterns.items() for f in out_dir.glob(f"{folder}/*.png")
+             if re.fullmatch(pattern, f.name)]
+    stale += [f for f in [out_dir / "metrics.json"] if f.is_file()]
     for file in stale:
         file.unlink()
     return len(stale)
@@ -411,10 +417,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_common_arguments(args: argparse.Namespace) -> None:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise UserError(f"--num_workers must be >= 0, got {args.num_workers}")
+    """Ranges of the flags of add_common_arguments."""
+    check_minimum(args, 1, "--batch-size")
+    check_minimum(args, 0, "--num_workers")
     if args.sample_temperature < 0:
         raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {args.sample_temperature}")
     if args.choice_temperature is not None and args.choice_temperature < 0:
@@ -427,6 +432,13 @@ def default_gt_path(args: argparse.Namespace) -> Path | None:
         return resolve_path(args.gt_path)
     beside = resolve_path(args.test_maskedimage_path).parent / "test_gt.csv"
     return beside if beside.is_file() else None
+
+
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    """The files and folders a run reads images from, found as the run finds them."""
+    single = getattr(args, "image", None) is not None
+    paths = [args.image, args.mask] if single else [args.test_maskedimage_path, args.test_mask_path]
+    return [resolve_path(p) for p in [*paths, args.gt_path] if p is not None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -458,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--image needs exactly one of --mask FILE or --mask-kind KIND")
     if args.baseline and args.save_history:
         raise UserError("--save-history shows MaskGIT's steps; the baseline has none")
+    out_dir = check_output_dir(args.output_dir, "--output-dir", OUTPUTS, input_paths(args))
     cfg = load_config(args.MaskGitConfig)
     mask_func = args.mask_func or cfg["gamma_type"]
     sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
@@ -482,10 +495,9 @@ def main(argv: list[str] | None = None) -> None:
         gt = open_ground_truth(gt_path, total, vq["img_resolution"])
 
     model = None if args.baseline else load_model(cfg, args.load_transformer_ckpt_path, device)
-    out_dir = Path(args.output_dir)
     removed = clear_outputs(out_dir)
     if removed:
-        print(f"removed {removed} images of an earlier run from {out_dir}", file=sys.stderr)
+        print(f"removed {removed} files of an earlier run from {out_dir}", file=sys.stderr)
     batch_size = args.batch_size or default_batch_size(device)
     result = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size, args.num_workers,
                             out_dir, args.save_history, gt, progress=not args.no_progress)

@@ -21,6 +21,8 @@ import torch.nn as nn
 from common import (
     UserError,
     atomic_write,
+    check_minimum,
+    check_output_dir,
     half_state_dict,
     load_weights,
     resolve_device,
@@ -55,14 +57,15 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
     p.add_argument("--export", metavar="PATH", help="write RUN_DIR/best.pt's weights in fp16 to PATH and exit")
 
 
-def check_run_arguments(args: argparse.Namespace) -> None:
-    """Refuse flag values that would fail later or silently do nothing."""
+def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir") -> None:
+    """Refuse flag values that would fail later or silently do nothing; `run_dir_flag` is the
+    script's usual spelling of the run folder's flag, for the messages."""
     if Path(args.run_dir).suffix == ".pt":
-        raise UserError(f"--run-dir (--checkpoint-path) is the run folder (last.pt, best.pt, logs go inside it), "
+        raise UserError(f"{run_dir_flag} is the run folder (last.pt, best.pt, logs go inside it), "
                         f"not a file: {args.run_dir}")
-    for name, value in (("save-every", args.save_every), ("log-every", args.log_every)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}")
+    check_output_dir(args.run_dir, run_dir_flag)
+    check_minimum(args, 1, "--batch-size", "--epochs", "--max-steps", "--save-every", "--log-every")
+    check_minimum(args, 0, "--num_workers")
 
 
 # ----------------------------------------------------------------------------- RNG state

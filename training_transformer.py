@@ -214,10 +214,10 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     """Train (or continue training) the transformer; returns the model and the number of steps done."""
     config = config or load_maskgit_file(args.config)
     cfg = config.model
+    training.check_run_arguments(args, "--checkpoint-path")
     tcfg = apply_overrides(config.train, MASKGIT_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
                                                          "learning_rate": args.learning_rate,
                                                          "accum_grad": args.accum_grad})
-    training.check_run_arguments(args)
     check_flags(args)
     vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_ckpt:
@@ -260,7 +260,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         s = Stage2(model, model, optimizer, training.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
         step, best_val_loss = 0, math.inf
         if source is not None:
-            state = load_checkpoint(source)
+            state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             if state.get("vqgan_digest") != vqgan_digest:
                 raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
             training.restore(state, s.parts(), rank, source, args.config)

@@ -217,9 +217,9 @@ def renew_dead_codes(vqgan: VQGAN, counts: torch.Tensor, images: torch.Tensor, c
 def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
     """Train (or continue training) the VQGAN; returns it and the number of steps done."""
     cfg = config.model
+    training.check_run_arguments(args)
     tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
                                                        "learning_rate": args.learning_rate})
-    training.check_run_arguments(args)
     run_dir = Path(args.run_dir)
     last_path = run_dir / "last.pt"
     source = training.resume_source(run_dir, args.resume)
@@ -242,7 +242,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         epoch_counts = torch.zeros_like(counts)
         code_rng = torch.Generator().manual_seed(args.random_seed)
         if source is not None:
-            state = load_checkpoint(source)
+            state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             training.restore(state, s.parts(), rank, source, args.config)
             step, best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):

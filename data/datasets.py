@@ -3,8 +3,10 @@ masked image + mask pairs for inpainting, and the conversions between pixels, to
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,8 +102,26 @@ def load_hole(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     return read_image(path, "L", size) < 128
 
 
+def names_correspond(a: str, b: str) -> bool:
+    """Whether two file stems name the same picture: equal ("1f194" and "1f194"), or the same numbers
+    in the same order ("image_007" and "mask_7")."""
+    numbers_a, numbers_b = ([int(n) for n in re.findall(r"\d+", stem)] for stem in (a, b))
+    return a == b or bool(numbers_a) and numbers_a == numbers_b
+
+
+def warn_unrelated_pairs(images: list[Path], masks: list[Path]) -> None:
+    """Warn, naming an example, when images and masks paired by sorted order have unrelated names."""
+    unrelated = [(i, m) for i, m in zip(images, masks, strict=True) if not names_correspond(i.stem, m.stem)]
+    if unrelated:
+        image, mask = unrelated[0]
+        warnings.warn(f"{len(unrelated)} of {len(images)} masked images are paired (by sorted file name) with a "
+                      f"mask of another name, e.g. {image.name} with {mask.name}; check that the pairs belong "
+                      "together, or name each mask like its image", stacklevel=3)
+
+
 class InpaintingDataset(Dataset):
-    """Masked images paired with masks by sorted file order (the lab's masked_image/ and mask64/).
+    """Masked images paired with masks by sorted file order (the lab's masked_image/ and mask64/),
+    with a warning when paired names do not correspond (see names_correspond).
     Item i: (image (3, size, size) normalized, hole (1, size, size) bool with True = hole, i).
     A mask that is all hole is an error; an all-known mask gives a warning and an empty hole,
     so that image comes back unchanged."""
@@ -122,6 +142,7 @@ class InpaintingDataset(Dataset):
                 f"{len(self.images)} masked images in {masked_dir} but {len(self.mask_files)} masks in {mask_dir};"
                 " they are paired by sorted file name, so the counts must match"
             )
+        warn_unrelated_pairs(self.images.files, self.mask_files)
         check_sizes(self.mask_files, size, strict, mask_dir)
         holes = np.stack([load_hole(f, size) for f in self.mask_files])  # (N, H, W), small: load once
         all_hole = holes.all(axis=(1, 2))

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from common import UserError, atomic_write
+from data.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -68,20 +68,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def load_ground_truth(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Load ground truth from a CSV file or an image folder as (N, H, W, 3) uint8.
-    Folder images are converted to RGB and, when `size` is given, resized to size x size."""
+    Folder images are read as `read_image` does and, when `size` is given, resized to size x size."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return read_gt_csv(path)
-    images = []
-    for file in list_images(path):
-        try:
-            with Image.open(file) as im:
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BICUBIC)
-                images.append(np.asarray(im, dtype=np.uint8))
-        except (OSError, SyntaxError) as err:
-            raise UserError(f"cannot read image {file}: {err}") from None
+    images = [read_image(file, "RGB", size) for file in list_images(path)]
     if len({im.shape for im in images}) > 1:
         raise UserError(f"images in {path} have different sizes; pass a size to resize them")
     return np.stack(images)

@@ -13,6 +13,8 @@ from common import UserError
 
 # What PIL raises for files that are not images, truncated or otherwise corrupt.
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# PIL modes of 16-bit grayscale PNGs (and 32-bit integer images), holding values up to 65535
+_WIDE_GRAY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -27,16 +29,28 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return size
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | None = None) -> np.ndarray:
-    """Decode an image as a uint8 array: "RGB" -> HxWx3 (transparency composited on white), "L" -> HxW.
-    With `size`, images of another size are resized to size x size (bicubic, or nearest for masks)."""
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grayscale scaled to 8-bit "L": PIL's convert() would clip every
+    value above 255 to white."""
+    if im.mode not in _WIDE_GRAY:
+        return im
+    values = np.asarray(im).astype(np.float64)
+    return Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8), "L")
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image as a uint8 array: "RGB" -> HxWx3 (transparency composited on white), "L" -> HxW;
+    16-bit grayscale is scaled to 8 bits. With `size` (a side, or (width, height)), images of another
+    size are resized to it (bicubic, or nearest for masks)."""
+    size = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as im:
+            im = _to_8bit(im)
             if mode == "RGB" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
             im = im.convert(mode)
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.NEAREST if mode == "L" else Image.BICUBIC)
+            if size is not None and im.size != size:
+                im = im.resize(size, Image.NEAREST if mode == "L" else Image.BICUBIC)
             return np.asarray(im, dtype=np.uint8).copy()
     except _READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None

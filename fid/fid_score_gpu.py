@@ -21,19 +21,20 @@ if __package__ in (None, ""):  # run as `python fid/fid_score_gpu.py`: import fr
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common import UserError, resolve_device, run_cli
+from common import UserError, check_minimum, resolve_device, run_cli
 from data.ground_truth import list_images, read_gt_csv
+from data.images import image_size, read_image
 from fid.inception import DIMS, FIDInceptionV3, load_inception
 
-STATS_VERSION = 1  # bump when a change alters computed statistics, to invalidate the cache
+STATS_VERSION = 2  # bump when a change alters computed statistics, to invalidate the cache
 
 
 class ImageFiles(Dataset):
-    """Image files as uint8 (3, H, W) tensors, converted to RGB and resized (bicubic) to `size` if needed."""
+    """Image files as uint8 (3, H, W) tensors, read as `read_image` does (RGB, transparency on white,
+    16-bit gray scaled to 8 bits) and resized (bicubic) to `size` (width, height) if needed."""
 
     def __init__(self, files: list[Path], size: tuple[int, int]) -> None:
         self.files = files
@@ -43,11 +44,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
-            if im.size != self.size:
-                im = im.resize(self.size, Image.BICUBIC)
-            return torch.from_numpy(np.array(im)).permute(2, 0, 1)
+        return torch.from_numpy(read_image(self.files[i], "RGB", self.size)).permute(2, 0, 1)
 
 
 Images = ImageFiles | np.ndarray
@@ -81,13 +78,7 @@ def open_images(source: str | os.PathLike | np.ndarray) -> Images:
 
 def _open_folder(path: Path) -> ImageFiles:
     files = list_images(path)
-    sizes = []
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                sizes.append(im.size)
-        except (OSError, SyntaxError) as err:
-            raise UserError(f"cannot read image {file}: {err}") from None
+    sizes = [image_size(file) for file in files]  # a damaged file fails here, named, not in a loader worker
     size = Counter(sizes).most_common(1)[0][0]
     odd = sum(s != size for s in sizes)
     if odd:
@@ -340,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.predicted_path is None and args.save_stats is None:
         raise UserError("give --predicted-path (or --save-stats PATH.npz to only save the ground-truth statistics)")
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
+    check_minimum(args, 1, "--batch-size")
+    check_minimum(args, 0, "--num-workers")
     if args.save_stats is not None and not args.save_stats.lower().endswith(".npz"):
         raise UserError(f"--save-stats must name an .npz file, not {args.save_stats}")
     value = compute_fid(

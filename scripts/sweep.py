@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import torch
 from tqdm import tqdm
 
-from common import UserError, resolve_device, run_cli, write_csv
+from common import UserError, check_output_dir, resolve_device, run_cli, write_csv
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
 from inpainting import (
@@ -31,6 +31,7 @@ from inpainting import (
     check_decoding,
     default_batch_size,
     default_gt_path,
+    input_paths,
     load_config,
     load_model,
     open_dataset,
@@ -51,6 +52,11 @@ def local_inception_weights(path: str | None) -> Path | None:
         return find_weights(path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
     return cached if cached.is_file() else None
+
+
+def setting_dir(mask_func: str, total_iter: int, sweet_spot: int) -> str:
+    """The folder (in --out-dir) of one setting's test_results/ with --save-images."""
+    return f"{mask_func}_T{total_iter}_S{sweet_spot}"
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                 grid.append((mask_func, total_iter, spots))
     if not grid:
         raise UserError("no setting to run: every --sweet-spots value is larger than every --total-iters value")
+    writes = ["sweep.csv", "sweep.png"] + [setting_dir(f, t, s) for f, t, spots in grid for s in spots
+                                           if args.save_images]
+    out_dir = check_output_dir(args.out_dir, "--out-dir", writes, input_paths(args))
     cfg = load_config(args.MaskGitConfig)
     vq = cfg["vqgan"]
     device = resolve_device(args.device, args.cpu_fallback)
@@ -126,7 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(cfg, args.load_transformer_ckpt_path, device)
     batch_size = args.batch_size or default_batch_size(device)
     choice_temperature = cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         for sweet_spot in spots:
             result = run.at_sweet_spot(sweet_spot)
             if args.save_images:
-                save_results(out_dir / f"{mask_func}_T{total_iter}_S{sweet_spot}", result)
+                save_results(out_dir / setting_dir(mask_func, total_iter, sweet_spot), result)
             row = {"mask_func": mask_func, "total_iter": total_iter, "sweet_spot": sweet_spot,
                    **result_metrics(result, gt)}
             if inception is not None and len(result.indices) > 1:

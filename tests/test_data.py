@@ -152,13 +152,21 @@ def test_prepare_interrupted_build_is_rebuilt(built, tmp_path, monkeypatch):
     assert not (tmp_path / ".twemoji.partial").exists()
 
 
-def test_prepare_damaged_build_is_rebuilt(built, tmp_path, capsys):
+def test_prepare_rebuilds_missing_files_but_not_changed_ones_without_force(built, tmp_path, capsys):
     out = tmp_path / "twemoji"
     shutil.copytree(built, out)
-    next((out / "train").iterdir()).unlink()
-    (out / "mask64" / list_images(out / "mask64")[0].name).write_bytes(b"not a png")
+    next((out / "train").iterdir()).unlink()  # only its own files missing: rebuilt without asking
     prepare_dataset(out, limit=40, progress=False)
     assert "rebuilding" in capsys.readouterr().out
+    assert tree_bytes(out) == tree_bytes(built)
+    changed = out / "mask64" / list_images(out / "mask64")[0].name
+    changed.write_bytes(b"edited or damaged")
+    with pytest.raises(UserError, match=f"changed since \\(e.g. mask64/{changed.name}\\).*--force"):
+        prepare_dataset(out, limit=40, progress=False)
+    assert changed.read_bytes() == b"edited or damaged"
+    prepare_dataset(out, limit=40, force=True, progress=False)
+    assert f"deleting 1 file(s) that data.prepare did not write or that changed: mask64/{changed.name}" in \
+        capsys.readouterr().out
     assert tree_bytes(out) == tree_bytes(built)
 
 

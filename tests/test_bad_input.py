@@ -1,0 +1,356 @@
+"""Bad input for every CLI, as a matrix: each case must end in exit code 2 with one line on stderr
+that names the offending flag or file, no traceback, and every file of the user's left byte for byte
+as it was (nothing deleted, nothing overwritten, nothing added). Then the cases where the right
+answer is a correct result rather than an error (16-bit PNGs, stale outputs, pairing by name,
+reusing a dataset), and a kill during a checkpoint write.
+
+A new flag or script gets a row in CASES."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_inpainting import one_thread, write_configs, write_dataset  # noqa: F401 (an autouse fixture)
+from tiny_configs import TINY_VQGAN
+
+import data.masks
+import data.prepare
+import fid.fid_score_gpu as fid_cli
+import inpainting
+import training_transformer
+import training_vqgan
+from common import load_checkpoint, run_cli, save_checkpoint
+from data import InpaintingDataset, load_ground_truth, read_image
+from data.prepare import prepare_dataset
+from scripts import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNT = 4  # images in the tiny test set
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Everything the cases read, under one folder whose bytes must never change."""
+    root = tmp_path_factory.mktemp("user")
+    write_configs(root / "model")
+    write_dataset(root / "data", COUNT)
+    state = torch.load(root / "model" / "transformer.pt", weights_only=True)["model"]
+    (root / "model" / "empty.pt").write_bytes(b"")
+    save_checkpoint([1, 2, 3], root / "model" / "list.pt")
+    state = {k: v.clone() for k, v in state.items()}
+    next(v for v in state.values() if v.is_floating_point())[0] = float("nan")
+    save_checkpoint({"model": state}, root / "model" / "nan.pt")
+    # an earlier run's output folder, its test_results/ now used as input
+    for sub in ("test_results", "mask64"):
+        src = root / "data" / ("masked_image" if sub == "test_results" else "mask64")
+        for i, f in enumerate(sorted(src.iterdir())):
+            save_png(np.asarray(Image.open(f)), root / "prev" / sub / f"image_{i:03d}.png")
+    (root / "a_file.txt").write_text("not a folder")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        save_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), root / "fid_good" / f"{i}.png")
+        save_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), root / "fid_damaged" / f"{i}.png")
+    whole = (root / "fid_damaged" / "2.png").read_bytes()
+    (root / "fid_damaged" / "2.png").write_bytes(whole[: len(whole) // 2])
+    for i in range(3):
+        save_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), root / "images" / f"pic{i}.png")
+    for stem in ("1f600", "1f601", "1f602", "1f603", "1f604", "1f605"):
+        save_png(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), root / "src" / f"{stem}.png")
+    prepare_dataset(root / "built", root / "src", progress=False)
+    (root / "built" / "my_notes.txt").write_text("added by the user")
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("keep me")
+    (root / "vqgan.yml").write_text(TINY_VQGAN + "train_param:\n  batch_size: 2\n  epochs: 1\n")
+    save_checkpoint(torch.load(root / "model" / "vqgan.pt", weights_only=True), root / "plain_run" / "last.pt")
+    save_checkpoint({"model": state}, root / "plain_run2" / "last.pt")
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def inpainting_args(w: Path) -> list[str]:
+    return ["--MaskGitConfig", str(w / "model/MaskGit.yml"), "--load-transformer-ckpt-path",
+            str(w / "model/transformer.pt"), "--test-maskedimage-path", str(w / "data/masked_image"),
+            "--test-mask-path", str(w / "data/mask64"), "--device", "cpu", "--num_workers", "0",
+            "--batch-size", "2", "--no-progress"]
+
+
+# cli: (how to call it, default arguments). Argument lists use "W/" for the world folder and
+# "T/" for a scratch folder outside it (caches, outputs of cases that get that far).
+CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
+    "inpainting": (inpainting.main, ["--output-dir", "T/out"]),
+    "sweep": (sweep.main, ["--out-dir", "T/sweep", "--total-iters", "2", "--no-fid"]),
+    "fid": (fid_cli.main, ["--device", "cpu", "--no-cache"]),
+    "masks": (data.masks.main, ["--kind", "box"]),
+    "prepare": (data.prepare.main, ["--source", "W/src"]),
+    "vqgan": (training_vqgan.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
+                                    "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
+    "transformer": (training_transformer.main, [
+        "--MaskGitConfig", "W/model/MaskGit.yml", "--train_d_path", "W/data/clean", "--val_d_path", "W/data/clean",
+        "--device", "cpu", "--num_workers", "0", "--batch-size", "2", "--cache-dir", "T/cache"]),
+}
+ARGV_FROM_SYS = {"masks", "prepare", "vqgan", "transformer"}  # main() reads sys.argv
+
+# id: (cli, arguments, what the one line must contain)
+CASES: dict[str, tuple[str, list[str], str]] = {
+    # data loss
+    "inpainting/output-dir holds the inputs": (
+        "inpainting", ["--test-maskedimage-path", "W/prev/test_results", "--test-mask-path", "W/prev/mask64",
+                       "--output-dir", "W/prev"], "--output-dir W/prev overlaps the input W/prev/test_results"),
+    "inpainting/output-dir is the input folder": (
+        "inpainting", ["--output-dir", "W/data/masked_image"], "overlaps the input W/data/masked_image"),
+    "inpainting/image inside the output": (
+        "inpainting", ["--image", "W/prev/test_results/image_000.png", "--mask-kind", "box", "--output-dir",
+                       "W/prev"], "overlaps the input W/prev/test_results/image_000.png"),
+    "inpainting/gt inside the output": (
+        "inpainting", ["--gt-path", "W/prev/test_results", "--output-dir", "W/prev"],
+        "overlaps the input W/prev/test_results"),
+    "sweep/out-dir is the input folder": ("sweep", ["--out-dir", "W/data/masked_image"], "overlaps the input"),
+    "masks/out is the image folder": (
+        "masks", ["--images", "W/images", "--out", "W/images"], "--out W/images overlaps the input W/images"),
+    "masks/masked-out is the image folder": (
+        "masks", ["--images", "W/images", "--out", "T/m", "--masked-out", "W/images"],
+        "--masked-out W/images overlaps the input"),
+    "masks/out and masked-out are one folder": (
+        "masks", ["--images", "W/images", "--out", "T/m", "--masked-out", "T/m"], "masked images would overwrite"),
+    "prepare/out holds the source": ("prepare", ["--out", "W"], "--out W overlaps the input W/src"),
+    "prepare/folder it did not build": ("prepare", ["--out", "W/mine"], "not built by data.prepare"),
+    "prepare/rebuild over a user's file": (
+        "prepare", ["--out", "W/built", "--seed", "1"], "did not write or that changed since (e.g. my_notes.txt)"),
+    # checkpoints
+    "inpainting/empty checkpoint": (
+        "inpainting", ["--load-transformer-ckpt-path", "W/model/empty.pt"], "W/model/empty.pt is empty (0 bytes)"),
+    "inpainting/list checkpoint": (
+        "inpainting", ["--load-transformer-ckpt-path", "W/model/list.pt"], "W/model/list.pt holds a list"),
+    "inpainting/NaN weights": (
+        "inpainting", ["--load-transformer-ckpt-path", "W/model/nan.pt"], "W/model/nan.pt holds NaN or infinite"),
+    "sweep/empty checkpoint": ("sweep", ["--load-transformer-ckpt-path", "W/model/empty.pt"], "is empty (0 bytes)"),
+    "vqgan/resume from plain weights": (
+        "vqgan", ["--run-dir", "W/plain_run", "--resume"], "W/plain_run/last.pt is not a training checkpoint"),
+    "transformer/resume from plain weights": (
+        "transformer", ["--checkpoint-path", "W/plain_run2", "--resume", "--vqgan-ckpt", "W/model/vqgan.pt"],
+        "W/plain_run2/last.pt is not a training checkpoint"),
+    # flags
+    **{f"{cli}/batch size {n}": (cli, ["--batch-size", n, *extra], f"--batch-size must be at least 1, got {n}")
+       for cli, extra in (("inpainting", []), ("sweep", []), ("fid", ["--predicted-path", "W/fid_good",
+                                                                      "--gt-path", "W/fid_good"]),
+                          ("vqgan", ["--run-dir", "T/run"])) for n in ("0", "-2")},
+    **{f"{cli}/num workers -1": (cli, [flag, "-1", *extra], f"{flag} must be at least 0, got -1")
+       for cli, flag, extra in (("inpainting", "--num_workers", []), ("sweep", "--num_workers", []),
+                                ("fid", "--num-workers", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good"]),
+                                ("vqgan", "--num_workers", ["--run-dir", "T/run"]),
+                                ("transformer", "--num_workers", ["--checkpoint-path", "T/run"]))},
+    "vqgan/save every 0": ("vqgan", ["--save-every", "0", "--run-dir", "T/run"], "--save-every must be at least 1"),
+    **{f"{cli}/device mps": (cli, ["--device", "mps", *extra], "unknown device 'mps' (use cpu, cuda or cuda:N)")
+       for cli, extra in (("inpainting", []), ("sweep", []),
+                          ("fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good"]),
+                          ("vqgan", ["--run-dir", "T/run"]))},
+    # paths
+    "inpainting/output-dir is a file": ("inpainting", ["--output-dir", "W/a_file.txt"],
+                                        "--output-dir W/a_file.txt is a file, not a folder"),
+    "inpainting/output-dir under a file": ("inpainting", ["--output-dir", "W/a_file.txt/sub"],
+                                           "W/a_file.txt is a file, not a folder"),
+    "sweep/out-dir is a file": ("sweep", ["--out-dir", "W/a_file.txt"], "--out-dir W/a_file.txt is a file"),
+    "masks/out is a file": ("masks", ["--images", "W/images", "--out", "W/a_file.txt"], "--out W/a_file.txt is a file"),
+    "prepare/out is a file": ("prepare", ["--out", "W/a_file.txt"], "--out W/a_file.txt is a file"),
+    "vqgan/run-dir is a file": ("vqgan", ["--run-dir", "W/a_file.txt"], "--run-dir W/a_file.txt is a file"),
+    "transformer/checkpoint-path is a file": (
+        "transformer", ["--checkpoint-path", "W/a_file.txt"], "--checkpoint-path W/a_file.txt is a file"),
+    # FID
+    "fid/damaged predicted PNG": ("fid", ["--predicted-path", "W/fid_damaged", "--gt-path", "W/fid_good"],
+                                  "cannot read image W/fid_damaged/2.png"),
+    "fid/damaged ground-truth PNG": ("fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_damaged"],
+                                     "cannot read image W/fid_damaged/2.png"),
+}
+
+
+def run_case(cli: str, args: list[str], w: Path, scratch: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """Run a CLI in this process as its command line would: (exit code, stderr)."""
+    main, defaults = CLIS[cli]
+    argv = [a.replace("W/", f"{w}/").replace("T/", f"{scratch}/") for a in [*defaults, *args]]
+    argv = [f"{w}" if a == "W" else a for a in argv]
+    if cli in ("inpainting", "sweep"):
+        argv = inpainting_args(w) + argv
+    if cli in ARGV_FROM_SYS:
+        monkeypatch.setattr(sys, "argv", [cli, *argv])
+        call = main
+    else:
+        def call():
+            return main(argv)
+    code = 0
+    try:
+        run_cli(call)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_leaves_the_users_files(case, world, tmp_path, monkeypatch, capsys):
+    cli, args, needle = CASES[case]
+    if case.endswith("device mps") and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    before = snapshot(world)
+    code, err = run_case(cli, args, world, tmp_path, monkeypatch, capsys)
+    lines = err.strip().splitlines()  # progress bars of a case that gets as far as encoding may come first
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+    assert needle.replace("W/", f"{world}/").replace("--out W ", f"--out {world} ") in lines[-1], lines[-1]
+    assert snapshot(world) == before  # nothing deleted, changed or added
+
+
+def test_unwritable_output_dir(world, tmp_path, monkeypatch, capsys):
+    """root ignores permissions, so os.access is made to answer as for an unprivileged user."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    for cli, flag in (("inpainting", "--output-dir"), ("sweep", "--out-dir")):
+        code, err = run_case(cli, [flag, str(locked / "out")], world, tmp_path, monkeypatch, capsys)
+        assert code == 2 and err == f"error: {flag} {locked / 'out'}: {locked} is not writable\n"
+    code, err = run_case("masks", ["--images", "W/images", "--out", str(locked)], world, tmp_path, monkeypatch, capsys)
+    assert code == 2 and err == f"error: --out {locked}: {locked} is not writable\n"
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir_for_real(world, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = subprocess.run([sys.executable, "inpainting.py", *inpainting_args(world), "--output-dir",
+                             str(locked / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.endswith("is not writable\n"), result.stderr
+
+
+# ----------------------------------------------------------------------------- correct behaviour
+
+def test_16bit_grayscale_is_scaled_not_white(tmp_path):
+    values = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    save_png(values, tmp_path / "gray16" / "a.png")
+    save_png(values[::-1], tmp_path / "gray16" / "b.png")
+    assert Image.open(tmp_path / "gray16" / "a.png").mode in ("I;16", "I")
+    expected = np.round(values / 257).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(tmp_path / "gray16" / "a.png", "L"), expected)
+    np.testing.assert_array_equal(read_image(tmp_path / "gray16" / "a.png", "RGB"), np.stack([expected] * 3, -1))
+    np.testing.assert_array_equal(load_ground_truth(tmp_path / "gray16")[0, ..., 1], expected)
+    images = fid_cli.open_images(tmp_path / "gray16")
+    np.testing.assert_array_equal(images[1].numpy()[2], expected[::-1])
+
+
+def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    inpainting.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill"])
+    assert (out / "metrics.json").is_file() and len(list((out / "test_results").iterdir())) == COUNT
+    (out / "test_results" / "image_best.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    no_gt = tmp_path / "no_gt"  # the same images without test_gt.csv beside them
+    shutil.copytree(world / "data" / "masked_image", no_gt / "masked_image")
+    inpainting.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill",
+                     "--test-maskedimage-path", str(no_gt / "masked_image"), "--partial", "0.5"])
+    assert f"removed {COUNT + 1} files of an earlier run" in capsys.readouterr().err  # 4 images + metrics.json
+    assert not (out / "metrics.json").exists()
+    assert sorted(p.name for p in (out / "test_results").iterdir()) == ["image_000.png", "image_001.png",
+                                                                      "image_best.png"]
+    assert (out / "test_results" / "image_best.png").read_bytes() == b"mine" and (out / "notes.txt").is_file()
+
+
+def make_pairs(folder: Path, image_names: list[str], mask_names: list[str]) -> tuple[Path, Path]:
+    rng = np.random.default_rng(1)
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[4:8, 4:8] = 0
+    for name in image_names:
+        save_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), folder / "masked" / name)
+    for name in mask_names:
+        save_png(mask, folder / "masks" / name)
+    return folder / "masked", folder / "masks"
+
+
+@pytest.mark.parametrize("images, masks", [
+    (["1f194.png", "1f19a.png"], ["1f194.png", "1f19a.png"]),  # the built dataset's names
+    (["image_000.png", "image_001.png"], ["mask_000.png", "mask_001.png"]),
+    (["image_9.png", "image_10.png"], ["mask_9.png", "mask_10.png"]),  # sorted alike: 10 before 9
+])
+def test_corresponding_names_pair_silently(tmp_path, images, masks):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InpaintingDataset(*make_pairs(tmp_path, images, masks), 0.5, 0.5, size=16)
+
+
+@pytest.mark.parametrize("images, masks, message", [
+    (["cat.png", "dog.png", "image_2.png"], ["mask_000.png", "mask_001.png", "mask_002.png"],
+     r"2 of 3 masked images .* e\.g\. cat\.png with mask_000\.png"),
+    (["image_9.png", "image_10.png"], ["mask_009.png", "mask_010.png"],  # sorted apart: 10 < 9 but 009 < 010
+     r"2 of 2 masked images .* e\.g\. image_10\.png with mask_009\.png"),
+])
+def test_unrelated_names_warn_with_an_example(tmp_path, images, masks, message):
+    with pytest.warns(UserWarning, match=message):
+        InpaintingDataset(*make_pairs(tmp_path, images, masks), 0.5, 0.5, size=16)
+
+
+def test_prepare_reuses_a_complete_dataset_and_keeps_added_files(world, tmp_path, capsys):
+    built = shutil.copytree(world / "built", tmp_path / "built")
+    before = snapshot(built)
+    prepare_dataset(built, world / "src", progress=False)
+    assert "complete and up to date" in capsys.readouterr().out
+    assert snapshot(built) == before
+
+
+def test_prepare_force_names_the_files_it_deletes(world, tmp_path, capsys):
+    built = shutil.copytree(world / "built", tmp_path / "built")
+    prepare_dataset(built, world / "src", seed=1, force=True, progress=False)
+    assert "deleting 1 file(s) that data.prepare did not write or that changed: my_notes.txt" in capsys.readouterr().out
+    assert not (built / "my_notes.txt").exists() and (built / "MANIFEST.json").is_file()
+
+
+# ----------------------------------------------------------------------------- kill during a save
+
+WRITER = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from common import save_checkpoint
+big = torch.zeros(4_000_000)
+for version in range(1, 10_000):
+    big[0] = version
+    save_checkpoint({"version": version, "weights": big}, sys.argv[1])
+    if version == 1:
+        print("saved once", flush=True)
+"""
+
+
+def test_kill_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path):
+    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at two moments after its first
+    write: the file is always a complete checkpoint (the last one finished), and only the writer's
+    temporary file can be left."""
+    path = tmp_path / "last.pt"
+    for delay in (0.02, 0.2):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(ROOT)], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.stdout.readline().strip() == "saved once"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        checkpoint = load_checkpoint(path)
+        assert checkpoint["version"] >= 1 and checkpoint["weights"][0] == checkpoint["version"]
+        assert len(checkpoint["weights"]) == 4_000_000
+        for leftover in tmp_path.glob(".last.pt.*.tmp"):
+            leftover.unlink()  # what a killed writer leaves; never read as a checkpoint
