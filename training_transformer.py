@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -33,16 +34,22 @@ from tqdm import tqdm
 
 import training
 from common import UserError, autocast, file_sha256, load_checkpoint, run_cli, save_checkpoint, seed_everything
-from data import ImageFolderDataset
+from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
+from data.masks import dataset_mask, token_hole_bank
+from inpainting import Decoding, result_metrics, run_inpainting
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
+from scoring import compute_metrics, fill_baseline
 from training import ResumableSampler, RunLog, check_finite
 
 CACHE_VERSION = 1
 VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, so epochs compare
+HOLE_BANK_SIZE = 4096  # generated token-level holes that hole-shaped training masks are drawn from
+VAL_HOLE_SEED = 1      # the val inpainting holes (the test masks use the dataset's seed, 0)
 PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accuracy": ["acc", "val_acc"],
-               "learning rate": ["lr"]}
+               "val inpainting: hole PSNR (dB)": ["val_psnr_hole", "val_ns_psnr_hole"],
+               "val inpainting: SSIM": ["val_ssim", "val_ns_ssim"], "learning rate": ["lr"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
     p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")
+    p.add_argument("--val-inpaint", type=int, default=64,
+                   help="at each validation also inpaint this many val images (fixed holes) with the demo's settings "
+                        "and log hole PSNR, SSIM and hole L1, beside OpenCV Navier-Stokes on the same images (0: off)")
     return p.parse_args(argv)
 
 
@@ -158,12 +168,59 @@ def validate(model: MaskGit, tokens: torch.Tensor, masks: torch.Tensor, batch_si
     return {"val_loss": (sums[0] / sums[2]).item(), "val_acc": (sums[1] / sums[2]).item()}
 
 
+def val_inpainting_set(val_set: ImageFolderDataset, count: int) -> tuple[list, np.ndarray]:
+    """`count` val images spread over the split, each with a fixed test-like hole (seeded by its
+    name): ([(masked image (3, H, W), hole (1, H, W), index)], ground truth (count, H, W, 3) uint8)."""
+    picks = np.linspace(0, len(val_set) - 1, min(count, len(val_set))).round().astype(int)
+    items, gt = [], []
+    for i, index in enumerate(picks):
+        image = read_image(val_set.files[index], "RGB", val_set.size)
+        mask = dataset_mask(val_set.files[index].stem, val_set.size, VAL_HOLE_SEED)
+        items.append((normalize(apply_mask(image, mask), val_set.mean, val_set.std),
+                      torch.from_numpy(mask < 128)[None], i))
+        gt.append(image)
+    return items, np.stack(gt)
+
+
+def baseline_scores(items: list, gt: np.ndarray, mean: list[float], std: list[float]) -> dict[str, float]:
+    """OpenCV Navier-Stokes on the val inpainting set, named like score_inpainting's figures."""
+    inputs = np.stack([to_uint8_image(image[None], mean, std)[0] for image, _, _ in items])
+    holes = np.stack([hole[0].numpy() for _, hole, _ in items])
+    ns = compute_metrics(fill_baseline("ns", inputs, holes), gt, holes)
+    return {f"val_ns_{k}": ns[k] for k in ("psnr_hole", "ssim", "l1_hole")}
+
+
+def score_inpainting(model: MaskGit, items: list, gt: np.ndarray, device: torch.device, batch_size: int
+                     ) -> dict[str, float]:
+    """Inpaint `items` with the demo's decoding settings (inpainting.py's defaults, the config's
+    choice temperature): val hole PSNR, SSIM, hole L1 and masked-token accuracy."""
+    vq = model.vqgan.cfg
+    model.eval()
+    with torch.random.fork_rng(devices=[]):  # the loader draws a seed: keep the training's random stream
+        result = run_inpainting(items, model, Decoding(choice_temperature=model.choice_temperature), vq["mean"],
+                                vq["std"], device, batch_size, gt=gt, progress=False)
+    model.train()
+    metrics = result_metrics(result, gt)
+    return {"val_psnr_hole": metrics["psnr_hole"], "val_ssim": metrics["ssim"], "val_l1_hole": metrics["l1_hole"],
+            "val_inpaint_token_acc": metrics["masked_token_accuracy"]}
+
+
+def inpainting_summary(metrics: dict[str, float]) -> str:
+    """The val inpainting figures of a validation, for the progress line ("" when not measured)."""
+    if "val_psnr_hole" not in metrics:
+        return ""
+    return (f"; inpainting hole PSNR {metrics['val_psnr_hole']:.2f} dB, SSIM {metrics['val_ssim']:.4f} "
+            f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """The stage-2 flags' values (the shared ones: training.check_run_arguments)."""
     if not 0 < args.partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {args.partial}")
     if args.val_per_epoch < 1:
         raise UserError(f"--val-per-epoch must be at least 1, got {args.val_per_epoch}")
+    if args.val_inpaint < 0:
+        raise UserError(f"--val-inpaint must be at least 0, got {args.val_inpaint}")
     if args.resume and args.start_from_epoch:
         raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
 
@@ -183,19 +240,31 @@ class Stage2:
         return {"model": self.model.transformer, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
 
+def hole_regions(hole_bank: torch.Tensor | None, share: float, batch: int) -> torch.Tensor | None:
+    """Where each sample's training mask may fall (B, h*w) bool: with probability `share` inside a
+    hole drawn from `hole_bank` (K, h*w), else anywhere. None when there is no bank."""
+    if hole_bank is None:
+        return None
+    holes = hole_bank[torch.randint(len(hole_bank), (batch,))]
+    return torch.where(torch.rand(batch, 1) < share, holes, True)
+
+
 def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcfg: dict, label_smoothing: float,
-               step: int, last_path: Path, world: int) -> dict[str, torch.Tensor]:
+               step: int, last_path: Path, world: int, hole_bank: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
     """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
-    random view per row. Returns the loss (mean over micro-batches and ranks), the masked-token
-    accuracy and the gradient norm before clipping."""
+    random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions).
+    Returns the loss (mean over micro-batches and ranks), the masked-token accuracy and the
+    gradient norm before clipping."""
     device, accum = next(s.model.transformer.parameters()).device, len(micro_batches)
     stats = torch.zeros(3, device=device)  # loss (sum of micro-batch means), correct, masked count
     for i, idx in enumerate(micro_batches):
         views = torch.randint(tokens.shape[1], (len(idx),))
         z = tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
+        within = hole_regions(hole_bank, tcfg["hole_mask_share"], len(idx))
         with s.ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
             with autocast(device):
-                logits, targets, mask = s.ddp(z)  # logits (B, h*w, vocab)
+                logits, targets, mask = s.ddp(z, within=within)  # logits (B, h*w, vocab)
             losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
             (losses.mean() / accum).backward()
         stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
@@ -253,6 +322,17 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)
         val_masks = model.random_mask(len(val_tokens), torch.device("cpu"),
                                       torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
+        if tcfg["embedding_init"] == "codebook" and source is None:
+            model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
+                                                   torch.Generator().manual_seed(args.random_seed))
+        hole_bank = None
+        if tcfg["hole_mask_share"] > 0:
+            hole_bank = torch.from_numpy(token_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"],
+                                                         vq["latent_resolution"], args.random_seed))
+        inpaint_items, inpaint_gt, ns_scores = [], None, {}
+        if is_main and args.val_inpaint:
+            inpaint_items, inpaint_gt = val_inpainting_set(val_set, args.val_inpaint)
+            ns_scores = baseline_scores(inpaint_items, inpaint_gt, vq["mean"], vq["std"])
         seed_everything(args.random_seed + rank)  # masks, views and dropout differ between ranks
 
         optimizer = torch.optim.AdamW(param_groups(model.transformer, tcfg["weight_decay"]),
@@ -294,7 +374,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             bar = tqdm(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main, initial=done,
                        total=steps_per_epoch, dynamic_ncols=True)
             for micro_batches in bar:
-                out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world)
+                out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world,
+                                 hole_bank)
                 step += 1
 
                 loss, acc, lr = out["loss"].item(), out["acc"].item(), s.scheduler.get_last_lr()[0]
@@ -311,12 +392,14 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                     metrics = validate(model, val_tokens, val_masks, batch, label_smoothing, device, rank, world)
                     improved = metrics["val_loss"] < best_val_loss
                     best_val_loss = min(best_val_loss, metrics["val_loss"])
+                    if inpaint_items:
+                        metrics.update(score_inpainting(model, inpaint_items, inpaint_gt, device, batch), **ns_scores)
                     log.write(step=step, epoch=step / steps_per_epoch, **metrics)
                     log.plot(run_dir / "curves.png", PLOT_PANELS)
                     if is_main:
                         tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss "
                                    f"{metrics['val_loss']:.4f}, masked-token accuracy {metrics['val_acc']:.1%}"
-                                   + (" (best)" if improved else ""))
+                                   + (" (best)" if improved else "") + inpainting_summary(metrics))
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
                         s.parts(), world, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,

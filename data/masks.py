@@ -109,6 +109,37 @@ def generate_mask(
     return mask
 
 
+DATASET_FREEFORM_SHARE = 0.75  # masks of the default dataset: free-form strokes, otherwise one box
+
+
+def dataset_mask(name: str, size: int = 64, seed: int = 0) -> np.ndarray:
+    """The default dataset's mask for the image called `name` (its stem): strokes or a box, seeded by
+    (seed, name). data.prepare makes the test masks this way with the dataset seed."""
+    rng = seeded_rng(seed, name)
+    return generate_mask("freeform" if rng.random() < DATASET_FREEFORM_SHARE else "box", size, rng)
+
+
+TRAINING_HOLE_KINDS = {"freeform": 0.65, "box": 0.25, "center": 0.04, "border": 0.03, "half": 0.03}
+TRAINING_HOLE_RANGE = (0.05, 0.6)  # wider than the test masks' spread, so no one hole size is learned
+
+
+def token_hole_bank(count: int, size: int, latent_size: int, seed: int = 0,
+                    kinds: dict[str, float] = TRAINING_HOLE_KINDS,
+                    hole_range: tuple[float, float] = TRAINING_HOLE_RANGE) -> np.ndarray:
+    """`count` generated holes at token level, (count, latent_size**2) bool in row-major order, True
+    where any pixel of the token's patch is hole. Kinds are drawn with the probabilities `kinds`.
+    Stage-2 training masks tokens inside such holes, the shape of what it must fill at test time."""
+    rng = np.random.default_rng(seed)
+    names, weights = list(kinds), np.array(list(kinds.values()), dtype=np.float64)
+    patch = size // latent_size
+    bank = np.empty((count, latent_size * latent_size), dtype=bool)
+    for i in range(count):
+        mask = generate_mask(str(rng.choice(names, p=weights / weights.sum())), size, rng, hole_range)
+        hole = mask.reshape(latent_size, patch, latent_size, patch).min(axis=(1, 3)) < 128  # (L, L)
+        bank[i] = hole.reshape(-1)
+    return bank
+
+
 def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The masked image the lab ships: (H, W, 3) uint8 with hole pixels set to gray."""
     masked = image.copy()

@@ -29,13 +29,12 @@ from tqdm import tqdm
 from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images, write_gt_csv
 from data.images import image_size, read_image, save_png
-from data.masks import apply_mask, generate_mask, seeded_rng
+from data.masks import apply_mask, dataset_mask
 
 SIZE = 64
 FRACTIONS = {"test": 0.1, "val": 0.1}  # the rest is train
 MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of that split
 SPLITS = ("train", "val", "test")
-FREEFORM_SHARE = 0.75  # test masks: free-form strokes, otherwise one box
 FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
 
@@ -197,9 +196,7 @@ def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool
             pixel_sum += x.sum(0)
             pixel_sq_sum += (x * x).sum(0)
         elif split == "test":
-            rng = seeded_rng(seed, f.stem)
-            kind = "freeform" if rng.random() < FREEFORM_SHARE else "box"
-            mask = generate_mask(kind, SIZE, rng)
+            mask = dataset_mask(f.stem, SIZE, seed)
             save_png(mask, tmp / "mask64" / name)
             save_png(apply_mask(image, mask), tmp / "masked_image" / name)
             test_images[name] = image

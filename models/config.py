@@ -129,6 +129,11 @@ def _any_float(key: str, value: Any) -> float:
     return float(n)
 
 
+def optional(check: Check) -> Check:
+    """None, or a value that passes `check`."""
+    return lambda key, value: None if value is None else check(key, value)
+
+
 def betas(key: str, value: Any) -> list[float]:
     """Adam's (beta1, beta2): two numbers in [0, 1)."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -188,6 +193,8 @@ TRANSFORMER_PARAM = {
     "hidden_dim": Key(integer()),
     "num_heads": Key(integer(), 16),
     "dropout": Key(number(0.0, below=1.0), 0.1),
+    # attention-weight dropout, None: the same as `dropout`. 0 keeps the fused (sdpa) core fused
+    "attn_dropout": Key(optional(number(0.0, below=1.0)), None),
     "attention": Key(choice(ATTENTION_KINDS), "manual"),  # manual (hand-written core) or sdpa (fused)
 }
 
@@ -211,6 +218,8 @@ MASKGIT_TRAIN = {
     "grad_clip": Key(number(positive=True), 1.0),
     "accum_grad": Key(integer(), 1),                 # micro-batches per optimizer step
     "flip": Key(boolean, True),                      # the tokens of the image or of its mirror image, at random
+    "embedding_init": Key(choice(("random", "codebook")), "random"),  # codebook: start from the VQGAN's codes
+    "hole_mask_share": Key(number(0.0, below=1.0), 0.0),  # samples masked inside a generated hole, not anywhere
 }
 
 

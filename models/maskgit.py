@@ -86,19 +86,26 @@ class MaskGit(nn.Module):
         """(B, N) token ids -> (B, 3, H, W) normalized images."""
         return self.vqgan.decode_indices(tokens)
 
-    def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """MVTM masks (B, N) bool: per sample r ~ U(0,1), ceil(gamma(r) * N) random tokens (at least 1)."""
+    def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                    within: torch.Tensor | None = None) -> torch.Tensor:
+        """MVTM masks (B, N) bool: per sample r ~ U(0,1), ceil(gamma(r) * n) random tokens (at least 1)
+        of the n tokens of `within` (B, N) bool (default: the whole image). Masking part of a hole
+        is the state iterative decoding leaves after its first steps."""
         n = self.num_image_tokens
+        within = torch.ones(batch, n, dtype=torch.bool) if within is None else within.cpu()
         r = torch.rand(batch, generator=generator)
         ratios = torch.tensor([self.gamma(float(v)) for v in r])
-        n_masked = torch.ceil(ratios * n).long().clamp(1, n)  # (B,)
-        ranks = torch.rand(batch, n, generator=generator).argsort(dim=1).argsort(dim=1)  # random permutation ranks
+        region = within.sum(1)  # (B,)
+        n_masked = torch.minimum(torch.ceil(ratios * region).long().clamp(min=1), region)  # (B,)
+        scores = torch.rand(batch, n, generator=generator).masked_fill(~within, 2.0)  # outside: ranked last
+        ranks = scores.argsort(dim=1).argsort(dim=1)  # random permutation ranks
         return (ranks < n_masked[:, None]).to(device)
 
-    def forward(self, z_indices: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training step input: token ids (B, N) -> (logits (B, N, vocab), targets (B, N), mask (B, N))."""
-        mask = self.random_mask(z_indices.shape[0], z_indices.device, generator)
+    def forward(self, z_indices: torch.Tensor, generator: torch.Generator | None = None,
+                within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training step input: token ids (B, N) -> (logits (B, N, vocab), targets (B, N), mask (B, N)).
+        `within` (B, N) bool restricts each sample's mask to a region (see random_mask)."""
+        mask = self.random_mask(z_indices.shape[0], z_indices.device, generator, within)
         return self.transformer(self.masked(z_indices, mask)), z_indices, mask
 
     def masked(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

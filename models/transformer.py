@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ATTENTION_KINDS = ("manual", "sdpa")
+INIT_STD = 0.02  # of linear and embedding weights (BERT's)
 
 
 class MultiHeadAttention(nn.Module):
@@ -62,9 +63,10 @@ class MLP(nn.Sequential):
 class EncoderBlock(nn.Module):
     """Post-LN transformer block: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
-    def __init__(self, dim: int, hidden_dim: int, num_heads: int, dropout: float, attention: str):
+    def __init__(self, dim: int, hidden_dim: int, num_heads: int, dropout: float, attn_dropout: float,
+                 attention: str):
         super().__init__()
-        self.attention = MultiHeadAttention(dim, num_heads, dropout, attention)
+        self.attention = MultiHeadAttention(dim, num_heads, attn_dropout, attention)
         self.layer_norm1 = nn.LayerNorm(dim, eps=1e-12)
         self.layer_norm2 = nn.LayerNorm(dim, eps=1e-12)
         self.mlp = MLP(dim, hidden_dim, dropout)
@@ -93,7 +95,8 @@ class BidirectionalTransformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab, dim)
         self.pos_emb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(self.num_image_tokens, dim), 0.0, 0.02))
         self.blocks = nn.Sequential(*[
-            EncoderBlock(dim, cfg["hidden_dim"], cfg["num_heads"], dropout, cfg["attention"])
+            EncoderBlock(dim, cfg["hidden_dim"], cfg["num_heads"], dropout,
+                         dropout if cfg["attn_dropout"] is None else cfg["attn_dropout"], cfg["attention"])
             for _ in range(cfg["n_layers"])
         ])
         self.token_prediction = TokenPredictor(dim)
@@ -109,6 +112,23 @@ class BidirectionalTransformer(nn.Module):
         for block in self.blocks:
             block.attention.attention = kind
 
+    @torch.no_grad()
+    def init_token_embedding(self, codebook: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Start the code embeddings (K, dim) from the VQGAN codebook (K, d) instead of noise: the
+        centred codebook through a random orthonormal map d -> dim, scaled to the usual init std.
+        Codes that decode to similar patches then start with similar input embeddings and, since the
+        output logits are tied to this table, with similar logits. The mask token's row is kept."""
+        k, d = codebook.shape
+        dim = self.tok_emb.weight.shape[1]
+        if k != self.tok_emb.weight.shape[0] - 1:
+            raise ValueError(f"codebook has {k} codes, the transformer {self.tok_emb.weight.shape[0] - 1}")
+        if d > dim:
+            raise ValueError(f"codebook vectors ({d}) are wider than the transformer ({dim})")
+        centred = codebook.float() - codebook.float().mean(0)
+        projection, _ = torch.linalg.qr(torch.randn(dim, d, generator=generator))  # (dim, d), orthonormal columns
+        embedding = centred @ projection.T  # (K, dim)
+        self.tok_emb.weight[:k] = embedding * (INIT_STD / embedding.std())
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.layer_norm(self.tok_emb(tokens) + self.pos_emb))  # (B, N, dim)
         x = self.token_prediction(self.blocks(x))
@@ -117,7 +137,7 @@ class BidirectionalTransformer(nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=0.02)
+        module.weight.data.normal_(mean=0.0, std=INIT_STD)
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
     elif isinstance(module, nn.LayerNorm):

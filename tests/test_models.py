@@ -121,6 +121,46 @@ def test_mvtm_mask_counts(tiny_maskgit):
     assert len(set(mask.sum(1).tolist())) > 3  # ratios really vary per sample
 
 
+def test_mvtm_mask_inside_a_region(tiny_maskgit):
+    generator, mask_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    within = torch.zeros(64, 16, dtype=torch.bool)
+    for i in range(64):
+        within[i, : 1 + i % 16] = True  # regions of 1 to 16 tokens
+    _, _, mask = tiny_maskgit(torch.randint(0, 16, (64, 16)), generator=generator, within=within)
+    assert not (mask & ~within).any()  # never outside the region
+    r = torch.rand(64, generator=mask_gen)
+    sizes = within.sum(1).tolist()
+    expected = [max(1, math.ceil(math.cos(v * math.pi / 2) * n)) for v, n in zip(r.tolist(), sizes)]
+    assert mask.sum(1).tolist() == expected
+
+
+def test_token_embedding_from_codebook_keeps_its_geometry():
+    torch.manual_seed(0)
+    transformer = BidirectionalTransformer(transformer_param(
+        num_image_tokens=16, num_codebook_vectors=16, dim=32, n_layers=1, hidden_dim=64, num_heads=4))
+    mask_row = transformer.tok_emb.weight[16].clone()
+    codebook = torch.randn(16, 8) * 3 + 5
+    transformer.init_token_embedding(codebook, torch.Generator().manual_seed(1))
+    emb = transformer.tok_emb.weight[:16]
+    centred = codebook - codebook.mean(0)
+    # an orthonormal map keeps inner products: the Gram matrices agree up to the one scale factor
+    gram_emb, gram_code = emb @ emb.T, centred @ centred.T
+    torch.testing.assert_close(gram_emb / gram_emb[0, 0], gram_code / gram_code[0, 0], atol=1e-4, rtol=1e-4)
+    assert emb.std().item() == pytest.approx(0.02, rel=1e-4)
+    assert torch.equal(transformer.tok_emb.weight[16], mask_row)
+    with pytest.raises(ValueError, match="wider"):
+        transformer.init_token_embedding(torch.randn(16, 64))
+
+
+@pytest.mark.parametrize("attn_dropout, expected", [(None, 0.3), (0.0, 0.0), (0.2, 0.2)])
+def test_attention_dropout_has_its_own_key(attn_dropout, expected):
+    transformer = BidirectionalTransformer(transformer_param(
+        num_image_tokens=16, num_codebook_vectors=16, dim=32, n_layers=1, hidden_dim=64, num_heads=4,
+        dropout=0.3, attn_dropout=attn_dropout))
+    block = transformer.blocks[0]
+    assert block.attention.attn_drop.p == expected and block.dropout.p == 0.3 and transformer.drop.p == 0.3
+
+
 def test_mvtm_replaces_masked_tokens_by_mask_id(tiny_maskgit):
     seen = {}
     tiny_maskgit.transformer.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0]))

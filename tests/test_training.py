@@ -367,3 +367,33 @@ def test_both_scripts_take_both_spellings_of_each_flag(script):
                               "--num-workers", "3"])
     assert vars(lab) == vars(ours)
     assert (ours.config, ours.run_dir, ours.train_path, ours.val_path, ours.num_workers) == ("a.yml", "r", "t", "v", 3)
+
+
+def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
+    """hole-shaped training masks and the codebook-initialized embedding keep the exact resume, and
+    each validation logs the inpainting figures beside Navier-Stokes on the same val images."""
+    config = tmp_path / "maskgit_holes.yml"
+    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  embedding_init: codebook")
+    config.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
+    flags = ("--MaskGitConfig", str(config), "--save-every", "100", "--val-inpaint", "5")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    model, _ = run_stage2(ws, straight, *flags, "--max-steps", "6")
+    run_stage2(ws, resumed, *flags, "--max-steps", "3")
+    run_stage2(ws, resumed, *flags, "--max-steps", "6", "--resume")
+    assert_same_weights(load_checkpoint(straight / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"])
+
+    # the embedding started from the codebook: same Gram matrix (up to scale) as the centred codes
+    fresh = stage2.train(stage2.parse_args(stage2_argv(ws, tmp_path / "zero", *flags, "--max-steps", "1",
+                                                       "--learning-rate", "1e-12", "--val-inpaint", "0")))[0]
+    codes = fresh.vqgan.codebook.embedding.weight - fresh.vqgan.codebook.embedding.weight.mean(0)
+    emb = fresh.transformer.tok_emb.weight[:16].detach()
+    torch.testing.assert_close((emb @ emb.T) / (emb @ emb.T)[0, 0], (codes @ codes.T) / (codes @ codes.T)[0, 0],
+                               atol=1e-3, rtol=1e-3)
+
+    logged = [r for r in RunLog(straight).records if "val_psnr_hole" in r]
+    assert len(logged) == 2  # epoch 1 (4 steps) and the last step
+    for record in logged:
+        assert 0 < record["val_psnr_hole"] < 100 and 0 < record["val_ssim"] <= 1
+        assert 0 < record["val_ns_psnr_hole"] < 100 and record["val_ns_ssim"] > 0
+    assert logged[0]["val_ns_psnr_hole"] == logged[1]["val_ns_psnr_hole"]  # fixed images and holes
+    assert records(tmp_path / "zero", "val_psnr_hole") == []
