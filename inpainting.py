@@ -51,7 +51,7 @@ from data.images import check_sizes
 from data.masks import seeded_rng
 from models.config import load_maskgit_config
 from models.maskgit import DecodeHistory, MaskGit, load_maskgit
-from models.schedules import GAMMA_FUNCTIONS
+from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
 from scoring import BASELINES, compute_metrics, fill_baseline
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"
@@ -76,6 +76,7 @@ class Decoding:
     sample_temperature: float = 1.0           # 0: argmax
     seed: int = 0
     paste: bool = True                        # paste the known pixels back over the decode
+    scheduler: str = "confidence"             # which tokens each step keeps: a name in SCHEDULERS
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -192,7 +193,7 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
     device = z.device
     return model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=steps,
                          mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
-                         sample_temperature=decoding.sample_temperature,
+                         sample_temperature=decoding.sample_temperature, scheduler=decoding.scheduler,
                          generators=make_generators(decoding.seed, indices), return_history=history,
                          autocast_ctx=lambda: autocast(device))
 
@@ -411,6 +412,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choice-temperature", type=float, default=None,
                    help="Gumbel noise on the confidence when choosing tokens to keep (default: the config's)")
     p.add_argument("--sample-temperature", type=float, default=1.0, help="token sampling temperature (0 = argmax)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="confidence",
+                   help="which tokens each step keeps: the most confident (MaskGIT) or the next ones in a 2-D "
+                        "Halton order (Halton-MaskGIT) (default: %(default)s)")
     p.add_argument("--no-paste", action="store_true",
                    help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -476,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
-                        args.sample_temperature, args.random_seed, not args.no_paste)
+                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
     strict = not args.no_strict_size

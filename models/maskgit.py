@@ -2,6 +2,7 @@
 modeling and used for inpainting by iterative parallel decoding (Chang et al., MaskGIT, CVPR 2022)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from common import UserError, load_weights
 from models.config import load_maskgit_config
-from models.schedules import gamma_func, masked_counts
+from models.schedules import SCHEDULERS, gamma_func, halton_ranks, masked_counts
 from models.transformer import BidirectionalTransformer
 from models.vqgan import VQGAN
 
@@ -128,15 +129,20 @@ class MaskGit(nn.Module):
                 sweet_spot: int | None = None, mask_func: str | None = None,
                 choice_temperature: float | None = None, sample_temperature: float = 1.0,
                 generators: Sequence[torch.Generator] | None = None, return_history: bool = False,
-                autocast_ctx: Callable | None = None) -> tuple[torch.Tensor, DecodeHistory | None]:
+                autocast_ctx: Callable | None = None, scheduler: str = "confidence"
+                ) -> tuple[torch.Tensor, DecodeHistory | None]:
         """Iterative decoding (MaskGIT, section 3.2): fill the tokens of `z_indices` (B, N) where
         `token_mask` (B, N) is True, in `total_iter` steps T; known tokens never change.
 
         `mask_func` and `choice_temperature` default to the config's; `sample_temperature` 0 takes
         the argmax. With `sweet_spot` S < T the loop stops after S steps and fills what is still
         masked with that step's choices. `generators` (one per sample) make a sample's result
-        independent of its batch. Returns (tokens (B, N), a DecodeHistory when `return_history`).
+        independent of its batch. `scheduler` "halton" reveals tokens in a fixed Halton order instead
+        of by confidence (see models.schedules). Returns (tokens (B, N), a DecodeHistory when
+        `return_history`).
         """
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
         mask_func = mask_func or self.mask_func
         choice_temperature = self.choice_temperature if choice_temperature is None else choice_temperature
         steps = total_iter if sweet_spot is None else max(1, min(sweet_spot, total_iter))
@@ -154,10 +160,13 @@ class MaskGit(nn.Module):
                 history.tokens.append(sampled.cpu())
             if t == steps - 1:  # the last step (T, or the sweet spot) keeps every sampled token
                 break
-            confidence = F.log_softmax(logits, dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
-            # Gumbel noise, annealed to 0 over the T steps, lets less likely tokens survive early on.
-            gumbel = -torch.log(-torch.log(uniform_noise(generators, unknown.shape, unknown.device)))
-            confidence = confidence + choice_temperature * (1 - (t + 1) / total_iter) * gumbel
+            if scheduler == "halton":  # Halton-MaskGIT: keep what comes first in the Halton order
+                confidence = -halton_ranks(math.isqrt(unknown.shape[1])).to(unknown.device).float().expand_as(unknown)
+            else:
+                confidence = F.log_softmax(logits, dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
+                # Gumbel noise, annealed to 0 over the T steps, lets less likely tokens survive early on.
+                gumbel = -torch.log(-torch.log(uniform_noise(generators, unknown.shape, unknown.device)))
+                confidence = confidence + choice_temperature * (1 - (t + 1) / total_iter) * gumbel
             # 3. Mask schedule and 4. Mask: re-mask the n least confident of the sampled tokens.
             unknown = mask_least_confident(confidence, unknown, n_masked[:, t:t + 1])
             tokens = self.masked(sampled, unknown)

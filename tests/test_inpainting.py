@@ -296,3 +296,12 @@ def test_sweep_adds_fid_when_weights_are_there(tiny, monkeypatch):
     (shape, gt, kw), = calls
     assert shape == (COUNT, SIZE, SIZE, 3) and gt == tiny["data"] / "test_gt.csv"  # whole set: fid caches its stats
     assert kw["model"] == "inception from inception.pth"
+
+
+def test_halton_scheduler_from_the_command_line(tiny):
+    out = run(tiny, tiny["root"] / "halton", "--scheduler", "halton", "--partial", "0.3")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["scheduler"] == "halton"
+    confidence = run(tiny, tiny["root"] / "confidence", "--partial", "0.3")
+    assert not all(np.array_equal(read(out / "test_results" / f.name), read(f))
+                   for f in sorted((confidence / "test_results").iterdir()))

@@ -9,6 +9,7 @@ from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
 from models.config import load_maskgit_config, transformer_param
+from models.schedules import halton_ranks, radical_inverse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,3 +304,27 @@ def test_vqgan_config_without_normalization_gets_the_lab_checkpoints(tmp_path):
     path.write_text(TINY_VQGAN + "  mean: [0.5, 0.5]\n")
     with pytest.raises(UserError, match="`mean` needs 3 values"):
         load_vqgan_config(path)
+
+
+def test_halton_order_of_the_token_grid():
+    assert radical_inverse(6, 2) == 0.375 and radical_inverse(5, 3) == pytest.approx(2 / 3 + 1 / 9)
+    ranks = halton_ranks(4)
+    assert sorted(ranks.tolist()) == list(range(16))  # every token once
+    # the points (0, 0), (1/2, 1/3), (1/4, 2/3), (3/4, 1/9) fall in cells (x, y) = (0,0), (2,1), (1,2), (3,0)
+    assert [ranks[0], ranks[1 * 4 + 2], ranks[2 * 4 + 1], ranks[3]] == [0, 1, 2, 3]
+
+
+def test_halton_scheduler_reveals_tokens_in_halton_order(tiny_maskgit):
+    z = torch.randint(0, 16, (3, 16))
+    hole = hole_masks(3, 16, [16, 9, 5])
+    tokens, history = tiny_maskgit.inpaint(z, hole, total_iter=4, scheduler="halton", return_history=True)
+    order = halton_ranks(4)
+    for b in range(3):
+        in_hole = hole[b].nonzero().flatten()
+        by_halton = in_hole[order[in_hole].argsort()]  # the hole's tokens, first revealed first
+        for before, after in zip(history.masks[:-1], history.masks[1:]):
+            revealed = (before[b] & ~after[b]).nonzero().flatten()
+            assert set(revealed.tolist()) == set(by_halton[(~before[b][by_halton]).sum():][:len(revealed)].tolist())
+        assert torch.equal(tokens[b][~hole[b]], z[b][~hole[b]])
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        tiny_maskgit.inpaint(z, hole, scheduler="random")
