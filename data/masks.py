@@ -3,6 +3,8 @@ is the hole. Generators for free-form strokes, boxes, a center box, an outpainti
 images, plus a CLI that writes one mask per image for users who bring images but no masks:
 
     python -m data.masks --kind freeform --images DIR --out DIR [--seed 0] [--masked-out DIR]
+    python -m data.masks --kind dataset --images datasets/twemoji/val --seed 1 \
+        --out outputs/val_holes/mask64 --masked-out outputs/val_holes/masked_image   # the val holes of training
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from data.ground_truth import list_images
 from data.images import image_size, read_image, save_png
 
 MASK_KINDS = ("freeform", "box", "center", "border", "half")
+WRITE_KINDS = (*MASK_KINDS, "dataset")  # what `python -m data.masks --kind` takes
 KNOWN, HOLE = 255, 0
 HOLE_GRAY = 128  # value of hole pixels in a masked image
 HOLE_RANGE = (0.1, 0.5)  # default spread of the hole area, as a fraction of the image
@@ -151,9 +154,10 @@ def write_masks(
     kind: str, images: str | Path, out: str | Path, seed: int = 0, masked_out: str | Path | None = None
 ) -> int:
     """Write one mask per image in `images` to `out` (same stem, .png, same square size as the image).
-    With `masked_out`, also write each image with its hole painted gray. Returns the number of masks."""
-    if kind not in MASK_KINDS:
-        raise UserError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(MASK_KINDS)}")
+    `kind` is a MASK_KINDS name or "dataset", the default dataset's mix (see dataset_mask). With
+    `masked_out`, also write each image with its hole painted gray. Returns the number of masks."""
+    if kind not in WRITE_KINDS:
+        raise UserError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(WRITE_KINDS)}")
     files = list_images(images)
     sizes = [image_size(f) for f in files]  # check every file before writing anything
     for f, (w, h) in zip(files, sizes, strict=True):
@@ -172,7 +176,7 @@ def write_masks(
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
     for f, (w, _) in zip(files, sizes, strict=True):
-        mask = generate_mask(kind, w, seeded_rng(seed, f.stem))
+        mask = dataset_mask(f.stem, w, seed) if kind == "dataset" else generate_mask(kind, w, seeded_rng(seed, f.stem))
         save_png(mask, Path(out) / f"{f.stem}.png")
         if masked_out is not None:
             save_png(apply_mask(read_image(f), mask), Path(masked_out) / f"{f.stem}.png")
@@ -181,7 +185,8 @@ def write_masks(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write one inpainting mask (white known, black hole) per image.")
-    parser.add_argument("--kind", default="freeform", help=f"one of: {', '.join(MASK_KINDS)}")
+    parser.add_argument("--kind", default="freeform", help=f"one of: {', '.join(WRITE_KINDS)} (dataset: strokes or a "
+                        "box, as the default dataset's test masks)")
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
     parser.add_argument("--seed", type=int, default=0)

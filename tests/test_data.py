@@ -394,3 +394,16 @@ def test_token_hole_bank_matches_its_pixel_masks():
     expected = pixel_to_token_mask(torch.from_numpy(pixels), 16).numpy()
     assert np.array_equal(bank[0], expected)
     assert bank.any(1).all() and (~bank).any(1).all()  # every hole leaves something known
+
+
+def test_masks_cli_writes_the_dataset_mix(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(images / f"{name}.png")
+    data.masks.write_masks("dataset", images, tmp_path / "masks", seed=3)
+    for name in ("a", "b", "c"):
+        written = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png"))
+        assert np.array_equal(written, data.masks.dataset_mask(name, 64, 3))
+    # the default dataset's test masks are this mix with the dataset seed (0)
+    assert not np.array_equal(data.masks.dataset_mask("a", 64, 3), data.masks.dataset_mask("a", 64, 0))
