@@ -77,6 +77,7 @@ class Decoding:
     seed: int = 0
     paste: bool = True                        # paste the known pixels back over the decode
     scheduler: str = "confidence"             # which tokens each step keeps: a name in SCHEDULERS
+    ring: int = 0                             # also regenerate this many rings of tokens around the hole
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -296,7 +297,7 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         if decoding.method != "maskgit":
             outputs_u8 = fill_baseline(decoding.method, to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy())
         else:
-            token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)  # (B, N)
+            token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
             _, z = model.encode_to_z(images)  # (B, N)
             tokens, history = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot,
                                           save_history or bool(early_spots))
@@ -415,6 +416,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=SCHEDULERS, default="confidence",
                    help="which tokens each step keeps: the most confident (MaskGIT) or the next ones in a 2-D "
                         "Halton order (Halton-MaskGIT) (default: %(default)s)")
+    p.add_argument("--ring", type=int, default=0,
+                   help="also regenerate this many rings of known tokens around the hole, whose encoding saw the "
+                        "gray hole (known pixels are still pasted back) (default: %(default)s)")
     p.add_argument("--no-paste", action="store_true",
                    help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -426,6 +430,8 @@ def check_common_arguments(args: argparse.Namespace) -> None:
     check_minimum(args, 0, "--num_workers")
     if args.sample_temperature < 0:
         raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {args.sample_temperature}")
+    if args.ring < 0:
+        raise UserError(f"--ring must be at least 0, got {args.ring}")
     if args.choice_temperature is not None and args.choice_temperature < 0:
         raise UserError(f"--choice-temperature must be >= 0, got {args.choice_temperature}")
 
@@ -480,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
-                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler)
+                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
     strict = not args.no_strict_size
