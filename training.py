@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,7 +239,28 @@ class RunLog:
         self.enabled = enabled
         self.records: list[dict] = []
         if enabled and self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = self._read()
+
+    def _read(self) -> list[dict]:
+        """The file's records. A last line that is not a JSON object (cut short by a kill) is dropped
+        with a warning; such a line elsewhere is a UserError (the file is left as it is)."""
+        lines = [(n, line) for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1)
+                 if line.strip()]
+        records = []
+        for i, (number, line) in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif i == len(lines) - 1:
+                print(f"warning: dropped the last line of {self.path}, cut short by an interrupted write",
+                      file=sys.stderr)
+            else:
+                raise UserError(f"{self.path} line {number} is not a JSON record: repair or remove that line, or "
+                                "move the file away (checkpoints do not need it)")
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (a resumed run repeats them)."""

@@ -397,3 +397,24 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
         assert 0 < record["val_ns_psnr_hole"] < 100 and record["val_ns_ssim"] > 0
     assert logged[0]["val_ns_psnr_hole"] == logged[1]["val_ns_psnr_hole"]  # fixed images and holes
     assert records(tmp_path / "zero", "val_psnr_hole") == []
+
+
+# ----------------------------------------------------------------------------- interrupted and changed runs
+
+def test_run_log_drops_a_truncated_last_line_and_refuses_a_damaged_one(ws, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "2", "--save-every", "1")
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 2.')  # a write killed mid-line
+    capsys.readouterr()
+    run_stage2(ws, run, "--resume", "--max-steps", "3")
+    assert "warning: dropped the last line of" in capsys.readouterr().err
+    assert records(run, "step")[-1] == 3 and all(line.endswith("}") for line in
+                                                (run / "log.jsonl").read_text().splitlines())
+
+    lines = (run / "log.jsonl").read_text().splitlines()
+    damaged = "\n".join([lines[0], "{not json", *lines[1:]]) + "\n"
+    (run / "log.jsonl").write_text(damaged)
+    with pytest.raises(UserError, match=r"log\.jsonl line 2 is not a JSON record"):
+        RunLog(run)
+    assert (run / "log.jsonl").read_text() == damaged
