@@ -7,6 +7,7 @@ import csv
 import hashlib
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -138,7 +139,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # TEMP_NAME below
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -146,6 +147,38 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.tmp(?P<suffix>\.[^.]+)?")  # atomic_write's temporary files
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` is a running process (one of another user counts; so does this one)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphaned_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic_write left in `folder` (not its subfolders) when its
+    process was killed mid-write: only names of its pattern whose process is gone, so a live
+    writer's file stays. Returns the removed paths. POSIX only (elsewhere removes nothing)."""
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = TEMP_NAME.fullmatch(path.name)
+        if match and path.is_file() and not _process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def file_sha256(path: str | os.PathLike) -> str:

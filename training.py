@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,9 @@ from common import (
     check_minimum,
     check_output_dir,
     half_state_dict,
+    load_checkpoint,
     load_weights,
+    remove_orphaned_temp_files,
     resolve_device,
     save_checkpoint,
 )
@@ -164,11 +167,32 @@ class ResumableSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def check_finite(loss: torch.Tensor, step: int, checkpoint_path: str | os.PathLike) -> None:
-    """Stop the run on a NaN or inf loss; the last checkpoint written stays as it is."""
+def restart_hint(last_path: str | os.PathLike) -> str:
+    """How to go on after a divergence: from `last_path` when it was written (every save checks its
+    weights are finite, so it predates the divergence), else from scratch."""
+    if Path(last_path).is_file():
+        return (f"{last_path} holds the last good weights (checked finite when written): continue from it "
+                "with --resume and a lower --learning-rate")
+    return "no checkpoint was written yet: start again with a lower --learning-rate"
+
+
+def check_finite(loss: torch.Tensor, step: int, last_path: str | os.PathLike) -> None:
+    """Stop the run on a NaN or inf loss, before the optimizer step; last.pt stays as it is."""
     if not torch.isfinite(loss).all():
-        raise UserError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint is "
-                        f"{checkpoint_path} (resume from it with a lower learning rate)")
+        raise UserError(f"loss is {loss.item()} at step {step}; stopping. {restart_hint(last_path)}")
+
+
+def first_nonfinite(obj: object, name: str = "") -> str | None:
+    """The name of the first floating-point tensor in `obj` (nested dicts and lists, e.g. state
+    dicts of modules and optimizers) that holds a NaN or inf; None when all are finite."""
+    if isinstance(obj, torch.Tensor):
+        return name if obj.is_floating_point() and not torch.isfinite(obj).all() else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = first_nonfinite(value, f"{name}.{key}" if name else str(key))
+        if found:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -178,19 +202,93 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict) -> Any: ...
 
 
-def resume_source(run_dir: Path, resume: bool, snapshot: Path | None = None) -> Path | None:
+def resume_source(run_dir: Path, resume: bool, snapshot: Path | None = None, *, weights: tuple[str, str]
+                  ) -> Path | None:
     """The checkpoint a run continues from: `snapshot` when given, RUN_DIR/last.pt with --resume,
-    else none; a new run refuses to overwrite an existing one."""
+    else none; a new run refuses to overwrite an existing one. Also tidies what a kill can leave in
+    the run folder (rank 0 only): orphaned temporary files, and, on a resume, plain weights
+    (`weights` = (file name, checkpoint key)) missing or older than best.pt."""
     last = run_dir / "last.pt"
     source = snapshot or (last if resume else None)
     if source is None and last.exists():
         raise UserError(f"{last} exists: pass --resume to continue that run, or choose another --run-dir")
+    if os.environ.get("RANK", "0") == "0":
+        removed = remove_orphaned_temp_files(run_dir)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by killed writes in {run_dir}: "
+                  + ", ".join(p.name for p in removed))
+        if source is not None:
+            restore_plain_weights(run_dir, *weights)
     return source
 
 
-def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike) -> None:
+def restore_plain_weights(run_dir: Path, name: str, key: str) -> None:
+    """Rewrite RUN_DIR/`name` from best.pt's `key` entry when it is missing or not newer than best.pt:
+    what a kill between save_run's two writes leaves."""
+    best, plain = run_dir / "best.pt", run_dir / name
+    if not best.is_file() or (plain.is_file() and plain.stat().st_mtime_ns > best.stat().st_mtime_ns):
+        return
+    save_checkpoint(load_checkpoint(best, keys=(key,))[key], plain)
+    print(f"rewrote {plain} from {best} (it was missing or older, as a kill during a save leaves it)")
+
+
+# train_param keys a resume cannot change, and why
+FIXED_ON_RESUME = {
+    "batch_size": "the run's data position and LR schedule are counted in its steps",
+    "accum_grad": "the run's data position and LR schedule are counted in its steps",
+    "betas": "it is part of the optimizer's saved state",
+    "weight_decay": "it is part of the optimizer's saved state",
+}
+
+
+def reconcile_train_param(state: dict, source: Path, tcfg: dict) -> list[str]:
+    """Compare this run's train_param with the checkpoint's: a change of a FIXED_ON_RESUME key is a
+    UserError; the other changes are returned as "key old -> new" (they apply from here on)."""
+    saved = state.get("train_param") or {}
+    changes = []
+    for key, new in tcfg.items():
+        if key not in saved or saved[key] == new:
+            continue
+        if key in FIXED_ON_RESUME:
+            raise UserError(f"{key} is {new} now (flag or config) but {saved[key]} in {source}, and a resumed run "
+                            f"cannot change it ({FIXED_ON_RESUME[key]}): resume with {saved[key]}, or start a new "
+                            "run in another run folder")
+        changes.append(f"{key} {saved[key]} -> {new}")
+    return changes
+
+
+def reschedule(parts: dict[str, Stateful], old_lr: float, new_lr: float) -> list[tuple[float, float]]:
+    """After loading, put every LR schedule among `parts` on this run's schedule: base LRs scaled
+    by `new_lr / old_lr`, and the current LR recomputed from this run's lambda (whose length and
+    warmup follow this run's epochs and warmup_steps). Returns each changed group's (old, new) LR."""
+    changed = []
+    for part in parts.values():
+        if not isinstance(part, torch.optim.lr_scheduler.LambdaLR):
+            continue
+        if new_lr != old_lr:
+            part.base_lrs = [base * new_lr / old_lr for base in part.base_lrs]
+        for group, base, fn in zip(part.optimizer.param_groups, part.base_lrs, part.lr_lambdas):
+            group["initial_lr"] = base
+            lr = base * fn(part.last_epoch)
+            if lr != group["lr"]:
+                changed.append((group["lr"], lr))
+                group["lr"] = lr
+    return changed
+
+
+def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike, *,
+            tcfg: dict, total_steps: int, stop_at: int) -> None:
     """Load a training checkpoint's entries into `parts` ({checkpoint key: module, optimizer or
-    scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError."""
+    scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError. This
+    run's train_param (`tcfg`) applies from here: a new learning_rate, epochs or warmup_steps puts
+    the LR schedule (now `total_steps` long) on the new values, said in one line; a change that
+    cannot apply (FIXED_ON_RESUME) is refused, and so is a run with no step left before `stop_at`."""
+    changes = reconcile_train_param(state, source, tcfg)
+    step = state["step"]
+    if step >= stop_at:
+        raise UserError(f"{source} is at step {step} and this run stops at step {stop_at} ({tcfg['epochs']} epochs "
+                        f"= {total_steps} steps, or --max-steps): nothing to do. Pass a larger --epochs (or "
+                        "--max-steps) to train longer")
     try:
         for key, part in parts.items():
             part.load_state_dict(state[key])
@@ -199,25 +297,48 @@ def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, co
     except (RuntimeError, ValueError) as err:
         raise UserError(f"{source} does not match {config}: {' '.join(str(err).split())[:300]}") from None
     restore_rng_state(state["rng"], rank)
+    old_lr = state.get("train_param", {}).get("learning_rate", tcfg["learning_rate"])
+    lrs = reschedule(parts, old_lr, tcfg["learning_rate"])
+    if lrs:
+        changes.append(f"the LR schedule spans {total_steps} steps and its learning rate at step {step} is "
+                       f"{lrs[0][1]:.3g} (was {lrs[0][0]:.3g})")
+    if rank == 0 and changes:
+        print(f"resuming with changes: {'; '.join(changes)}")
 
 
-def run_state(parts: dict[str, Stateful], world: int, **extra: object) -> dict:
-    """A resumable checkpoint: every part's state, every rank's RNG state and `extra`. A collective
-    under DDP: every rank calls it, rank 0 saves it."""
-    return {**{key: part.state_dict() for key, part in parts.items()},
-            "rng": gather_per_rank(rng_state(), world), **extra}
+def run_state(parts: dict[str, Stateful], world: int, run_dir: Path, **extra: object) -> dict:
+    """A resumable checkpoint: every part's state, every rank's RNG state and `extra`. Weights or
+    optimizer state with a NaN or inf stop the run (a UserError), so that no save overwrites
+    RUN_DIR/last.pt with them. A collective under DDP: every rank calls it, rank 0 saves it."""
+    state = {key: part.state_dict() for key, part in parts.items()}
+    bad = first_nonfinite(state)
+    if bad:
+        raise UserError(f"{bad} is NaN or infinite at step {extra.get('step')}; stopping without saving. "
+                        + restart_hint(run_dir / "last.pt"))
+    return {**state, "rng": gather_per_rank(rng_state(), world), **extra}
 
 
 def save_run(run_dir: Path, state: dict, weights: tuple[str, nn.Module], improved: bool,
              snapshot: str | None = None) -> None:
-    """Write last.pt; when the run `improved`, also best.pt and the plain weights (`weights` is
-    (file name, module)); and the extra `snapshot` file when given. Rank 0 only."""
-    save_checkpoint(state, run_dir / "last.pt")
+    """Write, when the run `improved`, best.pt and the plain weights (`weights` is (file name,
+    module)); the extra `snapshot` file when given; then last.pt. Rank 0 only. last.pt comes last,
+    so a kill between the writes leaves the previous last.pt, which never claims a best that was not
+    written; resume_source rewrites plain weights left older than best.pt."""
     if improved:
         save_checkpoint(state, run_dir / "best.pt")
         save_checkpoint(weights[1].state_dict(), run_dir / weights[0])
     if snapshot:
         save_checkpoint(state, run_dir / snapshot)
+    save_checkpoint(state, run_dir / "last.pt")
+
+
+def weights_note(run_dir: Path, name: str) -> str:
+    """Where a finished run's weights are, naming only files that exist."""
+    if (run_dir / name).is_file():
+        return f"weights in {run_dir / name}"
+    if (run_dir / "last.pt").is_file():
+        return f"no validation improved, so no {name} was written; the latest weights are in {run_dir / 'last.pt'}"
+    return "no checkpoint was written"
 
 
 def export(module: nn.Module, run_dir: str | os.PathLike, key: str, dest: str | os.PathLike) -> None:
@@ -238,7 +359,28 @@ class RunLog:
         self.enabled = enabled
         self.records: list[dict] = []
         if enabled and self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = self._read()
+
+    def _read(self) -> list[dict]:
+        """The file's records. A last line that is not a JSON object (cut short by a kill) is dropped
+        with a warning; such a line elsewhere is a UserError (the file is left as it is)."""
+        lines = [(n, line) for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1)
+                 if line.strip()]
+        records = []
+        for i, (number, line) in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif i == len(lines) - 1:
+                print(f"warning: dropped the last line of {self.path}, cut short by an interrupted write",
+                      file=sys.stderr)
+            else:
+                raise UserError(f"{self.path} line {number} is not a JSON record: repair or remove that line, or "
+                                "move the file away (checkpoints do not need it)")
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (a resumed run repeats them)."""

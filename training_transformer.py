@@ -297,7 +297,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
     last_path = run_dir / "last.pt"
     source = training.resume_source(run_dir, args.resume,
-                                    run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None)
+                                    run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None,
+                                    weights=("transformer.pt", "model"))
 
     with training.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
@@ -343,13 +344,14 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             if state.get("vqgan_digest") != vqgan_digest:
                 raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
-            training.restore(state, s.parts(), rank, source, args.config)
+            training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
+                             stop_at=stop_at)
             step, best_val_loss = state["step"], state["best_val_loss"]
             if is_main:
                 print(f"resumed from {source} at step {step}")
                 if state["steps_per_epoch"] != steps_per_epoch:
                     print(f"warning: {steps_per_epoch} steps per epoch now, {state['steps_per_epoch']} before "
-                          "(batch size, --accum-grad, --partial, data or process count changed): the rest of the "
+                          "(--partial, data or process count changed): the rest of the "
                           "epoch will not be the samples the run had left")
         log = RunLog(run_dir, enabled=is_main)
         log.truncate_after(step)
@@ -402,7 +404,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                                    + (" (best)" if improved else "") + inpainting_summary(metrics))
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
-                        s.parts(), world, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
+                        s.parts(), world, run_dir, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
                         steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg)
                     snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
@@ -411,7 +413,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                 if finished:
                     break
         if is_main:
-            print(f"done: {step} steps, best val loss {best_val_loss:.4f}; weights in {run_dir / 'transformer.pt'}")
+            print(f"done: {step} steps, best val loss {best_val_loss:.4f}; "
+                  f"{training.weights_note(run_dir, 'transformer.pt')}")
         return model, step
 
 

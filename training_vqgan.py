@@ -222,7 +222,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                                                        "learning_rate": args.learning_rate})
     run_dir = Path(args.run_dir)
     last_path = run_dir / "last.pt"
-    source = training.resume_source(run_dir, args.resume)
+    source = training.resume_source(run_dir, args.resume, weights=("vqgan.pt", "vqgan"))
     with training.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         seed_everything(args.random_seed + rank)
@@ -243,7 +243,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         code_rng = torch.Generator().manual_seed(args.random_seed)
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
-            training.restore(state, s.parts(), rank, source, args.config)
+            training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
+                             stop_at=stop_at)
             step, best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
                 counts, epoch_counts = state["code_counts"][rank]
@@ -302,7 +303,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                                    f"(val {val_usage:.1%}), perplexity {perplexity:.0f}")
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
-                        s.parts(), world, step=step, best_psnr=best_psnr,
+                        s.parts(), world, run_dir, step=step, best_psnr=best_psnr,
                         code_counts=training.gather_per_rank([counts, epoch_counts], world),
                         code_rng=code_rng.get_state(), config=cfg, train_param=tcfg)
                     if is_main:
@@ -310,7 +311,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                 if finished:
                     break
         if is_main:
-            print(f"done: {step} steps, best val PSNR {best_psnr:.2f} dB; weights in {run_dir / 'vqgan.pt'}")
+            print(f"done: {step} steps, best val PSNR {best_psnr:.2f} dB; {training.weights_note(run_dir, 'vqgan.pt')}")
         return s.vqgan, step
 
 

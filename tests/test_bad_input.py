@@ -30,7 +30,7 @@ import fid.fid_score_gpu as fid_cli
 import inpainting
 import training_transformer
 import training_vqgan
-from common import load_checkpoint, run_cli, save_checkpoint
+from common import load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
 from scripts import sweep
@@ -160,6 +160,9 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                 ("vqgan", "--num_workers", ["--run-dir", "T/run"]),
                                 ("transformer", "--num_workers", ["--checkpoint-path", "T/run"]))},
     "vqgan/save every 0": ("vqgan", ["--save-every", "0", "--run-dir", "T/run"], "--save-every must be at least 1"),
+    **{f"{cli}/{flag} 0": (cli, [flag, "0", run_flag, "T/run"], f"{flag} must be at least 1, got 0")
+       for cli, run_flag in (("vqgan", "--run-dir"), ("transformer", "--checkpoint-path"))
+       for flag in ("--epochs", "--max-steps")},
     **{f"{cli}/device mps": (cli, ["--device", "mps", *extra], "unknown device 'mps' (use cpu, cuda or cuda:N)")
        for cli, extra in (("inpainting", []), ("sweep", []),
                           ("fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good"]),
@@ -339,7 +342,7 @@ for version in range(1, 10_000):
 def test_kill_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path):
     """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at two moments after its first
     write: the file is always a complete checkpoint (the last one finished), and only the writer's
-    temporary file can be left."""
+    temporary file can be left, which remove_orphaned_temp_files (run at each training start) removes."""
     path = tmp_path / "last.pt"
     for delay in (0.02, 0.2):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(ROOT)], stdout=subprocess.PIPE,
@@ -352,5 +355,5 @@ def test_kill_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path):
         checkpoint = load_checkpoint(path)
         assert checkpoint["version"] >= 1 and checkpoint["weights"][0] == checkpoint["version"]
         assert len(checkpoint["weights"]) == 4_000_000
-        for leftover in tmp_path.glob(".last.pt.*.tmp"):
-            leftover.unlink()  # what a killed writer leaves; never read as a checkpoint
+        remove_orphaned_temp_files(tmp_path)  # what a killed writer leaves; never read as a checkpoint
+        assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 
+import training
 import training_transformer as stage2
 import training_vqgan as stage1
 from common import UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
@@ -397,3 +398,179 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
         assert 0 < record["val_ns_psnr_hole"] < 100 and record["val_ns_ssim"] > 0
     assert logged[0]["val_ns_psnr_hole"] == logged[1]["val_ns_psnr_hole"]  # fixed images and holes
     assert records(tmp_path / "zero", "val_psnr_hole") == []
+
+
+# ----------------------------------------------------------------------------- interrupted and changed runs
+
+def tiny_schedule(lr: float, total_steps: int) -> dict[str, training.Stateful]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return {"model": model, "optimizer": optimizer, "scheduler": training.lr_scheduler(optimizer, total_steps, 2)}
+
+
+def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, capsys):
+    parts = tiny_schedule(3e-3, 10)
+    for _ in range(5):
+        parts["optimizer"].step()
+        parts["scheduler"].step()
+    state = training.run_state(parts, 1, tmp_path, step=5,
+                               train_param={"learning_rate": 3e-3, "epochs": 1, "warmup_steps": 2, "batch_size": 4})
+    tcfg = {**state["train_param"]}
+
+    # nothing changed: the exact learning rate of the run, no notice
+    same = tiny_schedule(3e-3, 10)
+    training.restore(state, same, 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg, total_steps=10, stop_at=10)
+    assert same["optimizer"].param_groups[0]["lr"] == state["optimizer"]["param_groups"][0]["lr"]
+    assert capsys.readouterr().out == ""
+
+    # a lower learning rate and twice the epochs: the first resumed step already uses the new schedule
+    new = tiny_schedule(3e-3, 20)
+    training.restore(state, new, 0, tmp_path / "last.pt", "c.yml", tcfg={**tcfg, "learning_rate": 1e-3, "epochs": 2},
+                     total_steps=20, stop_at=20)
+    assert new["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * training.warmup_cosine(5, 20, 2))
+    new["optimizer"].step()
+    new["scheduler"].step()
+    assert new["scheduler"].get_last_lr()[0] == pytest.approx(1e-3 * training.warmup_cosine(6, 20, 2))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "learning_rate 0.003 -> 0.001; epochs 1 -> 2; the LR schedule spans 20 steps" in out[0]
+
+    with pytest.raises(UserError, match="batch_size is 8 now .* but 4 in .*last.pt"):
+        training.restore(state, tiny_schedule(3e-3, 10), 0, tmp_path / "last.pt", "c.yml",
+                         tcfg={**tcfg, "batch_size": 8}, total_steps=10, stop_at=10)
+    with pytest.raises(UserError, match="is at step 5 and this run stops at step 4 .*: nothing to do"):
+        training.restore(state, tiny_schedule(3e-3, 4), 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg,
+                         total_steps=4, stop_at=4)
+
+
+def test_stage2_resume_extends_epochs_with_a_new_learning_rate(ws, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--epochs", "1")  # 4 steps: the whole cosine at 3e-3
+    lr = {r["step"]: r["lr"] for r in RunLog(run).records if "lr" in r}
+    assert lr[4] == pytest.approx(3e-3 * 0.1)
+    capsys.readouterr()
+    _, step = run_stage2(ws, run, "--resume", "--epochs", "2", "--learning-rate", "1e-3")
+    assert step == 8
+    notice = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resuming with changes")]
+    assert notice == [f"resuming with changes: epochs 1 -> 2; learning_rate 0.003 -> 0.001; the LR schedule spans 8 "
+                      f"steps and its learning rate at step 4 is {1e-3 * training.warmup_cosine(4, 8, 2):.3g} "
+                      f"(was {3e-3 * training.warmup_cosine(4, 4, 2):.3g})"]
+    lr = {r["step"]: r["lr"] for r in RunLog(run).records if "lr" in r}
+    for s in range(5, 9):
+        assert lr[s] == pytest.approx(1e-3 * training.warmup_cosine(s, 8, 2)), s
+    assert load_checkpoint(run / "last.pt")["train_param"]["learning_rate"] == 1e-3
+
+
+def test_stage2_resume_refuses_another_batch_size_and_leaves_the_run(ws, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "1")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    argv = stage2_argv(ws, run, "--resume", "--batch-size", "2")
+    monkeypatch.setattr(sys, "argv", ["training_transformer.py", *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(stage2.main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "batch_size is 2 now" in err[0], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_nan_weights_are_never_saved_and_the_message_names_a_finite_checkpoint(ws, tmp_path, monkeypatch):
+    real_step = stage2.train_step
+    calls = []
+
+    def poisoned(s, *args, **kwargs):
+        out = real_step(s, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the weights go bad in step 3 while its loss was still finite
+            with torch.no_grad():
+                next(s.model.transformer.parameters()).fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(stage2, "train_step", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"is NaN or infinite at step 3; stopping without saving\. .*last\.pt holds "
+                                        r"the last good weights .* --resume and a lower --learning-rate"):
+        run_stage2(ws, run, "--save-every", "1")
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 2 and training.first_nonfinite(state) is None
+    monkeypatch.setattr(stage2, "train_step", real_step)
+    _, step = run_stage2(ws, run, "--resume", "--learning-rate", "1e-3", "--max-steps", "3")  # what it says works
+    assert step == 3
+
+
+class Killed(Exception):
+    """Stands for SIGKILL in the middle of save_run."""
+
+
+def test_kill_between_best_and_plain_weights_then_resume(ws, tmp_path, monkeypatch, capsys):
+    real_save = training.save_checkpoint
+
+    def dies_at_plain_weights(obj, path):
+        if Path(path).name == "transformer.pt":
+            raise Killed
+        real_save(obj, path)
+
+    monkeypatch.setattr(training, "save_checkpoint", dies_at_plain_weights)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_stage2(ws, run, "--save-every", "1")  # killed at step 4's save, the first validation
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 3 and last["best_val_loss"] == float("inf")  # claims no best
+    assert load_checkpoint(run / "best.pt")["step"] == 4 and not (run / "transformer.pt").exists()
+
+    # on resume the plain weights are rewritten from best.pt, then the run goes on
+    capsys.readouterr()
+    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    assert f"rewrote {run / 'transformer.pt'} from {run / 'best.pt'}" in capsys.readouterr().out
+    assert_same_weights(load_checkpoint(run / "transformer.pt"), load_checkpoint(run / "best.pt")["model"])
+    run_stage2(ws, run, "--resume")
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert done.endswith(f"weights in {run / 'transformer.pt'}"), done
+    assert_same_weights(load_checkpoint(run / "transformer.pt"), load_checkpoint(run / "best.pt")["model"])
+
+    # plain weights older than best.pt (a kill at a later best) are rewritten too; newer ones are kept
+    stale = {k: torch.zeros_like(v) for k, v in load_checkpoint(run / "transformer.pt").items()}
+    save_checkpoint(stale, run / "transformer.pt")
+    best_time = (run / "best.pt").stat().st_mtime_ns
+    os.utime(run / "transformer.pt", ns=(best_time - 10**9, best_time - 10**9))
+    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    assert_same_weights(load_checkpoint(run / "transformer.pt"), load_checkpoint(run / "best.pt")["model"])
+    save_checkpoint(stale, run / "transformer.pt")
+    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    assert_same_weights(load_checkpoint(run / "transformer.pt"), stale)
+
+
+def test_orphaned_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    names = {"dead": f".last.{dead.pid}.tmp.pt", "dead_png": f".curves.{dead.pid}.tmp.png",
+             "live": f".best.{os.getpid()}.tmp.pt", "user": f"notes.{dead.pid}.tmp.txt", "log": "log.jsonl"}
+    for name in names.values():
+        (run / name).write_text("x")
+    training.resume_source(run, False, weights=("transformer.pt", "model"))
+    assert sorted(p.name for p in run.iterdir()) == sorted([names["live"], names["user"], names["log"]])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"removed 2 temporary file(s) left by killed writes in {run}: {names['dead_png']}, {names['dead']}"]
+
+
+def test_run_log_drops_a_truncated_last_line_and_refuses_a_damaged_one(ws, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "2", "--save-every", "1")
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 2.')  # a write killed mid-line
+    capsys.readouterr()
+    run_stage2(ws, run, "--resume", "--max-steps", "3")
+    assert "warning: dropped the last line of" in capsys.readouterr().err
+    assert records(run, "step")[-1] == 3 and all(line.endswith("}") for line in
+                                                (run / "log.jsonl").read_text().splitlines())
+
+    lines = (run / "log.jsonl").read_text().splitlines()
+    damaged = "\n".join([lines[0], "{not json", *lines[1:]]) + "\n"
+    (run / "log.jsonl").write_text(damaged)
+    with pytest.raises(UserError, match=r"log\.jsonl line 2 is not a JSON record"):
+        RunLog(run)
+    assert (run / "log.jsonl").read_text() == damaged
