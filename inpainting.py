@@ -370,7 +370,7 @@ def steps_figure(steps: Sequence[Step], gt: np.ndarray | None = None, title: str
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
-            spine.set_visible(False)
+            spine.set_color("0.75")
     axes[0, 0].set_ylabel("token mask", fontsize=7)
     axes[1, 0].set_ylabel("image", fontsize=7)
     if title:
