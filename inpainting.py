@@ -366,6 +366,7 @@ def steps_figure(steps: Sequence[Step], gt: np.ndarray | None = None, title: str
     if gt is not None:
         axes[1, -1].imshow(gt, interpolation="nearest")
         axes[0, -1].set_title("ground truth", fontsize=7)
+        axes[0, -1].set_axis_off()
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -495,7 +496,8 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
     decoding = Decoding("maskgit", total_iter, check_decoding(total_iter, sweet_spot, mask_func), mask_func,
                         choice_temperature, sample_temperature, seed, paste)
     vq = model.vqgan.cfg
-    prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white)
+    name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
+    prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white, name=name)
     device = next(model.parameters()).device
     images = normalize(prepared.pixels, vq["mean"], vq["std"])[None].to(device)
     holes = torch.from_numpy(prepared.model_hole)[None, None].to(device)
