@@ -53,7 +53,7 @@ from data import (
     save_png,
     to_uint8_image,
 )
-from data.images import _READ_ERRORS, fit_box, fit_pil, to_rgb
+from data.images import fit_box, fit_pil, to_rgb
 from data.masks import MaskSource, fit_hole, seeded_rng, unfit_hole, warn_if_inverted
 from models.config import load_maskgit_config
 from models.maskgit import DecodeHistory, MaskGit, load_maskgit
@@ -170,10 +170,7 @@ def read_rgb(image: ImageSource) -> np.ndarray:
     path = Path(image)
     if not path.is_file():
         raise UserError(f"image not found: {image}")
-    try:
-        return read_image(path, "RGB")
-    except _READ_ERRORS as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+    return read_image(path, "RGB")
 
 
 @dataclass

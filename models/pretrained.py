@@ -30,8 +30,6 @@ FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 KINDS = ("vqgan", "maskgit")
 DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
-TWEMOJI_LICENSE = ("weights trained on Twemoji graphics, copyright Twitter, Inc. and other contributors, "
-                   "CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/); see checkpoints/README.md")
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_inpainting import SIZE, write_configs
+from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
 import inpainting
 from common import UserError, load_checkpoint, run_cli
@@ -20,14 +20,6 @@ from data.masks import fit_hole, read_hole
 from models.maskgit import MaskGit
 from models.pretrained import DEFAULT_MODEL, read_description, read_safetensors, weights_digest
 from scripts.convert_weights import convert
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
