@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo lint
+.PHONY: venv demo-venv test demo app lint
 
 venv: $(VENV)/.installed
 
@@ -13,12 +13,22 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-test: venv
+# gradio and selenium, for the page and its browser test
+demo-venv: $(VENV)/.installed-demo
+
+$(VENV)/.installed-demo: $(VENV)/.installed requirements-demo.txt
+	$(PY) -m pip install -r requirements-demo.txt
+	touch $@
+
+test: demo-venv
 	$(PY) -m pytest
 
 demo: venv
 	$(PY) -m data.prepare
 	$(PY) inpainting.py --output-dir outputs/demo
+
+app: demo-venv
+	$(PY) app.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +25,14 @@ class UserError(Exception):
     """Bad input from the user (missing file, wrong shape, bad flag). CLIs print it and exit 2."""
 
 
+def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> str:
+    return f"warning: {message}\n"
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's main(): a UserError becomes one line on stderr and exit code 2, no traceback."""
+    """Run a script's main(): a UserError becomes one line on stderr and exit code 2, no traceback;
+    warnings are one line each ("warning: ...")."""
+    warnings.formatwarning = _one_line_warning
     try:
         main()
     except UserError as err:
@@ -232,16 +239,26 @@ def extract_state_dict(checkpoint: dict, key: str) -> dict:
     return checkpoint
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model") -> dict:
-    """Load weights into `module` strictly, naming any missing, unexpected or mis-shaped keys.
-    Half-precision checkpoints are cast to the module's dtype. Returns the whole checkpoint."""
-    checkpoint = load_checkpoint(path)
-    state = extract_state_dict(checkpoint, key)
-    state = {str(k).removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+def read_weights(path: str | os.PathLike, key: str = "model") -> dict:
+    """The state_dict stored at `path`: an exported folder or .safetensors file (models/pretrained.py),
+    a plain state_dict such as the lab's VQGAN.pt, or the `key` entry of a training checkpoint; keys
+    without the prefixes torch.compile and DDP add."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        from models.pretrained import read_safetensors  # safetensors is only needed for these files
+        state = read_safetensors(path)
+    else:
+        state = extract_state_dict(load_checkpoint(path), key)
+    return {str(k).removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state(module: nn.Module, state: dict, source: str | os.PathLike) -> None:
+    """Load `state` into `module` strictly, naming (after `source`) any missing, unexpected or
+    mis-shaped keys and NaN/inf weights. Half-precision weights are cast to the module's dtype."""
     bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
            and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"{path} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}): "
+        raise UserError(f"{source} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}): "
                         "a diverged run? Use an earlier checkpoint")
     own = module.state_dict()
     problems = []
@@ -255,9 +272,13 @@ def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model")
             shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise UserError(f"{path} does not match the model built from the config: " + "; ".join(problems))
+        raise UserError(f"{source} does not match the model built from the config: " + "; ".join(problems))
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
-    return checkpoint
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, key: str = "model") -> None:
+    """Load the weights at `path` (see read_weights) into `module` (see load_state)."""
+    load_state(module, read_weights(path, key), path)
 
 
 def half_state_dict(module: nn.Module) -> dict:

@@ -3,15 +3,19 @@ decoding, and score the results against the ground truth.
 
     python inpainting.py                                   # default dataset and shipped checkpoints
     python inpainting.py --total-iter 12 --sweet-spot 8 --mask-func linear --save-history
-    python inpainting.py --image photo.png --mask-kind center --output-dir outputs/one
-    python inpainting.py --image photo.png --mask hole.png --no-paste
+    python inpainting.py --image photo.jpg --mask-kind center --output-dir outputs/one
+    python inpainting.py --image photo.jpg --mask hole.png --mask-hole-white --fit crop
     python inpainting.py --baseline ns                     # OpenCV Navier-Stokes (or telea, nearest, mean-fill)
 
 Outputs in --output-dir, with the lab's names: test_results/image_000.png, ... (one per input, in
-input order), with --save-history mask_scheduling/test_{i}.png (the latent mask at every step, holes
-black) and imga/test_{i}.png (masked input, then the image after each step), overview.png, and
+input order, at the model's size), inpainted/<input name>.png (at the input's size, known pixels
+kept exactly), with --save-history steps/test_{i}.png (a labelled figure of every step),
+mask_scheduling/test_{i}.png and imga/test_{i}.png (the lab's unlabelled strips), overview.png, and
 metrics.json when ground truth is given (--gt-path; default: test_gt.csv beside the masked images).
-The functions below are also the building blocks of scripts/sweep.py.
+
+From Python, `inpaint(image, mask)` fills one image (numpy or PIL, any size) and returns the image
+and, on request, every step; the functions below are also the building blocks of scripts/sweep.py
+and app.py.
 """
 from __future__ import annotations
 
@@ -22,45 +26,50 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from common import UserError, autocast, check_minimum, check_output_dir, resolve_device, resolve_path, run_cli
 from data import (
+    FITS,
     MASK_KINDS,
     InpaintingDataset,
     apply_mask,
-    denormalize,
     generate_mask,
     load_ground_truth,
-    load_hole,
     normalize,
     pixel_to_token_mask,
+    read_hole,
     read_image,
+    restore_size,
     save_png,
     to_uint8_image,
 )
-from data.images import check_sizes
-from data.masks import seeded_rng
+from data.images import fit_box, fit_pil, to_rgb
+from data.masks import MaskSource, fit_hole, seeded_rng, unfit_hole, warn_if_inverted
 from models.config import load_maskgit_config
 from models.maskgit import DecodeHistory, MaskGit, load_maskgit
+from models.pretrained import is_exported, maskgit_config
 from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
 from scoring import BASELINES, compute_metrics, fill_baseline
 
-DEFAULT_CONFIG = "configs/small/MaskGit.yml"
-DEFAULT_TRANSFORMER = "checkpoints/transformer_small.pt"
+DEFAULT_CONFIG = "configs/small/MaskGit.yml"  # for a plain .pt transformer given without --MaskGitConfig
+DEFAULT_TRANSFORMER = "checkpoints/transformer_small"
 DEFAULT_MASKED = "datasets/twemoji/masked_image"
 DEFAULT_MASKS = "datasets/twemoji/mask64"
 BATCH_SIZE = {"cuda": 64, "cpu": 16}
 OVERVIEW_IMAGES = 16
-OUTPUTS = ("test_results", "mask_scheduling", "imga", "overview.png", "metrics.json")  # what a run writes
+OUTPUTS = ("test_results", "inpainted", "steps", "mask_scheduling", "imga", "overview.png",
+           "metrics.json")  # what a run writes
+ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
 # ----------------------------------------------------------------------------- settings
@@ -111,59 +120,110 @@ def load_config(path: str | os.PathLike) -> dict:
     return load_maskgit_config(resolve_path(path))
 
 
-def load_model(config: dict | str | os.PathLike, transformer_ckpt: str | os.PathLike,
-               device: torch.device) -> MaskGit:
-    """MaskGit with the config's VQGAN weights and the given transformer weights, eval mode.
-    `config` is the checked config (load_config) or its file."""
+def model_config(transformer: str | os.PathLike, config: str | os.PathLike | None = None) -> dict:
+    """The config of a transformer: an exported folder's own (then `config` must not be given), or
+    for a plain .pt the MaskGit YAML `config` (default: the small one)."""
+    path = resolve_path(transformer)
+    if is_exported(path):
+        if config is not None:
+            raise UserError(f"{transformer} is an exported model that carries its config; --MaskGitConfig goes "
+                            "with a plain .pt transformer")
+        return maskgit_config(path)
+    return load_config(config or DEFAULT_CONFIG)
+
+
+def load_model(config: dict | str | os.PathLike, transformer_ckpt: str | os.PathLike, device: torch.device,
+               vqgan: str | os.PathLike | None = None) -> MaskGit:
+    """MaskGit in eval mode: an exported transformer folder with its VQGAN (MaskGit.from_pretrained),
+    or a plain .pt transformer with `config` (checked config or its file) and the config's VQGAN.
+    `vqgan` replaces the VQGAN either names."""
     ckpt = resolve_path(transformer_ckpt)
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise UserError(f"transformer checkpoint not found: {ckpt} (pass --load-transformer-ckpt-path)")
-    return load_maskgit(config if isinstance(config, dict) else load_config(config), ckpt, device=device)
+    vqgan = None if vqgan is None else resolve_path(vqgan)
+    if is_exported(ckpt):
+        return MaskGit.from_pretrained(ckpt, vqgan, device)
+    return load_maskgit(config if isinstance(config, dict) else load_config(config), ckpt, vqgan, device=device)
 
 
 def open_dataset(masked_dir: str | os.PathLike, mask_dir: str | os.PathLike, cfg: dict, partial: float = 1.0,
-                 strict: bool = True) -> Dataset:
+                 fit: str = "resize", hole_white: bool = False) -> Dataset:
     """The lab's masked_image/ + mask64/ folders as (image, hole, index) items; with `partial` < 1
-    only the first ceil(partial * N) pairs."""
+    only the first ceil(partial * N) pairs. Images of another size are brought to the model's by `fit`."""
     if not 0 < partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {partial}")
     vq = cfg["vqgan"]
     dataset = InpaintingDataset(resolve_path(masked_dir), resolve_path(mask_dir), vq["mean"], vq["std"],
-                                size=vq["img_resolution"], strict=strict)
+                                size=vq["img_resolution"], fit=fit, hole_white=hole_white)
     count = math.ceil(partial * len(dataset))
     return dataset if count == len(dataset) else Subset(dataset, range(count))
 
 
-def open_single_image(image: str | os.PathLike, cfg: dict, mask: str | os.PathLike | None = None,
-                      mask_kind: str | None = None, seed: int = 0, strict: bool = True
-                      ) -> tuple[list, np.ndarray | None]:
-    """One image with a mask file, or a clean image and a generated mask (`mask_kind`, seeded like
-    `python -m data.masks`). Returns (a one-item dataset, the ground truth (1, H, W, 3) uint8: the
-    clean image when the mask was generated, else None)."""
-    vq = cfg["vqgan"]
-    size = vq["img_resolution"]
-    image = resolve_path(image)
-    if not image.is_file():
+def read_rgb(image: ImageSource) -> np.ndarray:
+    """An image file, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4) -> uint8 (H, W, 3)
+    (transparency composited on white)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise UserError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); got {image.dtype} "
+                            f"{image.shape}")
+        return np.asarray(to_rgb(Image.fromarray(image)))
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image))
+    path = Path(image)
+    if not path.is_file():
         raise UserError(f"image not found: {image}")
-    files = [image]
-    if mask is not None:
-        mask = resolve_path(mask)
-        if not mask.is_file():
-            raise UserError(f"mask not found: {mask}")
-        files.append(mask)
-    check_sizes(files, size, strict, image.parent)
-    pixels = read_image(image, "RGB", size)  # (H, W, 3) uint8
-    if mask is not None:
-        hole, gt = load_hole(mask, size), None
-    else:
+    return read_image(path, "RGB")
+
+
+@dataclass
+class Prepared:
+    """One user image ready for the model, and what is needed to give the result back at its size."""
+    original: np.ndarray  # (H, W, 3) uint8, the input at its own size
+    hole: np.ndarray      # (H, W) bool, True = hole
+    pixels: np.ndarray    # (s, s, 3) uint8: what the model sees, hole painted gray
+    model_hole: np.ndarray  # (s, s) bool
+    clean: np.ndarray | None  # (s, s, 3) uint8 ground truth when the hole was generated (mask_kind)
+
+
+def prepare_image(image: ImageSource, mask: MaskSource | None, size: int, *, fit: str = "resize",
+                  hole_white: bool = False, mask_kind: str | None = None, seed: int = 0,
+                  name: str = "the image") -> Prepared:
+    """Bring one image of any size and its hole to the model's size: the mask by data.masks.read_hole's
+    rules (or, with `mask_kind`, a generated one, seeded like `python -m data.masks`), the image
+    resized or centre-cropped (`fit`) with a one-line notice. Bad input is one UserError."""
+    if fit not in FITS:
+        raise UserError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
+    original = read_rgb(image)
+    height, width = original.shape[:2]
+    pixels = np.asarray(fit_pil(Image.fromarray(original), (size, size), fit))
+    clean = None
+    if mask is None:
         if mask_kind not in MASK_KINDS:
             raise UserError(f"unknown --mask-kind {mask_kind!r}; valid: {', '.join(MASK_KINDS)}")
-        hole = generate_mask(mask_kind, size, seeded_rng(seed, image.stem)) < 128
-        pixels, gt = apply_mask(pixels, np.where(hole, 0, 255).astype(np.uint8)), pixels[None]
-    if hole.all():
-        raise UserError(f"mask {mask or mask_kind} is entirely hole (all black): nothing known to inpaint from")
-    item = (normalize(pixels, vq["mean"], vq["std"]), torch.from_numpy(hole)[None], 0)
-    return [item], gt
+        model_hole = generate_mask(mask_kind, size, seeded_rng(seed, Path(name).stem)) < 128
+        hole, clean = unfit_hole(model_hole, (width, height), fit), pixels
+    else:
+        hole = read_hole(mask, hole_white=hole_white)
+        if hole.shape != (height, width):
+            warnings.warn(f"the mask is {hole.shape[1]}x{hole.shape[0]} but {name} is {width}x{height}; "
+                          "resizing the mask to the image", stacklevel=2)
+            hole = np.asarray(Image.fromarray(hole).resize((width, height), Image.NEAREST))
+        model_hole = fit_hole(hole, (size, size), fit)
+    if model_hole.all():
+        raise UserError("the mask is entirely hole: there is nothing known to inpaint from")
+    if mask is not None:
+        warn_if_inverted(hole[None], ["the mask"], hole_white)
+    left, top, right, bottom = fit_box(width, height, fit)
+    if hole[top:bottom, left:right].sum() != hole.sum():
+        raise UserError(f"the hole reaches outside the centre square that --fit crop keeps of {name}; "
+                        "use --fit resize")
+    if not hole.any():
+        warnings.warn("the mask has no hole (all known): the image comes back unchanged", stacklevel=2)
+    if (width, height) != (size, size):
+        how = "resized" if fit == "resize" else "centre-cropped and resized"
+        warnings.warn(f"{name} is {width}x{height}: {how} to {size}x{size} for the model; the result is also "
+                      f"given at {width}x{height}", stacklevel=2)
+    return Prepared(original, hole, apply_mask(pixels, np.where(model_hole, 0, 255)), model_hole, clean)
 
 
 def open_ground_truth(path: str | os.PathLike, count: int, size: int) -> np.ndarray:
@@ -199,11 +259,58 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
                          autocast_ctx=lambda: autocast(device))
 
 
+def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, paste: bool) -> torch.Tensor:
+    """The decode (B, 3, H, W) with the known pixels of `images` pasted back where `holes` is False."""
+    return torch.where(holes, decoded.float(), images) if paste else decoded.float()
+
+
+def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indices: Sequence[int],
+                 decoding: Decoding, history: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DecodeHistory | None]:
+    """MaskGIT on a batch, the one decode path of the CLI, the sweep, inpaint() and the page:
+    normalized images (B, 3, H, W) and holes (B, 1, H, W) bool -> (the decode with the known pixels
+    pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); step history)."""
+    token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
+    _, z = model.encode_to_z(images)  # (B, N)
+    tokens, steps = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history)
+    return _paste(model.decode_tokens(tokens), images, holes, decoding.paste), tokens, token_mask, steps
+
+
+@dataclass
+class Step:
+    """Where decoding stands after step `step` (step 0: the input)."""
+    step: int
+    masked: int              # tokens still masked
+    token_mask: np.ndarray   # (L, L) bool, True = masked
+    image: np.ndarray        # (H, W, 3) uint8: the masked input (step 0), then every masked token filled
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step}: {self.masked} tokens masked"
+
+
+def decode_steps(model: MaskGit, history: DecodeHistory, images: torch.Tensor, holes: torch.Tensor, paste: bool,
+                 mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
+    """Per image of the batch, its Steps: the input (hole gray), then the image after each step."""
+    frames = [to_uint8_image(_paste(model.decode_tokens(t.to(images.device)), images, holes, paste), mean, std)
+              for t in history.tokens]  # S x (B, H, W, 3)
+    frames.insert(0, painted(to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy()))
+    masks = torch.stack(history.masks, 1).numpy()  # (B, S+1, N)
+    side = math.isqrt(masks.shape[-1])
+    return [[Step(t, int(masks[b, t].sum()), masks[b, t].reshape(side, side), frames[t][b])
+             for t in range(masks.shape[1])] for b in range(masks.shape[0])]
+
+
+def painted(pixels: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """uint8 images (..., H, W, 3) with their `holes` (..., H, W) bool painted gray, as shown to people."""
+    return apply_mask(pixels, np.where(holes, 0, 255))
+
+
 @dataclass
 class Result:
     """What a run produced, in input order; token counts are 0 without ground truth or model."""
     indices: np.ndarray   # (N,) index of each image in the input order
-    inputs: np.ndarray    # (N, H, W, 3) uint8 masked inputs
+    inputs: np.ndarray    # (N, H, W, 3) uint8 inputs, hole painted gray
     outputs: np.ndarray   # (N, H, W, 3) uint8 inpainted images
     holes: np.ndarray     # (N, H, W) bool, True = hole
     token_hits: int       # masked tokens predicted equal to the ground truth's VQGAN tokens
@@ -222,11 +329,6 @@ class Result:
         return len(self.indices) / max(self.seconds, 1e-9)
 
 
-def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, paste: bool) -> torch.Tensor:
-    """The decode (B, 3, H, W) with the known pixels of `images` pasted back where `holes` is False."""
-    return torch.where(holes, decoded.float(), images) if paste else decoded.float()
-
-
 def tile(images: np.ndarray, columns: int, pad: int = 2, value: int = 128) -> np.ndarray:
     """uint8 (K, H, W, 3) -> one uint8 picture, `columns` images per row, `pad` pixels of `value`
     around each (torchvision's make_grid layout, without importing torchvision for it)."""
@@ -239,22 +341,57 @@ def tile(images: np.ndarray, columns: int, pad: int = 2, value: int = 128) -> np
     return out
 
 
-def _strip(frames: torch.Tensor) -> np.ndarray:
-    """(K, 3, H, W) in [0, 1] -> one row of the K frames, uint8 (H', W', 3)."""
-    pixels = (frames.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return tile(pixels, columns=len(pixels))
+def token_mask_picture(step: Step, size: tuple[int, int]) -> np.ndarray:
+    """A step's token mask as a uint8 (H, W, 3) picture of `size` (H, W): masked black, known white."""
+    known = Image.fromarray(np.where(step.token_mask, 0, 255).astype(np.uint8))
+    return np.repeat(np.asarray(known.resize(size[::-1], Image.NEAREST))[..., None], 3, axis=2)
 
 
-def save_history_pictures(out_dir: Path, indices: Sequence[int], masks: torch.Tensor, frames: torch.Tensor) -> None:
-    """One row per image: mask_scheduling/test_{i}.png, the latent mask (B, S+1, N) before and after
-    each step (holes black, scaled to the image size), and imga/test_{i}.png, the frames
-    (B, S+1, 3, H, W) in [0, 1]: masked input, then the image after each step."""
-    side = math.isqrt(masks.shape[-1])
-    known = (~masks).float().view(*masks.shape[:2], 1, side, side)  # (B, S+1, 1, L, L)
-    for b, i in enumerate(indices):
-        mask_frames = F.interpolate(known[b], size=frames.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
-        save_png(_strip(mask_frames), out_dir / "mask_scheduling" / f"test_{i}.png")
-        save_png(_strip(frames[b]), out_dir / "imga" / f"test_{i}.png")
+def steps_figure(steps: Sequence[Step], gt: np.ndarray | None = None, title: str = "") -> np.ndarray:
+    """One labelled picture of decoding, uint8 (H, W, 3): a column per step ("step t: k tokens
+    masked"), the token mask above the image, and the ground truth last when given."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = len(steps) + (gt is not None)
+    fig = Figure(figsize=(1.25 * columns + 0.4, 3.1 + 0.25 * bool(title)), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(2, columns, squeeze=False)
+    size = steps[0].image.shape[:2]
+    for column, step in enumerate(steps):
+        axes[0, column].imshow(token_mask_picture(step, size), interpolation="nearest")
+        axes[1, column].imshow(step.image, interpolation="nearest")
+        axes[0, column].set_title(f"step {step.step}:\n{step.masked} tokens masked", fontsize=7)
+    if gt is not None:
+        axes[1, -1].imshow(gt, interpolation="nearest")
+        axes[0, -1].set_title("ground truth", fontsize=7)
+        axes[0, -1].set_axis_off()
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color("0.75")
+    axes[0, 0].set_ylabel("token mask", fontsize=7)
+    axes[1, 0].set_ylabel("image", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_history_pictures(out_dir: Path, indices: Sequence[int], steps: Sequence[Sequence[Step]],
+                          gt: np.ndarray | None = None, title: str = "") -> None:
+    """For each image i: steps/test_{i}.png, the labelled figure of its steps (steps_figure, with
+    its ground truth row of `gt` when given), and the lab's unlabelled strips: mask_scheduling/test_{i}.png,
+    the token mask before and after every step (holes black, scaled to the image size), and
+    imga/test_{i}.png, the masked input and then the image after each step."""
+    for i, image_steps in zip(indices, steps):
+        size = image_steps[0].image.shape[:2]
+        save_png(steps_figure(image_steps, None if gt is None else gt[i], title), out_dir / "steps" / f"test_{i}.png")
+        save_png(tile(np.stack([token_mask_picture(s, size) for s in image_steps]), len(image_steps)),
+                 out_dir / "mask_scheduling" / f"test_{i}.png")
+        save_png(tile(np.stack([s.image for s in image_steps]), len(image_steps)), out_dir / "imga" / f"test_{i}.png")
 
 
 def save_results(out_dir: Path, result: Result) -> None:
@@ -280,10 +417,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         raise ValueError("MaskGIT decoding needs a model")
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
-        (out_dir / "test_results").mkdir(parents=True, exist_ok=True)
-        if save_history:
-            (out_dir / "mask_scheduling").mkdir(exist_ok=True)
-            (out_dir / "imga").mkdir(exist_ok=True)
+        for folder in ["test_results"] + (["steps", "mask_scheduling", "imga"] if save_history else []):
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     collected: dict[str, list] = {"indices": [], "inputs": [], "outputs": [], "holes": []}
     hits = count = 0
@@ -297,11 +432,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
         if decoding.method != "maskgit":
             outputs_u8 = fill_baseline(decoding.method, to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy())
         else:
-            token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
-            _, z = model.encode_to_z(images)  # (B, N)
-            tokens, history = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot,
-                                          save_history or bool(early_spots))
-            outputs = _paste(model.decode_tokens(tokens), images, holes, decoding.paste)
+            outputs, tokens, token_mask, history = decode_holes(model, images, holes, indices, decoding,
+                                                                save_history or bool(early_spots))
             gt_tokens = None
             if gt is not None:
                 _, gt_tokens = model.encode_to_z(normalize(gt[indices.numpy()], mean, std).to(device))
@@ -318,18 +450,61 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
             if save_history:
-                steps = [_paste(model.decode_tokens(t.to(device)), images, holes, decoding.paste)
-                         for t in history.tokens]  # the image after each step; the last one is `outputs`
-                save_history_pictures(out_dir, indices.tolist(), torch.stack(history.masks, 1),
-                                      denormalize(torch.stack([images, *steps], 1), mean, std))
+                save_history_pictures(out_dir, indices.tolist(),
+                                      decode_steps(model, history, images, holes, decoding.paste, mean, std), gt)
         collected["indices"].append(indices.numpy())
-        collected["inputs"].append(to_uint8_image(images, mean, std))
-        collected["outputs"].append(outputs_u8)
         collected["holes"].append(holes[:, 0].cpu().numpy())
+        collected["inputs"].append(painted(to_uint8_image(images, mean, std), collected["holes"][-1]))
+        collected["outputs"].append(outputs_u8)
     seconds = time.perf_counter() - start
     arrays = {key: np.concatenate(values) for key, values in collected.items()}
     early = {spot: (np.concatenate(early_outputs[spot]), early_hits[spot]) for spot in early_spots}
     return Result(**arrays, token_hits=hits, token_count=count, seconds=seconds, early=early)
+
+
+# ----------------------------------------------------------------------------- one image, from Python
+
+@dataclass
+class Inpainted:
+    """inpaint()'s answer."""
+    image: np.ndarray        # (H, W, 3) uint8 at the input's size; with paste, the input's known pixels exactly
+    model_image: np.ndarray  # (s, s, 3) uint8: the result at the model's size
+    model_input: np.ndarray  # (s, s, 3) uint8: what the model was given, hole painted gray
+    steps: list[Step]        # with return_steps: the input, then every step (see steps_figure)
+
+    def pil(self) -> Image.Image:
+        """The result at the input's size as a PIL image."""
+        return Image.fromarray(self.image)
+
+
+def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, *, total_iter: int = 8,
+            sweet_spot: int | None = None, mask_func: str | None = None, choice_temperature: float | None = None,
+            sample_temperature: float = 1.0, seed: int = 0, paste: bool = True, fit: str = "resize",
+            hole_white: bool = False, return_steps: bool = False) -> Inpainted:
+    """Fill the hole of one image (a file, PIL image or uint8 array of any size) with MaskGIT.
+
+    `mask` marks the hole (data.masks.read_hole: a bool array True = hole, a black-hole mask, white
+    with `hole_white`, or a painted RGBA layer). `model` defaults to the shipped one
+    (MaskGit.from_pretrained()). The image is resized (`fit` "resize") or centre-cropped ("crop") to
+    the model's size, decoded in `total_iter` steps stopped after `sweet_spot`, and given back at
+    its own size; `return_steps` adds every step. Same settings, same result as inpainting.py
+    --image. Bad input raises one UserError."""
+    model = model if model is not None else MaskGit.from_pretrained()
+    check_temperatures(choice_temperature, sample_temperature)
+    mask_func = mask_func or model.mask_func
+    decoding = Decoding("maskgit", total_iter, check_decoding(total_iter, sweet_spot, mask_func), mask_func,
+                        choice_temperature, sample_temperature, seed, paste)
+    vq = model.vqgan.cfg
+    name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
+    prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white, name=name)
+    device = next(model.parameters()).device
+    images = normalize(prepared.pixels, vq["mean"], vq["std"])[None].to(device)
+    holes = torch.from_numpy(prepared.model_hole)[None, None].to(device)
+    outputs, _, _, history = decode_holes(model, images, holes, [0], decoding, return_steps)
+    output = to_uint8_image(outputs, vq["mean"], vq["std"])[0]
+    steps = decode_steps(model, history, images, holes, paste, vq["mean"], vq["std"])[0] if return_steps else []
+    return Inpainted(restore_size(prepared.original, prepared.hole, output, fit, paste), output, prepared.pixels,
+                     steps)
 
 
 # ----------------------------------------------------------------------------- metrics and pictures
@@ -370,7 +545,8 @@ def clear_outputs(out_dir: Path) -> int:
     them): its lab-named images, so that a smaller run does not leave stale ones for FID to pick up,
     and its metrics.json, which a run without ground truth would otherwise leave behind. Returns how
     many files were removed."""
-    patterns = {"test_results": r"image_\d{3,}\.png", "mask_scheduling": r"test_\d+\.png", "imga": r"test_\d+\.png"}
+    patterns = {"test_results": r"image_\d{3,}\.png", "steps": r"test_\d+\.png", "mask_scheduling": r"test_\d+\.png",
+                "imga": r"test_\d+\.png"}
     stale = [f for folder, pattern in patterns.items() for f in out_dir.glob(f"{folder}/*.png")
              if re.fullmatch(pattern, f.name)]
     stale += [f for f in [out_dir / "metrics.json"] if f.is_file()]
@@ -397,18 +573,27 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial", type=float, default=1.0, help="fraction of the test set to use (the first ones)")
     p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
                    default=min(4, (os.cpu_count() or 2) // 2), help="data loading processes")
-    p.add_argument("--MaskGitConfig", default=DEFAULT_CONFIG,
-                   help="MaskGit YAML config, which names the VQGAN files (default: %(default)s)")
     p.add_argument("--load-transformer-ckpt-path", default=DEFAULT_TRANSFORMER,
-                   help="transformer weights (default: %(default)s)")
+                   help="transformer: an exported folder, which carries its config and names its VQGAN, or a plain "
+                        ".pt (the lab's) with --MaskGitConfig (default: %(default)s)")
+    p.add_argument("--MaskGitConfig", default=None,
+                   help=f"with a plain .pt transformer: its MaskGit YAML config, which names the VQGAN files "
+                        f"(default: {DEFAULT_CONFIG})")
+    p.add_argument("--vqgan", "--vqgan-ckpt", dest="vqgan", default=None,
+                   help="VQGAN weights (exported folder or .pt, e.g. the lab's VQGAN.pt; default: the one the "
+                        "transformer names); one the transformer was not trained on is refused")
     p.add_argument("--test-maskedimage-path", default=DEFAULT_MASKED,
                    help="masked images, hole painted gray (default: %(default)s)")
     p.add_argument("--test-mask-path", default=DEFAULT_MASKS,
                    help="masks paired by sorted name, black = hole (default: %(default)s)")
     p.add_argument("--gt-path", help="ground truth for metrics: folder, lab CSV or (with --image) an image file "
                    "(default: test_gt.csv beside the masked images, if there)")
-    p.add_argument("--no-strict-size", action="store_true",
-                   help="resize images and masks of another size than the config's (default: refuse them)")
+    p.add_argument("--fit", choices=FITS, default="resize",
+                   help="images of another size than the model's: resize them, or take their centre square "
+                        "(default: %(default)s); results are also written at the input's size in inpainted/")
+    p.add_argument("--mask-hole-white", action="store_true",
+                   help="white marks the hole in the masks (diffusers, LaMa; default: black = hole, the lab's); "
+                        "masks with transparency are read by their alpha: opaque = hole")
     p.add_argument("--random-seed", type=int, default=0, help="each image's randomness comes from (seed, index)")
     p.add_argument("--choice-temperature", type=float, default=None,
                    help="Gumbel noise on the confidence when choosing tokens to keep (default: the config's)")
@@ -424,16 +609,20 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_temperatures(choice_temperature: float | None, sample_temperature: float) -> None:
+    if sample_temperature < 0:
+        raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {sample_temperature}")
+    if choice_temperature is not None and choice_temperature < 0:
+        raise UserError(f"--choice-temperature must be >= 0, got {choice_temperature}")
+
+
 def check_common_arguments(args: argparse.Namespace) -> None:
     """Ranges of the flags of add_common_arguments."""
     check_minimum(args, 1, "--batch-size")
     check_minimum(args, 0, "--num_workers")
-    if args.sample_temperature < 0:
-        raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {args.sample_temperature}")
+    check_temperatures(args.choice_temperature, args.sample_temperature)
     if args.ring < 0:
         raise UserError(f"--ring must be at least 0, got {args.ring}")
-    if args.choice_temperature is not None and args.choice_temperature < 0:
-        raise UserError(f"--choice-temperature must be >= 0, got {args.choice_temperature}")
 
 
 def default_gt_path(args: argparse.Namespace) -> Path | None:
@@ -448,7 +637,8 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
     """The files and folders a run reads images from, found as the run finds them."""
     single = getattr(args, "image", None) is not None
     paths = [args.image, args.mask] if single else [args.test_maskedimage_path, args.test_mask_path]
-    return [resolve_path(p) for p in [*paths, args.gt_path] if p is not None]
+    return [resolve_path(p) for p in [*paths, args.gt_path, args.load_transformer_ckpt_path, args.vqgan]
+            if p is not None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -463,12 +653,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="outputs/inpainting",
                    help="where test_results/ etc. go (default: %(default)s)")
     p.add_argument("--save-history", action="store_true",
-                   help="also write mask_scheduling/test_{i}.png and imga/test_{i}.png (slower)")
+                   help="also write steps/test_{i}.png (a labelled figure of every step), mask_scheduling/test_{i}.png "
+                        "and imga/test_{i}.png (slower)")
     p.add_argument("--baseline", choices=BASELINES, help="fill holes without the model, for the results table")
     p.add_argument("--image", help="single-image mode: the image to inpaint")
-    p.add_argument("--mask", help="with --image: its mask (black = hole)")
+    p.add_argument("--mask", help="with --image: its mask (black = hole; see --mask-hole-white)")
     p.add_argument("--mask-kind", help=f"with --image (a clean one): generate a mask: {', '.join(MASK_KINDS)}")
     return p.parse_args(argv)
+
+
+def save_named(out_dir: Path, names: Sequence[str], originals: Sequence[tuple[np.ndarray, np.ndarray]],
+               outputs: np.ndarray, fit: str, paste: bool) -> None:
+    """inpainted/<name>.png for each input: its output at the input's size (restore_size) from the
+    input's (original image, hole) pair."""
+    (out_dir / "inpainted").mkdir(parents=True, exist_ok=True)
+    for name, (original, hole), output in zip(names, originals, outputs):
+        save_png(restore_size(original, hole, output, fit, paste), out_dir / "inpainted" / f"{Path(name).stem}.png")
+
+
+def folder_originals(dataset: Dataset, indices: Sequence[int], hole_white: bool) -> tuple[list[str], list]:
+    """File names and (image, hole) pairs at the images' own sizes of the items `indices` of an
+    open_dataset: what save_named needs."""
+    pairs = dataset.dataset if isinstance(dataset, Subset) else dataset
+    names, originals = [], []
+    for i in indices:
+        original = read_rgb(pairs.images.files[i])
+        height, width = original.shape[:2]
+        names.append(pairs.images.files[i].name)
+        originals.append((original, read_hole(pairs.mask_files[i], (width, height), hole_white)))
+    return names, originals
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -481,7 +694,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline and args.save_history:
         raise UserError("--save-history shows MaskGIT's steps; the baseline has none")
     out_dir = check_output_dir(args.output_dir, "--output-dir", OUTPUTS, input_paths(args))
-    cfg = load_config(args.MaskGitConfig)
+    if args.baseline and not resolve_path(args.load_transformer_ckpt_path).exists():
+        cfg = load_config(args.MaskGitConfig or DEFAULT_CONFIG)  # the baseline needs only the image size
+    else:
+        cfg = model_config(args.load_transformer_ckpt_path, args.MaskGitConfig)
     mask_func = args.mask_func or cfg["gamma_type"]
     sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
@@ -489,28 +705,37 @@ def main(argv: list[str] | None = None) -> None:
                         args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
-    strict = not args.no_strict_size
 
     if args.image is not None:
-        dataset, gt = open_single_image(args.image, cfg, args.mask, args.mask_kind, args.random_seed, strict)
+        prepared = prepare_image(resolve_path(args.image), None if args.mask is None else resolve_path(args.mask),
+                                 vq["img_resolution"], fit=args.fit, hole_white=args.mask_hole_white,
+                                 mask_kind=args.mask_kind, seed=args.random_seed, name=Path(args.image).name)
+        dataset = [(normalize(prepared.pixels, vq["mean"], vq["std"]), torch.from_numpy(prepared.model_hole)[None], 0)]
+        gt = None if prepared.clean is None else prepared.clean[None]
         gt_path = None if args.gt_path is None else resolve_path(args.gt_path)
         inputs = {"image": args.image, "mask": args.mask, "mask_kind": args.mask_kind}
         total = 1
     else:
-        dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, strict)
+        dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
+                               args.mask_hole_white)
         gt, gt_path = None, default_gt_path(args)
         inputs = {"masked_images": args.test_maskedimage_path, "masks": args.test_mask_path, "partial": args.partial}
         total = len(dataset.dataset) if isinstance(dataset, Subset) else len(dataset)
     if gt_path is not None:
         gt = open_ground_truth(gt_path, total, vq["img_resolution"])
 
-    model = None if args.baseline else load_model(cfg, args.load_transformer_ckpt_path, device)
+    model = None if args.baseline else load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan)
     removed = clear_outputs(out_dir)
     if removed:
         print(f"removed {removed} files of an earlier run from {out_dir}", file=sys.stderr)
     batch_size = args.batch_size or default_batch_size(device)
     result = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size, args.num_workers,
                             out_dir, args.save_history, gt, progress=not args.no_progress)
+    if args.image is not None:
+        names, originals = [Path(args.image).name], [(prepared.original, prepared.hole)]
+    else:
+        names, originals = folder_originals(dataset, result.indices.tolist(), args.mask_hole_white)
+    save_named(out_dir, names, originals, result.outputs, args.fit, not args.no_paste)
 
     title = f"{args.baseline} baseline" if args.baseline else f"{mask_func} T={args.total_iter} S={sweet_spot}"
     save_overview(out_dir / "overview.png", result.inputs, result.outputs,
@@ -518,14 +743,15 @@ def main(argv: list[str] | None = None) -> None:
     n = len(result.indices)
     print(f"inpainted {n} image{'s' * (n != 1)} in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s) "
           f"on {device}, batch size {batch_size}")
-    written = ["test_results/", "overview.png"] + (["mask_scheduling/", "imga/"] if args.save_history else [])
+    written = ["test_results/", "inpainted/", "overview.png"]
+    written += ["steps/", "mask_scheduling/", "imga/"] if args.save_history else []
     if gt is not None:
         metrics = result_metrics(result, gt)
         record = {**metrics, "images": n, "seconds": result.seconds, "settings": {
             **decoding.settings(), **inputs, "gt_path": None if gt_path is None else str(gt_path),
             "config": args.MaskGitConfig,
             "transformer_ckpt": None if args.baseline else args.load_transformer_ckpt_path,
-            "vqgan_ckpt": None if args.baseline else cfg["VQ_Configs"].get("VQ_CKPT_path"),
+            "vqgan_ckpt": None if args.baseline else args.vqgan or cfg.get("VQ_Configs", {}).get("VQ_CKPT_path"),
             "device": str(device), "batch_size": batch_size}}
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         written.append("metrics.json")

@@ -24,13 +24,13 @@ from common import (
     atomic_write,
     check_minimum,
     check_output_dir,
-    half_state_dict,
     load_checkpoint,
-    load_weights,
+    load_state,
     remove_orphaned_temp_files,
     resolve_device,
     save_checkpoint,
 )
+from models.pretrained import write_exported
 
 # ----------------------------------------------------------------------------- flags
 
@@ -57,7 +57,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
                    help="write the training losses to log.jsonl every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--random-seed", type=int, default=0)
-    p.add_argument("--export", metavar="PATH", help="write RUN_DIR/best.pt's weights in fp16 to PATH and exit")
+    p.add_argument("--export", metavar="DEST", help="write RUN_DIR/best.pt's weights as an exported folder (float16 "
+                   "safetensors + config.json) at DEST and exit")
 
 
 def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir") -> None:
@@ -341,10 +342,22 @@ def weights_note(run_dir: Path, name: str) -> str:
     return "no checkpoint was written"
 
 
-def export(module: nn.Module, run_dir: str | os.PathLike, key: str, dest: str | os.PathLike) -> None:
-    """Write the `key` weights of RUN_DIR/best.pt in fp16 to `dest` (loading them back gives fp32)."""
-    load_weights(module, Path(run_dir) / "best.pt", key=key)
-    save_checkpoint(half_state_dict(module), dest)
+def best_checkpoint(run_dir: str | os.PathLike, key: str) -> dict:
+    """RUN_DIR/best.pt, which must hold the `key` weights."""
+    return load_checkpoint(Path(run_dir) / "best.pt", keys=(key,))
+
+
+def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLike, kind: str, config: dict,
+           train_path: str | os.PathLike, **facts: object) -> None:
+    """Write the `key` weights of a run's best checkpoint, loaded into `module`, as an exported
+    folder at `dest` (float16 safetensors + config.json, models/pretrained.py) with the config, the
+    run's step and train_param, the training data's credits (CREDITS.md beside `train_path`, when
+    there) and `facts`."""
+    load_state(module, checkpoint[key], f"best.pt ({key})")
+    run = {k: checkpoint[k] for k in ("step", "best_val_loss", "best_psnr", "train_param") if k in checkpoint}
+    credits = Path(train_path).parent / "CREDITS.md"
+    data = {"train_path": str(train_path), **({"credits": credits.read_text()} if credits.is_file() else {})}
+    write_exported(dest, kind, module, config, run=run, data=data, **facts)
     print(f"wrote {dest}")
 
 

@@ -4,7 +4,7 @@ of a frozen stage-1 VQGAN.
     python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small
     python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small --resume
     torchrun --nproc_per_node 4 training_transformer.py --MaskGitConfig configs/MaskGit.yml --checkpoint-path runs/lab
-    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/maskgit_small.pt
+    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/transformer_small
 
 The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
 validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from inpainting import Decoding, result_metrics, run_inpainting
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
+from models.pretrained import read_vqgan_weights, vqgan_file_digests, weights_digest, weights_file
 from scoring import compute_metrics, fill_baseline
 from training import ResumableSampler, RunLog, check_finite
 
@@ -291,7 +293,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_ckpt:
         raise UserError(f"{args.config}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
-    if not Path(vqgan_ckpt).is_file():
+    if not Path(vqgan_ckpt).exists():
         raise UserError(f"VQGAN checkpoint not found: {vqgan_ckpt} (train stage 1 with training_vqgan.py, then "
                         "pass --vqgan-ckpt RUN_DIR/vqgan.pt or set VQ_CKPT_path in the config)")
     run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
@@ -316,7 +318,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
 
         seed_everything(args.random_seed)  # the same initial weights on every rank
         model = load_maskgit(cfg, vqgan_ckpt=vqgan_ckpt, device=device)
-        vqgan_digest = file_sha256(vqgan_ckpt)
+        vqgan_digest = file_sha256(weights_file(vqgan_ckpt))
         encoding = (batch, args.num_workers, device, rank, world)
         train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train",
                                    *encoding)  # (N, views, h*w)
@@ -342,7 +344,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         step, best_val_loss = 0, math.inf
         if source is not None:
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
-            if state.get("vqgan_digest") != vqgan_digest:
+            if state.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
                 raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
                              stop_at=stop_at)
@@ -418,12 +420,29 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         return model, step
 
 
+def export(args: argparse.Namespace, config: Config) -> None:
+    """--export DEST: the best transformer of the run as an exported folder that names its VQGAN
+    (--vqgan-ckpt, else the config's VQ_CKPT_path) by path and content digest, after checking that
+    this VQGAN is the file the run was trained on."""
+    best = training.best_checkpoint(args.run_dir, "model")
+    vqgan_path = args.vqgan_ckpt or config.model["VQ_Configs"]["VQ_CKPT_path"]
+    if not vqgan_path or not Path(vqgan_path).exists():
+        raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
+    if best.get("vqgan_digest") not in vqgan_file_digests(vqgan_path):
+        raise UserError(f"{args.run_dir}/best.pt was trained on another VQGAN file than {vqgan_path}; pass "
+                        "--vqgan-ckpt with the one it was trained on")
+    cfg = {k: v for k, v in best.get("config", config.model).items() if k != "VQ_Configs"}
+    relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
+    vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
+    training.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
+                    args.train_path, vqgan=vqgan)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_maskgit_file(args.config)
     if args.export:
-        training.export(BidirectionalTransformer(config.model["Transformer_param"]), args.run_dir, "model",
-                        args.export)
+        export(args, config)
     else:
         train(args, config)
 

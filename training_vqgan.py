@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
                    "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
-    p.add_argument("--weights", help="with --evaluate: a VQGAN checkpoint (training checkpoint or plain weights)")
+    p.add_argument("--weights",
+                   help="with --evaluate: VQGAN weights (exported folder, training checkpoint or plain weights)")
     return p.parse_args(argv)
 
 
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_vqgan_file(args.config)
     if args.export:
-        training.export(VQGAN(config.model), args.run_dir, "vqgan", args.export)
+        best = training.best_checkpoint(args.run_dir, "vqgan")
+        cfg = best.get("config", config.model)
+        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path)
     elif args.evaluate:
         evaluate(config.model, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
     else:

@@ -8,14 +8,13 @@ import importlib
 
 _EXPORTS = {
     "data.ground_truth": ("IMAGE_SUFFIXES", "list_images", "load_ground_truth", "read_gt_csv", "write_gt_csv"),
-    "data.images": ("read_image", "save_png"),
-    "data.masks": ("MASK_KINDS", "apply_mask", "generate_mask", "hole_fraction", "write_masks"),
+    "data.images": ("FITS", "read_image", "restore_size", "save_png"),
+    "data.masks": ("MASK_KINDS", "apply_mask", "generate_mask", "hole_fraction", "read_hole", "write_masks"),
     "data.prepare": ("assign_splits", "group_key", "load_stats", "prepare_dataset"),
     "data.datasets": (
         "ImageFolderDataset",
         "InpaintingDataset",
         "denormalize",
-        "load_hole",
         "normalize",
         "pixel_to_token_mask",
         "to_uint8_image",

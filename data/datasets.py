@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from common import UserError
 from data.ground_truth import list_images
 from data.images import check_sizes, read_image
+from data.masks import read_hole, warn_if_inverted
 
 Stats = float | Sequence[float]  # per-channel mean or std: one value or three
 
@@ -87,25 +88,21 @@ class ImageFolderDataset(Dataset):
         flip: bool = False,
         size: int = 64,
         strict: bool = False,
+        fit: str = "resize",
     ) -> None:
         self.files = list_images(root)
-        check_sizes(self.files, size, strict, root)
+        check_sizes(self.files, size, strict, root, fit)
         self.mean, self.std = mean, std
-        self.flip, self.size = flip, size
+        self.flip, self.size, self.fit = flip, size, fit
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        x = normalize(read_image(self.files[index], "RGB", self.size), self.mean, self.std)  # (3, H, W)
+        x = normalize(read_image(self.files[index], "RGB", self.size, self.fit), self.mean, self.std)  # (3, H, W)
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x
-
-
-def load_hole(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """A mask file -> bool (H, W), True = hole. Gray levels are thresholded at 50% (< 128 is hole)."""
-    return read_image(path, "L", size) < 128
 
 
 def names_correspond(a: str, b: str) -> bool:
@@ -129,8 +126,9 @@ class InpaintingDataset(Dataset):
     """Masked images paired with masks by sorted file order (the lab's masked_image/ and mask64/),
     with a warning when paired names do not correspond (see names_correspond).
     Item i: (image (3, size, size) normalized, hole (1, size, size) bool with True = hole, i).
-    A mask that is all hole is an error; an all-known mask gives a warning and an empty hole,
-    so that image comes back unchanged."""
+    Masks are read by data.masks.read_hole's rules (`hole_white`: white marks the hole), with a
+    warning for masks that look inverted. A mask that is all hole is an error; an all-known mask
+    gives a warning and an empty hole, so that image comes back unchanged."""
 
     def __init__(
         self,
@@ -140,8 +138,10 @@ class InpaintingDataset(Dataset):
         std: Stats,
         size: int = 64,
         strict: bool = False,
+        fit: str = "resize",
+        hole_white: bool = False,
     ) -> None:
-        self.images = ImageFolderDataset(masked_dir, mean, std, size=size, strict=strict)
+        self.images = ImageFolderDataset(masked_dir, mean, std, size=size, strict=strict, fit=fit)
         self.mask_files = list_images(mask_dir)
         if len(self.mask_files) != len(self.images):
             raise UserError(
@@ -149,12 +149,13 @@ class InpaintingDataset(Dataset):
                 " they are paired by sorted file name, so the counts must match"
             )
         warn_unrelated_pairs(self.images.files, self.mask_files)
-        check_sizes(self.mask_files, size, strict, mask_dir)
-        holes = np.stack([load_hole(f, size) for f in self.mask_files])  # (N, H, W), small: load once
+        check_sizes(self.mask_files, size, strict, mask_dir, fit)
+        holes = np.stack([read_hole(f, (size, size), hole_white, fit) for f in self.mask_files])  # (N, H, W)
         all_hole = holes.all(axis=(1, 2))
         if all_hole.any():
             raise UserError(f"mask {self.mask_files[int(all_hole.argmax())]} is entirely hole (all black): "
                             "there is nothing known to inpaint from")
+        warn_if_inverted(holes, [f.name for f in self.mask_files], hole_white)
         all_known = ~holes.any(axis=(1, 2))
         if all_known.any():
             warnings.warn(

@@ -38,22 +38,73 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8), "L")
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | tuple[int, int] | None = None) -> np.ndarray:
+FITS = ("resize", "crop")  # how an image of another size is brought to the model's square size
+
+
+def has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as RGB: 16-bit gray scaled to 8 bits, transparency composited on white."""
+    im = _to_8bit(im)
+    if has_alpha(im):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def fit_box(width: int, height: int, fit: str = "resize") -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) part of a width x height image that is brought to the model's
+    square: all of it ("resize", squashing the aspect ratio) or its centred square ("crop")."""
+    if fit not in FITS:
+        raise UserError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
+    if fit == "resize":
+        return 0, 0, width, height
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def fit_pil(im: Image.Image, size: tuple[int, int], fit: str = "resize", resample: int = Image.BICUBIC) -> Image.Image:
+    """`im`'s fit_box resized to `size` (width, height); unchanged when it already is that size."""
+    box = fit_box(*im.size, fit)
+    if im.size == size and box == (0, 0, *size):
+        return im
+    return im.resize(size, resample, box=box)
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | tuple[int, int] | None = None,
+               fit: str = "resize") -> np.ndarray:
     """Decode an image as a uint8 array: "RGB" -> HxWx3 (transparency composited on white), "L" -> HxW;
     16-bit grayscale is scaled to 8 bits. With `size` (a side, or (width, height)), images of another
-    size are resized to it (bicubic, or nearest for masks)."""
+    size are brought to it (see fit_box; bicubic, or nearest for "L")."""
     size = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as im:
-            im = _to_8bit(im)
-            if mode == "RGB" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
-                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            im = im.convert(mode)
-            if size is not None and im.size != size:
-                im = im.resize(size, Image.NEAREST if mode == "L" else Image.BICUBIC)
+            im = to_rgb(im) if mode == "RGB" else _to_8bit(im).convert(mode)
+            if size is not None:
+                im = fit_pil(im, size, fit, Image.NEAREST if mode == "L" else Image.BICUBIC)
             return np.asarray(im, dtype=np.uint8).copy()
     except _READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def restore_size(original: np.ndarray, hole: np.ndarray, output: np.ndarray, fit: str = "resize",
+                 paste: bool = True) -> np.ndarray:
+    """The model's square `output` (s, s, 3) brought back to the `original` (H, W, 3) uint8 image's
+    size: upscaled (bicubic) into the fit_box it came from; with `paste` only the `hole` (H, W) bool
+    pixels take it, so every known pixel of the original is kept exactly."""
+    height, width = original.shape[:2]
+    left, top, right, bottom = fit_box(width, height, fit)
+    up = np.asarray(Image.fromarray(output).resize((right - left, bottom - top), Image.BICUBIC))
+    result = original.copy()
+    region = result[top:bottom, left:right]
+    if paste:
+        inside = hole[top:bottom, left:right]
+        region[inside] = up[inside]
+    else:
+        region[:] = up
+    return result
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
@@ -61,9 +112,10 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, format="PNG", compress_level=6)
 
 
-def check_sizes(files: list[Path], size: int, strict: bool, folder: str | os.PathLike) -> None:
+def check_sizes(files: list[Path], size: int, strict: bool, folder: str | os.PathLike, fit: str = "resize") -> None:
     """Check that every file is a readable size x size image. Other sizes: one warning naming a file
-    and the count (they will be resized), or a UserError in strict mode."""
+    and the count (they will be resized, or centre-cropped with `fit` "crop"), or a UserError in
+    strict mode."""
     wrong = [(f, s) for f in files if (s := image_size(f)) != (size, size)]
     if not wrong:
         return
@@ -71,4 +123,5 @@ def check_sizes(files: list[Path], size: int, strict: bool, folder: str | os.Pat
     message = f"{len(wrong)} of {len(files)} images in {folder} are not {size}x{size} (e.g. {first.name} is {w}x{h})"
     if strict:
         raise UserError(message + "; resize them or drop strict mode")
-    warnings.warn(message + f"; resizing them to {size}x{size}", stacklevel=3)
+    how = "resizing" if fit == "resize" else "centre-cropping and resizing"
+    warnings.warn(message + f"; {how} them to {size}x{size}", stacklevel=3)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,14 @@ from PIL import Image, ImageDraw
 
 from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images
-from data.images import image_size, read_image, save_png
+from data.images import _READ_ERRORS, _to_8bit, fit_box, has_alpha, image_size, read_image, save_png
 
 MASK_KINDS = ("freeform", "box", "center", "border", "half")
 WRITE_KINDS = (*MASK_KINDS, "dataset")  # what `python -m data.masks --kind` takes
 KNOWN, HOLE = 255, 0
 HOLE_GRAY = 128  # value of hole pixels in a masked image
 HOLE_RANGE = (0.1, 0.5)  # default spread of the hole area, as a fraction of the image
+INVERTED_SHARE = 0.6  # a mask whose hole covers more than this looks inverted (the masks here stay below)
 
 
 def seeded_rng(seed: int, name: str) -> np.random.Generator:
@@ -141,6 +144,87 @@ def token_hole_bank(count: int, size: int, latent_size: int, seed: int = 0,
         hole = mask.reshape(latent_size, patch, latent_size, patch).min(axis=(1, 3)) < 128  # (L, L)
         bank[i] = hole.reshape(-1)
     return bank
+
+
+# ----------------------------------------------------------------------------- reading a user's mask
+
+MaskSource = str | os.PathLike | Image.Image | np.ndarray
+
+
+def _mask_array(mask: MaskSource) -> np.ndarray:
+    """A mask file, PIL image or array as a uint8 (H, W) gray or (H, W, 4) RGBA array, or a bool (H, W)."""
+    if isinstance(mask, np.ndarray):
+        if mask.dtype == bool and mask.ndim == 2:
+            return mask
+        if mask.ndim == 2 or (mask.ndim == 3 and mask.shape[2] in (3, 4)):
+            return mask.astype(np.uint8) if mask.dtype != np.uint8 else mask
+        raise UserError(f"a mask array must be (H, W) or (H, W, 3 or 4), got shape {mask.shape}")
+    if isinstance(mask, Image.Image):
+        im = _to_8bit(mask)
+        return np.asarray(im.convert("RGBA") if has_alpha(im) else im.convert("L"))
+    try:
+        with Image.open(mask) as im:
+            return _mask_array(im.copy())
+    except FileNotFoundError:
+        raise UserError(f"mask not found: {mask}") from None
+    except _READ_ERRORS as err:
+        raise UserError(f"cannot read image {mask}: {err}") from None
+
+
+def read_hole(mask: MaskSource, size: tuple[int, int] | None = None, hole_white: bool = False,
+              fit: str = "resize") -> np.ndarray:
+    """A user's mask -> bool (H, W), True = hole, by these rules:
+
+    - a bool array is the hole itself;
+    - a mask with transparency (RGBA, LA, a PNG's transparent colour, an (H, W, 4) array) that has
+      transparent pixels: its opaque pixels (alpha >= 128) are the hole, as painted on a layer;
+    - otherwise gray levels (RGB as luminance): black (< 128) is the hole, the lab's convention,
+      or white (>= 128) with `hole_white` (diffusers', LaMa's).
+
+    With `size` (width, height) the hole is brought to that size through `fit_box`: a pixel there is
+    hole when any hole pixel falls in it, so a downscaled hole still covers every hole pixel."""
+    array = _mask_array(mask)
+    if array.dtype == bool:
+        hole = array
+    elif array.ndim == 3 and array.shape[2] == 4 and (array[..., 3] < 128).any():
+        hole = array[..., 3] >= 128
+    else:
+        gray = array if array.ndim == 2 else np.asarray(Image.fromarray(array[..., :3]).convert("L"))
+        hole = gray >= 128 if hole_white else gray < 128
+    return hole if size is None else fit_hole(hole, size, fit)
+
+
+def fit_hole(hole: np.ndarray, size: tuple[int, int], fit: str = "resize") -> np.ndarray:
+    """A bool hole (H, W) brought to `size` (width, height) through fit_box: hole wherever any hole
+    pixel falls (box filter, > 0)."""
+    height, width = hole.shape
+    box = fit_box(width, height, fit)
+    if (width, height) == size and box == (0, 0, width, height):
+        return hole
+    coverage = Image.fromarray(hole.astype(np.float32)).resize(size, Image.BOX, box=box)
+    return np.asarray(coverage) > 1e-6
+
+
+def unfit_hole(hole: np.ndarray, size: tuple[int, int], fit: str = "resize") -> np.ndarray:
+    """A square bool hole (s, s) brought back into the fit_box of a `size` (width, height) image
+    (nearest); outside the box nothing is hole."""
+    width, height = size
+    left, top, right, bottom = fit_box(width, height, fit)
+    full = np.zeros((height, width), dtype=bool)
+    full[top:bottom, left:right] = np.asarray(Image.fromarray(hole).resize((right - left, bottom - top), Image.NEAREST))
+    return full
+
+
+def warn_if_inverted(holes: np.ndarray, names: list[str], hole_white: bool) -> None:
+    """One warning when masks (N, H, W) bool have holes that cover most of them, as inverted ones do."""
+    share = holes.reshape(len(holes), -1).mean(axis=1)
+    inverted = np.flatnonzero(share > INVERTED_SHARE)
+    if len(inverted):
+        i = int(inverted[0])
+        hint = ("if black marks the hole, drop --mask-hole-white (hole_white)" if hole_white else
+                "if white marks the hole, pass --mask-hole-white (hole_white=True)")
+        warnings.warn(f"{len(inverted)} of {len(holes)} masks look inverted: {names[i]} marks {share[i]:.0%} of the "
+                      f"image as hole; {hint}", stacklevel=3)
 
 
 def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

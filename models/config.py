@@ -287,12 +287,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_vqgan_file(path: str | os.PathLike) -> Config:
-    """A VQGAN config (training_vqgan.py's): model_param and train_param checked."""
-    path = Path(path)
-    data = read_yaml(path)
+def check_vqgan_model(values: Any, path: str | os.PathLike) -> dict:
+    """A VQGAN's model_param checked against its table and for consistency; errors name `path`."""
     where = f"{path} (model_param)"
-    cfg = check_section(data["model_param"], VQGAN_PARAM, path, "model_param")
+    cfg = check_section(values, VQGAN_PARAM, path, "model_param")
     ratio = cfg["img_resolution"] / cfg["latent_resolution"]
     if ratio < 1 or ratio != int(ratio) or int(ratio) & (int(ratio) - 1):
         raise UserError(f"{where}: img_resolution / latent_resolution must be a power of two, "
@@ -306,16 +304,27 @@ def load_vqgan_file(path: str | os.PathLike) -> Config:
     for key in ("mean", "std"):
         if len(cfg[key]) != cfg["image_channels"]:
             raise UserError(f"{where}: `{key}` needs {cfg['image_channels']} values, got {cfg[key]}")
+    return cfg
+
+
+def load_vqgan_file(path: str | os.PathLike) -> Config:
+    """A VQGAN config (training_vqgan.py's): model_param and train_param checked."""
+    path = Path(path)
+    data = read_yaml(path)
+    cfg = check_vqgan_model(data["model_param"], path)
     return Config(path, cfg, check_section(data.get("train_param"), VQGAN_TRAIN, path, "train_param"))
 
 
-def load_maskgit_file(path: str | os.PathLike) -> Config:
-    """A MaskGit config (the lab's structure, training_transformer.py's), checked against its VQGAN
-    config. model_param gets `vqgan` (the checked VQGAN model_param) and resolved VQGAN paths."""
-    path = Path(path)
-    data = read_yaml(path)
+# a MaskGit model_param without the VQGAN's file paths: what an exported model carries (models/pretrained.py)
+MASKGIT_MODEL = {k: v for k, v in MASKGIT_PARAM.items() if k != "VQ_Configs"}
+
+
+def check_maskgit_model(values: Any, vq: dict, path: str | os.PathLike, vq_source: str | os.PathLike,
+                        table: dict[str, Key] = MASKGIT_MODEL) -> dict:
+    """A MaskGit model_param checked against `table` and against its checked VQGAN model_param `vq`
+    (from `vq_source`), which it gets as cfg["vqgan"]; errors name `path`."""
     where = f"{path} (model_param)"
-    cfg = check_section(data["model_param"], MASKGIT_PARAM, path, "model_param")
+    cfg = check_section(values, table, path, "model_param")
     transformer = cfg["Transformer_param"]
     if transformer["dim"] % transformer["num_heads"]:
         raise UserError(f"{path} (model_param.Transformer_param): `dim` {transformer['dim']} is not divisible by "
@@ -323,17 +332,25 @@ def load_maskgit_file(path: str | os.PathLike) -> Config:
     for key in ("num_image_tokens", "num_codebook_vectors"):
         if transformer[key] != cfg[key]:
             raise UserError(f"{where}: `{key}` is {cfg[key]} but Transformer_param has {transformer[key]}")
-
-    vq_paths = cfg["VQ_Configs"]
-    vq_config_path = resolve_path(vq_paths["VQ_config_path"], path.parent)
-    vq = load_vqgan_file(vq_config_path).model
     if vq["num_codebook_vectors"] != cfg["num_codebook_vectors"]:
         raise UserError(f"{where}: `num_codebook_vectors` is {cfg['num_codebook_vectors']} but the VQGAN config "
-                        f"{vq_config_path} has {vq['num_codebook_vectors']}")
+                        f"{vq_source} has {vq['num_codebook_vectors']}")
     if vq["latent_resolution"] ** 2 != cfg["num_image_tokens"]:
         raise UserError(f"{where}: `num_image_tokens` is {cfg['num_image_tokens']} but the VQGAN config "
-                        f"{vq_config_path} gives {vq['latent_resolution']}x{vq['latent_resolution']} tokens")
+                        f"{vq_source} gives {vq['latent_resolution']}x{vq['latent_resolution']} tokens")
     cfg["vqgan"] = vq
+    return cfg
+
+
+def load_maskgit_file(path: str | os.PathLike) -> Config:
+    """A MaskGit config (the lab's structure, training_transformer.py's), checked against its VQGAN
+    config. model_param gets `vqgan` (the checked VQGAN model_param) and resolved VQGAN paths."""
+    path = Path(path)
+    data = read_yaml(path)
+    vq_paths = check_section(data["model_param"].get("VQ_Configs"), VQ_CONFIGS, path, "model_param.VQ_Configs")
+    vq_config_path = resolve_path(vq_paths["VQ_config_path"], path.parent)
+    vq = load_vqgan_file(vq_config_path).model
+    cfg = check_maskgit_model(data["model_param"], vq, path, vq_config_path, MASKGIT_PARAM)
     cfg["VQ_Configs"] = {**vq_paths, "VQ_config_path": str(vq_config_path)}
     if vq_paths["VQ_CKPT_path"]:
         cfg["VQ_Configs"]["VQ_CKPT_path"] = str(resolve_path(vq_paths["VQ_CKPT_path"], path.parent))

@@ -11,8 +11,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, load_weights
+from common import UserError, load_state, load_weights
 from models.config import load_maskgit_config
+from models.pretrained import (
+    DEFAULT_MODEL,
+    checked_vqgan_digest,
+    is_exported,
+    maskgit_config,
+    read_description,
+    read_vqgan_weights,
+    vqgan_config,
+    vqgan_path_of,
+)
 from models.schedules import SCHEDULERS, gamma_func, halton_ranks, masked_counts
 from models.transformer import BidirectionalTransformer
 from models.vqgan import VQGAN
@@ -70,6 +80,25 @@ class MaskGit(nn.Module):
         self.choice_temperature = cfg["choice_temperature"]
         self.mask_func = cfg["gamma_type"]
         self.gamma = gamma_func(self.mask_func)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = DEFAULT_MODEL, vqgan: str | Path | None = None,
+                        device: torch.device | str = "cpu") -> MaskGit:
+        """An exported transformer folder (default: the shipped one) with its VQGAN: the folder it
+        names, or `vqgan` (an exported folder or a torch file such as the lab's VQGAN.pt). A VQGAN
+        whose weights are not the ones the transformer was trained on is refused. Eval mode."""
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"model not found: {path}")
+        cfg = maskgit_config(path)
+        vqgan = Path(vqgan) if vqgan is not None else vqgan_path_of(path)
+        if vqgan is None:
+            raise UserError(f"{path} names no VQGAN folder; pass the VQGAN it was trained on (--vqgan)")
+        model = cls(cfg)
+        expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
+        _load_vqgan(model, vqgan, cfg["vqgan"], expected, path)
+        load_weights(model.transformer, path)
+        return model.to(device).eval()
 
     def train(self, mode: bool = True) -> MaskGit:
         super().train(mode)
@@ -177,17 +206,31 @@ class MaskGit(nn.Module):
         return sampled, history
 
 
+def _load_vqgan(model: MaskGit, path: str | Path, vq_cfg: dict, expected_digest: str | None = None,
+               transformer: str | Path | None = None) -> None:
+    """Load the VQGAN weights at `path` into model.vqgan; an exported VQGAN must carry the config
+    `vq_cfg`, and with `expected_digest` its weights must be the ones `transformer` was trained on."""
+    state = read_vqgan_weights(path)
+    if expected_digest is not None:
+        checked_vqgan_digest(path, state, expected_digest, transformer)
+    if is_exported(path) and vqgan_config(path) != vq_cfg:
+        raise UserError(f"the VQGAN {path} was exported with another config than the one the model asks for "
+                        f"({transformer or 'the MaskGit config'}): compare its config.json with it")
+    load_state(model.vqgan, state, path)
+
+
 def load_maskgit(config: dict | str | Path, transformer_ckpt: str | Path | None = None,
                  vqgan_ckpt: str | Path | None = None, device: torch.device | str = "cpu") -> MaskGit:
     """Build a MaskGit from its checked config (or the config file's path), load the frozen VQGAN
-    weights (the config's VQ_CKPT_path unless `vqgan_ckpt` is given) and, when given, the
-    transformer weights. Eval mode, on `device`."""
+    weights (the config's VQ_CKPT_path unless `vqgan_ckpt` is given: an exported folder or a torch
+    file) and, when given, the transformer weights. Eval mode, on `device`. For an exported
+    transformer folder use MaskGit.from_pretrained."""
     cfg = config if isinstance(config, dict) else load_maskgit_config(config)
     model = MaskGit(cfg)
     vqgan_ckpt = vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_ckpt:
         raise UserError("the MaskGit config has no VQ_Configs.VQ_CKPT_path for the stage-1 VQGAN weights")
-    load_weights(model.vqgan, vqgan_ckpt, key="vqgan")
+    _load_vqgan(model, vqgan_ckpt, cfg["vqgan"])
     if transformer_ckpt is not None:
         load_weights(model.transformer, transformer_ckpt, key="model")
     return model.to(device).eval()

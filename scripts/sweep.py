@@ -6,7 +6,8 @@ spots, with the inpainting metrics, and FID when the Inception weights are on th
 
 Writes OUT_DIR/sweep.csv (one row per setting, rewritten after each one) and OUT_DIR/sweep.png
 (each metric vs sweet spot, one line per mask function and T). The model and the data are loaded
-once; the runs use inpainting.py's functions in this process.
+once; the runs go through inpainting.py's decode path (decode_holes, as inpaint() and app.py do)
+in this process.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from inpainting import (
     default_batch_size,
     default_gt_path,
     input_paths,
-    load_config,
     load_model,
+    model_config,
     open_dataset,
     open_ground_truth,
     result_metrics,
@@ -117,11 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     writes = ["sweep.csv", "sweep.png"] + [setting_dir(f, t, s) for f, t, spots in grid for s in spots
                                            if args.save_images]
     out_dir = check_output_dir(args.out_dir, "--out-dir", writes, input_paths(args))
-    cfg = load_config(args.MaskGitConfig)
+    cfg = model_config(args.load_transformer_ckpt_path, args.MaskGitConfig)
     vq = cfg["vqgan"]
     device = resolve_device(args.device, args.cpu_fallback)
-    dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial,
-                           strict=not args.no_strict_size)
+    dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
+                           args.mask_hole_white)
     gt_path = default_gt_path(args)
     if gt_path is None:
         raise UserError("the sweep scores against ground truth: pass --gt-path (folder or lab CSV)")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fid and inception is None:
         print(f"note: FID skipped: no Inception weights ({WEIGHTS_NAME}) in torch's hub cache; pass "
               f"--inception-weights PATH or set ${WEIGHTS_ENV}", file=sys.stderr)
-    model = load_model(cfg, args.load_transformer_ckpt_path, device)
+    model = load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan)
     batch_size = args.batch_size or default_batch_size(device)
     choice_temperature = cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature
     out_dir.mkdir(parents=True, exist_ok=True)

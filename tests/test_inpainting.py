@@ -222,7 +222,10 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
     odd = tiny["root"] / "odd"
     if not odd.exists():
         odd.mkdir()
-        Image.new("RGB", (8, 8)).save(odd / "a.png")
+        Image.new("RGB", (32, 16)).save(odd / "a.png")
+        edge = np.full((16, 32), 255, dtype=np.uint8)
+        edge[:, :4] = 0  # a hole outside the centre square
+        Image.fromarray(edge).save(odd / "edge.png")
     few = tiny["root"] / "few_gt"
     if not few.exists():
         few.mkdir()
@@ -233,7 +236,8 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
         "missing config": (["--MaskGitConfig", "nope.yml"], "config not found"),
         "shape mismatch": (["--load-transformer-ckpt-path", str(wide.parent / "transformer.pt")], "shape mismatch"),
         "mask count": (["--test-mask-path", str(short)], "7 masked images"),
-        "image size": (["--image", str(odd / "a.png"), "--mask-kind", "box"], "not 16x16"),
+        "hole outside crop": (["--image", str(odd / "a.png"), "--mask", str(odd / "edge.png"), "--fit", "crop"],
+                              "the hole reaches outside the centre square"),
         "mask func": (["--mask-func", "nope"], "valid: linear, cosine"),
         "mask kind": (["--image", str(data / "clean" / "00.png"), "--mask-kind", "blob"], "freeform, box"),
         "cuda": (["--device", "cuda"], "CUDA is not available"),
@@ -243,7 +247,7 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
     }
 
 
-CASES = ["missing checkpoint", "missing config", "shape mismatch", "mask count", "image size", "mask func",
+CASES = ["missing checkpoint", "missing config", "shape mismatch", "mask count", "hole outside crop", "mask func",
          "mask kind", "cuda", "bad flag value", "gt count", "image without mask"]
 
 

@@ -3,6 +3,7 @@ that overfit, exact resume, refused truncated checkpoints, token-cache invalidat
 DDP with 2 gloo processes. Runs are in-process where possible; subprocesses where exit codes matter."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from common import UserError, load_checkpoint, load_weights, run_cli, save_check
 from data import ImageFolderDataset
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config
-from models.maskgit import load_maskgit
+from models.maskgit import MaskGit, load_maskgit
+from models.pretrained import read_safetensors, weights_digest
 from training import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +155,25 @@ def test_stage2_overfits_and_writes_its_files(ws, tmp_path):
     # the plain weights load into MaskGit for inpainting; the fp16 export loads back into fp32
     loaded = load_maskgit(str(ws.config), transformer_ckpt=str(run / "transformer.pt"))
     assert_same_weights(loaded.transformer.state_dict(), best["model"])
-    stage2.main(stage2_argv(ws, run, "--export", str(tmp_path / "fp16.pt")))
-    assert all(v.dtype == torch.float16 for v in load_checkpoint(tmp_path / "fp16.pt").values())
+    exported = tmp_path / "exported"
+    stage2.main(stage2_argv(ws, run, "--export", str(exported)))
+    assert all(v.dtype == torch.float16 for v in read_safetensors(exported).values())
     fresh = BidirectionalTransformer(load_maskgit_config(ws.config)["Transformer_param"])
-    load_weights(fresh, tmp_path / "fp16.pt")
+    load_weights(fresh, exported)
     torch.testing.assert_close(fresh.state_dict(), best["model"], atol=1e-3, rtol=1e-3)
+    meta = json.loads((exported / "config.json").read_text())
+    assert meta["kind"] == "maskgit" and meta["run"]["step"] == best["step"] and "VQ_Configs" not in meta["config"]
+    assert meta["vqgan"]["digest"] == weights_digest(torch.load(ws.vq_ckpt, weights_only=True))
+
+    # the folder loads alone (its VQGAN found from its record); another VQGAN is refused, naming both
+    model = MaskGit.from_pretrained(exported)
+    assert_same_weights(model.transformer.state_dict(), fresh.state_dict())
+    other = bad_vqgan_checkpoint(ws, tmp_path, same_shape=True)
+    with pytest.raises(UserError, match=f"{exported} was trained on another VQGAN than {other}"):
+        MaskGit.from_pretrained(exported, vqgan=other)
+    with pytest.raises(UserError, match=f"trained on another VQGAN file than {other}"):
+        stage2.main(stage2_argv(ws, run, "--export", str(tmp_path / "refused"), "--vqgan-ckpt", str(other)))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_stage2_resume_equals_uninterrupted_run(ws, tmp_path):
@@ -192,9 +208,10 @@ def test_truncated_checkpoint_is_refused(ws, tmp_path):
     assert len(error) == 1 and "last.pt" in error[0] and "truncated" in error[0], result.stderr
 
 
-def bad_vqgan_checkpoint(ws: SimpleNamespace, tmp_path: Path) -> Path:
-    cfg = {**load_vqgan_config(ws.vq_config), "latent_dim": 4}
-    save_checkpoint(VQGAN(cfg).state_dict(), tmp_path / "other.pt")
+def bad_vqgan_checkpoint(ws: SimpleNamespace, tmp_path: Path, same_shape: bool = False) -> Path:
+    """Another VQGAN's weights: of another shape, or (`same_shape`) the config's with other values."""
+    cfg = load_vqgan_config(ws.vq_config)
+    save_checkpoint(VQGAN(cfg if same_shape else {**cfg, "latent_dim": 4}).state_dict(), tmp_path / "other.pt")
     return tmp_path / "other.pt"
 
 
@@ -331,8 +348,18 @@ def test_stage1_smoke_then_stage2_on_its_tokens(ws, tmp_path, monkeypatch):
     psnr = records(run, "val_psnr")
     assert len(psnr) == 3 and psnr[-1] > psnr[0], psnr
     assert (run / "vqgan.pt").is_file() and (run / "curves.png").is_file()
-    _, step = run_stage2(ws, tmp_path / "maskgit", "--vqgan-ckpt", str(run / "vqgan.pt"), "--max-steps", "2")
+    # stage 2 on the exported stage-1 folder; the float32 run weights and their float16 export share a digest
+    vq_export = tmp_path / "vqgan_export"
+    run_stage1(ws, run, monkeypatch, "--export", str(vq_export))
+    assert json.loads((vq_export / "config.json").read_text())["digest"] == weights_digest(
+        load_checkpoint(run / "vqgan.pt"))
+    maskgit = tmp_path / "maskgit"
+    _, step = run_stage2(ws, maskgit, "--vqgan-ckpt", str(vq_export), "--max-steps", "2")
     assert step == 2
+    stage2.main(stage2_argv(ws, maskgit, "--vqgan-ckpt", str(vq_export), "--export", str(tmp_path / "maskgit_export")))
+    model = MaskGit.from_pretrained(tmp_path / "maskgit_export")
+    vq_state = read_safetensors(vq_export)
+    assert all(torch.equal(v, vq_state[k].float()) for k, v in model.vqgan.state_dict().items())
 
 
 def test_stage1_resume_equals_uninterrupted_run(ws, tmp_path, monkeypatch):

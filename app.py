@@ -1,0 +1,147 @@
+"""A page to inpaint your own image: upload one (or pick a test image), paint the hole, choose the
+decoding settings, and see the result beside a labelled figure of every step.
+
+    pip install -r requirements-demo.txt
+    python app.py                       # http://127.0.0.1:7860, offline, the shipped model
+    python app.py --model checkpoints/transformer_small --vqgan checkpoints/vqgan_small --port 7861
+
+The page calls inpainting.inpaint(), the function the CLI's single-image mode matches: the painted
+layer is the mask (opaque = hole, data.masks.read_hole's rule for RGBA masks), and the result
+keeps every unpainted pixel of the image exactly. It serves on 127.0.0.1 only and loads nothing
+from the network.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reporting
+
+import numpy as np
+
+from common import UserError, resolve_device, resolve_path, run_cli
+from data import list_images, read_hole
+from inpainting import Inpainted, inpaint, steps_figure
+from models.maskgit import MaskGit
+from models.pretrained import DEFAULT_MODEL
+from models.schedules import GAMMA_FUNCTIONS
+
+TEST_IMAGES = "datasets/twemoji/test"
+MAX_STEPS = 32
+BRUSH = "#ff00ff"
+
+
+def painted_mask(editor: dict | None) -> np.ndarray:
+    """The editor's painted layers merged into one RGBA mask (H, W, 4) whose opaque pixels are the
+    hole. One UserError when nothing is painted."""
+    layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
+    layers = [layer for layer in layers if layer.ndim == 3 and layer.shape[2] == 4 and layer[..., 3].any()]
+    if not layers:
+        raise UserError("paint the hole on the image with the brush first")
+    mask = np.zeros((*layers[0].shape[:2], 4), dtype=np.uint8)
+    mask[..., 3] = np.max([layer[..., 3] for layer in layers], axis=0)
+    return mask
+
+
+def to_editor(image: np.ndarray | None) -> dict | None:
+    """The editor's value for a new image: it as background, nothing painted."""
+    return None if image is None else {"background": image, "layers": [], "composite": image}
+
+
+def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_iter: int, sweet_spot: int, mask_func: str,
+        choice_temperature: float, sample_temperature: float, seed: int
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """One press of the button: (result at the image's size, the hole as read, the figure of every
+    step, a status line ending with the last step's label). A UserError is shown as one message."""
+    if image is None:
+        raise UserError("upload an image or pick a test image first")
+    mask = painted_mask(editor)
+    notes = []
+    if sweet_spot > total_iter:
+        notes.append(f"sweet spot {sweet_spot} is larger than T = {total_iter}; using {total_iter}")
+        sweet_spot = total_iter
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result: Inpainted = inpaint(image, mask, model, total_iter=int(total_iter), sweet_spot=int(sweet_spot),
+                                    mask_func=mask_func, choice_temperature=float(choice_temperature),
+                                    sample_temperature=float(sample_temperature), seed=int(seed),
+                                    return_steps=True)
+    notes += [str(w.message) for w in caught]
+    hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
+    figure = steps_figure(result.steps, title=f"{mask_func}, T = {total_iter}, sweet spot {sweet_spot}")
+    status = "\n\n".join([*(f"note: {n}" for n in notes), f"done: {result.steps[-1].label}"])
+    return result.image, hole, figure, status
+
+
+def build(model: MaskGit, test_images: list[Path]):
+    """The gradio Blocks of the page."""
+    import gradio as gr
+
+    def on_run(*values):
+        try:
+            return run(model, *values)
+        except UserError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    with gr.Blocks(title="MaskGIT inpainting") as page:
+        gr.Markdown("## MaskGIT inpainting (64x64 emoji-style model)\nUpload an image or pick a test image, paint "
+                    "the hole with the brush, then press **Inpaint**. Images of any size are resized to the "
+                    "model's 64x64 and the result is given back at their size; unpainted pixels are kept exactly.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload"], format="png",
+                                 elem_id="image")
+                if test_images:
+                    picker = gr.Dropdown([p.name for p in test_images], value=None, label="or pick a test image",
+                                         elem_id="picker")
+                    by_name = {p.name: str(p) for p in test_images}
+                    picker.change(lambda name: by_name.get(name), picker, image)
+                editor = gr.ImageEditor(label="paint the hole", type="numpy", image_mode="RGBA", sources=[],
+                                        format="png", layers=False, transforms=(),
+                                        brush=gr.Brush(colors=[BRUSH], default_color=BRUSH, color_mode="fixed"),
+                                        elem_id="editor")
+                image.change(to_editor, image, editor)
+            with gr.Column():
+                total_iter = gr.Slider(1, MAX_STEPS, value=8, step=1, label="T (steps of the mask schedule)")
+                sweet_spot = gr.Slider(1, MAX_STEPS, value=8, step=1, label="sweet spot S (steps run, at most T)")
+                mask_func = gr.Dropdown(list(GAMMA_FUNCTIONS), value=model.mask_func, label="mask schedule")
+                choice_temperature = gr.Slider(0, 10, value=model.choice_temperature, step=0.5,
+                                               label="choice temperature (Gumbel noise when choosing tokens to keep)")
+                sample_temperature = gr.Slider(0, 2, value=1.0, step=0.1, label="sample temperature (0 = argmax)")
+                seed = gr.Number(0, precision=0, label="seed")
+                button = gr.Button("Inpaint", variant="primary", elem_id="run")
+        with gr.Row():
+            result = gr.Image(label="result", format="png", type="numpy", elem_id="result", interactive=False)
+            hole = gr.Image(label="hole (as read: white = hole)", format="png", type="numpy", elem_id="hole",
+                            interactive=False)
+        figure = gr.Image(label="every step: token mask above, image below", format="png", type="numpy",
+                          elem_id="steps", interactive=False)
+        status = gr.Markdown(elem_id="status")
+        settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed]
+        button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="exported transformer folder (default: the shipped one)")
+    p.add_argument("--vqgan", default=None, help="VQGAN weights (default: the one the model names)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--test-images", default=TEST_IMAGES, help="folder offered in the picker (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the page needs gradio: pip install -r requirements-demo.txt") from None
+    model = MaskGit.from_pretrained(resolve_path(args.model), args.vqgan and resolve_path(args.vqgan),
+                                    resolve_device(args.device))
+    folder = resolve_path(args.test_images)
+    test_images = list_images(folder)[:200] if folder.is_dir() else []
+    build(model, test_images).launch(server_name="127.0.0.1", server_port=args.port, share=False)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,161 @@
+"""Exported models: self-describing folders that carry their resolved config, their weights in
+safetensors and, for a transformer, the content digest of the VQGAN it was trained on.
+
+    checkpoints/vqgan_small/        config.json  model.safetensors   (kind "vqgan")
+    checkpoints/transformer_small/  config.json  model.safetensors   (kind "maskgit")
+
+config.json holds `format`, `kind`, `config` (the checked model_param; a MaskGit's includes its
+VQGAN's as `vqgan`), `vqgan` for a transformer ({"digest": ..., "path": the VQGAN folder relative to
+this one}), and facts (`run`, `data`, `license`, `converted_from`). A weights digest is the SHA-256
+of the tensors' names, shapes and values rounded to float16 (the precision of exports), so the same
+weights give the same digest in a torch file and in safetensors, and a run's float32 weights the
+digest of their float16 export. Training checkpoints stay
+torch.save files (resumable state); this format is for finished weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common import REPO_ROOT, UserError, file_sha256, half_state_dict, read_weights
+from models.config import check_maskgit_model, check_vqgan_model
+
+FORMAT = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+KINDS = ("vqgan", "maskgit")
+DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """Content digest of a state_dict: names, shapes and values (floating point rounded to float16)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu()
+        value = value.half() if value.is_floating_point() else value
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """Whether `path` is an exported model folder (rather than a torch checkpoint file)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an exported folder's model.safetensors (or of a .safetensors file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"weights not found: {file}")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"cannot read {file} (truncated or not safetensors): {str(err)[:200]}") from None
+
+
+def read_description(path: str | os.PathLike, kind: str) -> dict:
+    """config.json of an exported folder, checked to be of `kind` ("vqgan" or "maskgit")."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise UserError(f"{path} is not an exported model folder (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("kind") not in KINDS:
+        raise UserError(f"{file} is not an exported model description (format {FORMAT}, kind vqgan or maskgit)")
+    if meta["kind"] != kind:
+        raise UserError(f"{path} holds a {meta['kind']} model, not a {kind} one")
+    return meta
+
+
+def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config: dict, **facts: object) -> str:
+    """Write `module`'s weights (float16) and its description to the folder `dest`, replacing an
+    earlier export there (and refusing any other existing file or folder). Returns the digest."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    if dest.exists() and not is_exported(dest):
+        raise UserError(f"{dest} exists and is not an exported model folder; choose a new folder for the export")
+    state = {k: v.contiguous() for k, v in half_state_dict(module).items()}
+    digest = weights_digest(state)
+    meta = {"format": FORMAT, "kind": kind, "digest": digest, "config": config, **facts}
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"kind": kind, "digest": digest})
+        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it readable by its owner only
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return digest
+
+
+def vqgan_config(path: str | os.PathLike) -> dict:
+    """The checked VQGAN model_param an exported VQGAN folder carries."""
+    return check_vqgan_model(read_description(path, "vqgan")["config"], Path(path) / CONFIG_FILE)
+
+
+def maskgit_config(path: str | os.PathLike) -> dict:
+    """The checked MaskGit model_param (with `vqgan`) an exported transformer folder carries."""
+    config = read_description(path, "maskgit").get("config")
+    where = Path(path) / CONFIG_FILE
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: missing `config`")
+    vq = check_vqgan_model(config.get("vqgan"), where)
+    return check_maskgit_model({k: v for k, v in config.items() if k != "vqgan"}, vq, where, where)
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file that holds the weights: an exported folder's model.safetensors, or `path` itself."""
+    return Path(path) / WEIGHTS_FILE if is_exported(path) else Path(path)
+
+
+def vqgan_file_digests(path: str | os.PathLike) -> set[str]:
+    """The SHA-256 file digests a VQGAN's weights are known by in training checkpoints (which record
+    file_sha256 of the VQGAN file they were trained on): the file's own, or for an exported folder
+    its model.safetensors' and those of the files it was converted from."""
+    if not is_exported(path):
+        return {file_sha256(path)}
+    sources = read_description(path, "vqgan").get("converted_from", [])
+    return {file_sha256(weights_file(path)), *(source["sha256"] for source in sources)}
+
+
+def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.Tensor], expected: str | None,
+                         model: str | os.PathLike) -> str:
+    """The content digest of the VQGAN weights `state` (read from `vqgan_path`); a UserError naming
+    both when it is not `expected`, the digest transformer `model` was trained with."""
+    digest = weights_digest(state)
+    if expected is not None and digest != expected:
+        raise UserError(f"the transformer {model} was trained on another VQGAN than {vqgan_path} "
+                        f"({expected[:19]}... expected, {digest[:19]}... found); pass the VQGAN it was "
+                        "trained on (--vqgan)")
+    return digest
+
+
+def vqgan_path_of(model: str | os.PathLike) -> Path | None:
+    """The VQGAN folder an exported transformer names (relative to itself), when it names one."""
+    relative = read_description(model, "maskgit").get("vqgan", {}).get("path")
+    return None if relative is None else (Path(model) / relative).resolve()
+
+
+def read_vqgan_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A VQGAN's state_dict from an exported folder or a torch file (the lab's VQGAN.pt)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"VQGAN weights not found: {path}")
+    return read_weights(path, key="vqgan")

@@ -1,0 +1,206 @@
+"""Your own image in, your own image out: the mask rules (alpha, white-hole, inverted), any image
+size (resize or centre crop, given back at the input's size with the known pixels exact), the
+Python API inpaint() against the CLI, the labelled steps, and exported model folders (digests,
+the shipped model, a VQGAN the transformer was not trained on)."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
+
+import inpainting
+from common import UserError, load_checkpoint, run_cli
+from data.masks import fit_hole, read_hole
+from models.maskgit import MaskGit
+from models.pretrained import DEFAULT_MODEL, read_description, read_safetensors, weights_digest
+from scripts.convert_weights import convert
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny random MaskGit as plain .pt files and as exported folders, and a 40x24 photo with a hole."""
+    root = tmp_path_factory.mktemp("api")
+    config = write_configs(root / "model")
+    convert("vqgan", root / "model" / "vqgan.pt", root / "model" / "VQGAN.yml", root / "vqgan_export")
+    convert("maskgit", root / "model" / "transformer.pt", config, root / "export", vqgan=root / "vqgan_export")
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    mask = np.full((24, 40), 255, dtype=np.uint8)
+    mask[8:14, 12:30] = 0  # black = hole
+    Image.fromarray(photo).save(root / "photo.png")
+    Image.fromarray(mask).save(root / "photo_mask.png")
+    return {"root": root, "config": config, "photo": photo, "hole": mask == 0,
+            "model": MaskGit.from_pretrained(root / "export")}
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------- mask rules
+
+def test_mask_rules_alpha_white_and_bool():
+    gray = np.full((4, 4), 255, dtype=np.uint8)
+    gray[0, :2] = 0
+    assert read_hole(gray).sum() == 2 and read_hole(gray)[0, :2].all()      # black = hole
+    assert read_hole(gray, hole_white=True).sum() == 14                     # white = hole
+    layer = np.zeros((4, 4, 4), dtype=np.uint8)                             # transparent = known
+    layer[1, 1:3] = (255, 0, 255, 255)                                      # painted = hole, whatever its colour
+    assert np.array_equal(np.argwhere(read_hole(layer)), [[1, 1], [1, 2]])
+    assert np.array_equal(np.argwhere(read_hole(Image.fromarray(layer, "RGBA"))), [[1, 1], [1, 2]])
+    opaque = np.dstack([np.dstack([gray] * 3), np.full((4, 4), 255, np.uint8)])  # no transparency: by gray level
+    assert read_hole(opaque).sum() == 2
+    assert read_hole(np.eye(4, dtype=bool)).sum() == 4
+
+
+def test_downscaled_hole_keeps_a_thin_stroke():
+    hole = np.zeros((480, 640), dtype=bool)
+    hole[100, :] = True  # one pixel high
+    small = fit_hole(hole, (64, 64))
+    assert small.shape == (64, 64) and small.any(axis=1).sum() >= 1 and small.any(axis=0).all()
+    assert fit_hole(hole, (64, 64), "crop")[:, :].any(axis=0).all()
+
+
+def test_inverted_mask_warns(tiny, tmp_path):
+    inverted = np.where(tiny["hole"], 255, 0).astype(np.uint8)  # white = hole, read as black = hole
+    with pytest.warns(UserWarning, match="look inverted: the mask marks 89% of the image as hole; if white marks"):
+        inpainting.inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*resized to 16x16")
+        same = inpainting.inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2, hole_white=True)
+    expected = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=2)
+    assert np.array_equal(same.image, expected.image)
+
+
+# ----------------------------------------------------------------------------- any size, API and CLI
+
+def test_any_size_is_given_back_with_known_pixels_exact(tiny):
+    with pytest.warns(UserWarning, match="40x24: resized to 16x16 for the model; the result is also given at 40x24"):
+        result = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4)
+    hole = tiny["hole"]
+    assert result.image.shape == (24, 40, 3) and result.model_image.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(result.image[~hole], tiny["photo"][~hole])
+    assert (result.image[hole] != tiny["photo"][hole]).any(axis=-1).mean() > 0.5
+    raw = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4, paste=False)
+    assert not np.array_equal(raw.image[~hole], tiny["photo"][~hole])
+
+
+def test_crop_keeps_everything_outside_the_hole(tiny):
+    hole = np.zeros((24, 40), dtype=bool)
+    hole[10:14, 18:22] = True
+    result = inpainting.inpaint(tiny["photo"], hole, tiny["model"], total_iter=3, fit="crop")
+    assert np.array_equal(result.image[~hole], tiny["photo"][~hole])
+    assert not np.array_equal(result.image[hole], tiny["photo"][hole])
+    edge = np.zeros((24, 40), dtype=bool)
+    edge[:, :3] = True  # outside the centre 24x24 square
+    with pytest.raises(UserError, match="reaches outside the centre square"):
+        inpainting.inpaint(tiny["photo"], edge, tiny["model"], fit="crop")
+
+
+def test_steps_are_labelled_and_end_with_the_result(tiny):
+    result = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=6, sweet_spot=4,
+                                return_steps=True)
+    masked = [s.masked for s in result.steps]
+    assert [s.step for s in result.steps] == [0, 1, 2, 3, 4]
+    assert masked[0] == result.steps[0].token_mask.sum() > 0 and masked[-1] == 0
+    assert masked == sorted(masked, reverse=True) and len(set(masked)) == len(masked)
+    assert result.steps[2].label == f"step 2: {masked[2]} tokens masked"
+    assert np.array_equal(result.steps[-1].image, result.model_image)
+    first = result.steps[0]  # the input, hole painted gray
+    model_hole = fit_hole(tiny["hole"], (SIZE, SIZE))
+    assert (first.image[model_hole] == 128).all()
+    figure = inpainting.steps_figure(result.steps, gt=result.model_image)
+    assert figure.dtype == np.uint8 and figure.shape[1] > figure.shape[0] > 150
+
+
+def test_cli_single_image_matches_the_api_and_keeps_the_name(tiny, tmp_path):
+    out = tmp_path / "one"
+    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
+                     str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
+                     "--total-iter", "4", "--output-dir", str(out), "--device", "cpu", "--no-progress",
+                     "--save-history", "--num_workers", "0"])
+    api = inpainting.inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"],
+                             total_iter=4)
+    assert np.array_equal(read(out / "test_results" / "image_000.png"), api.model_image)
+    assert np.array_equal(read(out / "inpainted" / "photo.png"), api.image)
+    figure = read(out / "steps" / "test_0.png")
+    assert figure.shape[1] > 5 * SIZE  # 5 labelled columns, larger than the unlabelled strip
+    assert read(out / "imga" / "test_0.png").shape == (SIZE + 4, 5 * (SIZE + 2) + 2, 3)
+
+
+def test_folder_mode_keeps_file_names_at_their_size(tiny, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(tiny["photo"]).save(images / "cat.png")
+    Image.fromarray(np.where(tiny["hole"], 0, 255).astype(np.uint8)).save(masks / "cat.png")
+    Image.fromarray(tiny["photo"][:16, :16]).save(images / "dog.png")
+    Image.fromarray(np.where(tiny["hole"][:16, :16], 0, 255).astype(np.uint8)).save(masks / "dog.png")
+    out = tmp_path / "out"
+    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--test-maskedimage-path",
+                     str(images), "--test-mask-path", str(masks), "--output-dir", str(out), "--device", "cpu",
+                     "--no-progress", "--num_workers", "0"])
+    cat, dog = read(out / "inpainted" / "cat.png"), read(out / "inpainted" / "dog.png")
+    assert cat.shape == (24, 40, 3) and dog.shape == (16, 16, 3)
+    assert np.array_equal(cat[~tiny["hole"]], tiny["photo"][~tiny["hole"]])
+    assert np.array_equal(dog, read(out / "test_results" / "image_001.png"))  # 16x16: the model's own result
+
+
+def test_overview_input_shows_the_hole(tiny):
+    prepared = inpainting.prepare_image(tiny["root"] / "photo.png", tiny["hole"], SIZE)
+    item = [(inpainting.normalize(prepared.pixels, *(tiny["model"].vqgan.cfg[k] for k in ("mean", "std"))),
+             torch.from_numpy(prepared.model_hole)[None], 0)]
+    cfg = tiny["model"].vqgan.cfg
+    result = inpainting.run_inpainting(item, tiny["model"], inpainting.Decoding(total_iter=2, sweet_spot=2),
+                                       cfg["mean"], cfg["std"], torch.device("cpu"), 1, progress=False)
+    assert (result.inputs[0][prepared.model_hole] == 128).all()
+
+
+@pytest.mark.parametrize("image, mask, message", [
+    ("missing.png", None, "image not found"),
+    (np.zeros((4, 4, 3)), None, "an image array must be uint8"),
+    (None, np.zeros(5, dtype=np.uint8), "a mask array must be"),
+    (None, "missing_mask.png", "mask not found"),
+    (None, np.ones((24, 40), dtype=bool), "entirely hole"),
+])
+def test_api_bad_input_is_one_user_error(tiny, image, mask, message):
+    with pytest.raises(UserError, match=message):
+        inpainting.inpaint(tiny["photo"] if image is None else image, tiny["hole"] if mask is None else mask,
+                           tiny["model"])
+
+
+# ----------------------------------------------------------------------------- exported folders
+
+def test_export_digest_survives_the_format_and_another_vqgan_is_refused(tiny, tmp_path, capsys):
+    meta = read_description(tiny["root"] / "export", "maskgit")
+    plain = load_checkpoint(tiny["root"] / "model" / "vqgan.pt")
+    assert meta["vqgan"]["digest"] == weights_digest(plain) == weights_digest(read_safetensors(
+        tiny["root"] / "vqgan_export"))
+    assert meta["vqgan"]["digest"] != weights_digest({k: v + 1e-2 for k, v in plain.items()})
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 0.5 if v.is_floating_point() else v for k, v in plain.items()}, other)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--vqgan",
+                                         str(other), "--image", str(tiny["root"] / "photo.png"), "--mask-kind",
+                                         "box", "--output-dir", str(tmp_path / "o"), "--device", "cpu"]))
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert f"{tiny['root'] / 'export'} was trained on another VQGAN than {other}" in err[0]
+    # the same weights as a lab-style .pt are accepted (same digest)
+    assert isinstance(MaskGit.from_pretrained(tiny["root"] / "export", tiny["root"] / "model" / "vqgan.pt"), MaskGit)
+
+
+def test_shipped_model_is_self_describing():
+    meta = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert meta["kind"] == "maskgit" and meta["config"]["vqgan"]["img_resolution"] == 64
+    assert "CC-BY 4.0" in meta["data"]["credits"]
+    model = MaskGit.from_pretrained()
+    assert weights_digest(model.vqgan.state_dict()) == meta["vqgan"]["digest"]

@@ -1,0 +1,110 @@
+"""The page (app.py) in a real headless browser: upload an image of another size than the model's,
+paint a stroke, run, wait for the last step, and check that the result differs from the input only
+inside the hole. Skipped when gradio, selenium, chromium or chromedriver is missing (CI installs them)."""
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+webdriver = pytest.importorskip("selenium.webdriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if CHROMIUM is None or DRIVER is None:
+    pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
+
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page():
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"app.py exited: {server.stdout.read()}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("app.py did not serve within 120 s")
+        options = webdriver.ChromeOptions()
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1800"):
+            options.add_argument(flag)
+        options.binary_location = CHROMIUM
+        try:
+            driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+        except WebDriverException as err:
+            pytest.skip(f"chromium does not start here: {err.msg}")
+        driver.get(url)
+        yield driver
+        driver.quit()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def fetch(driver, selector: str) -> np.ndarray:
+    src = driver.find_element(By.CSS_SELECTOR, f"{selector} img").get_attribute("src")
+    with urllib.request.urlopen(src, timeout=10) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
+    image = np.zeros((80, 96, 3), dtype=np.uint8)  # not the model's 64x64: resized and given back at 96x80
+    image[..., 0] = np.linspace(0, 255, 96)[None].astype(np.uint8)
+    image[..., 1] = 120
+    image[..., 2] = np.linspace(255, 0, 80)[:, None].astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "gradient.png")
+    wait = WebDriverWait(page, 120)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+
+    page.find_element(By.CSS_SELECTOR, "#run").click()  # nothing uploaded: one message, no traceback
+    wait.until(lambda d: "upload an image or pick a test image first" in d.page_source)
+    assert "Traceback" not in page.page_source
+
+    page.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(tmp_path / "gradient.png"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#editor button[aria-label=Brush]"))
+    time.sleep(2)  # the editor takes the image as its background
+    page.find_element(By.CSS_SELECTOR, "#editor button[aria-label=Brush]").click()
+    canvas = page.find_element(By.CSS_SELECTOR, "#editor canvas")
+    ActionChains(page).move_to_element_with_offset(canvas, -50, 0).click_and_hold().move_by_offset(40, 5) \
+        .move_by_offset(40, -5).release().perform()
+    page.find_element(By.CSS_SELECTOR, "#run").click()
+    wait.until(lambda d: "done:" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    status = page.find_element(By.CSS_SELECTOR, "#status").text
+    assert "done: step 8: 0 tokens masked" in status and "96x80: resized to 64x64" in status
+
+    result, hole = fetch(page, "#result"), fetch(page, "#hole")[..., 0] > 127
+    assert result.shape == image.shape and hole.shape == image.shape[:2]
+    assert 0 < hole.mean() < 0.9
+    assert np.array_equal(result[~hole], image[~hole])  # every unpainted pixel exactly
+    assert (result[hole] != image[hole]).any(axis=-1).mean() > 0.5
+    assert fetch(page, "#steps").shape[1] > 500  # the labelled figure of the 9 columns
