@@ -521,13 +521,15 @@ def result_metrics(result: Result, gt: np.ndarray) -> dict:
 
 def save_overview(path: str | os.PathLike, inputs: np.ndarray, outputs: np.ndarray, gt: np.ndarray | None = None,
                   title: str = "") -> None:
-    """One page: input | inpainted | ground truth (when given) for the first 16 images, 4 per row."""
+    """One page: input | inpainted | ground truth (when given) for 16 images spread evenly over the
+    set (sorted file names group look-alikes, such as the flags), 4 per row."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = min(OVERVIEW_IMAGES, len(inputs))
-    columns = [inputs[:n], outputs[:n]] + ([gt[:n]] if gt is not None else [])
+    picks = np.linspace(0, len(inputs) - 1, n).round().astype(int)
+    columns = [inputs[picks], outputs[picks]] + ([gt[picks]] if gt is not None else [])
     cells = np.stack([tile(np.stack(triplet), len(columns), pad=1, value=160) for triplet in zip(*columns)])
     grid = tile(cells, columns=min(4, n), pad=8, value=255)
     height, width = grid.shape[:2]
@@ -535,7 +537,7 @@ def save_overview(path: str | os.PathLike, inputs: np.ndarray, outputs: np.ndarr
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     label = "input | inpainted" + (" | ground truth" if gt is not None else "")
-    ax.set_title(f"{label}   (first {n} of {len(inputs)}){'   ' + title if title else ''}", fontsize=9)
+    ax.set_title(f"{label}   ({n} of {len(inputs)}, evenly spaced){'   ' + title if title else ''}", fontsize=9)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
