@@ -23,7 +23,7 @@ import numpy as np
 
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
-from inpainting import Inpainted, inpaint, steps_figure
+from inpainting import SAMPLE_TEMPERATURE, Inpainted, inpaint, steps_figure
 from models.maskgit import MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
@@ -109,7 +109,8 @@ def build(model: MaskGit, test_images: list[Path]):
                 mask_func = gr.Dropdown(list(GAMMA_FUNCTIONS), value=model.mask_func, label="mask schedule")
                 choice_temperature = gr.Slider(0, 10, value=model.choice_temperature, step=0.5,
                                                label="choice temperature (Gumbel noise when choosing tokens to keep)")
-                sample_temperature = gr.Slider(0, 2, value=1.0, step=0.1, label="sample temperature (0 = argmax)")
+                sample_temperature = gr.Slider(0, 2, value=SAMPLE_TEMPERATURE, step=0.1,
+                                               label="sample temperature (0 = argmax)")
                 seed = gr.Number(0, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
