@@ -13,6 +13,7 @@ evenly whatever the model believes; see `halton_ranks`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -42,10 +43,12 @@ def radical_inverse(index: int, base: int) -> float:
     return value
 
 
+@functools.lru_cache(maxsize=8)
 def halton_ranks(side: int) -> torch.Tensor:
     """Each token's place (N,) = (side*side,), row-major, in the order a 2-D Halton sequence (bases
     2 and 3) first visits the cells of a side x side grid: 0 is revealed first. Consecutive points
-    of the sequence fall far apart, so every step's tokens are spread over the whole hole."""
+    of the sequence fall far apart, so every step's tokens are spread over the whole hole. Cached
+    (decoding asks at every step): do not modify the returned tensor."""
     ranks = torch.full((side * side,), -1, dtype=torch.long)
     visited, index = 0, 0
     while visited < side * side:
