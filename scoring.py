@@ -28,31 +28,27 @@ def psnr_from_mse(mse: float) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
 
 
-def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray, ssim: bool = True) -> dict:
+def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray) -> dict:
     """Means over the images that have a hole (uint8 (N, H, W, 3) outputs and ground truth, (N, H, W)
-    holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM (unless
-    `ssim` is False), and L1 in the hole (pixel values in [0, 1])."""
+    holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM, and L1 in
+    the hole (pixel values in [0, 1])."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # scipy: slow to import
 
     scored = [i for i in range(len(outputs)) if holes[i].any()]
     if not scored:
         raise UserError("no image has a hole (every mask is all white): nothing to score")
-    psnr, psnr_hole, ssims, l1_hole = [], [], [], []
+    psnr, psnr_hole, ssim, l1_hole = [], [], [], []
     for i in scored:
         out, ref = outputs[i], gt[i]
         with np.errstate(divide="ignore"):  # identical images: skimage divides by an MSE of 0
             psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(ref, out, data_range=255))))
-        if ssim:
-            ssims.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
+        ssim.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
         # scikit-image has no masked PSNR: MSE over the hole pixels only, converted to dB the same way
         diff = out[holes[i]].astype(np.float64) - ref[holes[i]]  # (P, 3)
         psnr_hole.append(psnr_from_mse(float(np.mean(diff ** 2))))
         l1_hole.append(float(np.mean(np.abs(diff))) / 255)
-    metrics = {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)),
-               "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
-    if ssim:
-        metrics["ssim"] = float(np.mean(ssims))
-    return metrics
+    return {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)), "ssim": float(np.mean(ssim)),
+            "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
 
 
 # ----------------------------------------------------------------------------- baselines
