@@ -56,7 +56,7 @@ from data import (
 from data.images import fit_box, fit_pil, to_rgb
 from data.masks import MaskSource, fit_hole, seeded_rng, unfit_hole, warn_if_inverted
 from models.config import load_maskgit_config
-from models.maskgit import DecodeHistory, MaskGit, load_maskgit
+from models.maskgit import READOUTS, Decoded, DecodeHistory, MaskGit, load_maskgit
 from models.pretrained import is_exported, maskgit_config
 from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
 from scoring import BASELINES, compute_metrics, fill_baseline
@@ -90,6 +90,7 @@ class Decoding:
     paste: bool = True                        # paste the known pixels back over the decode
     scheduler: str = "confidence"             # which tokens each step keeps: a name in SCHEDULERS
     ring: int = 0                             # also regenerate this many rings of tokens around the hole
+    readout: str = "mean"                     # what the hole decodes: the sampled tokens or their mean (READOUTS)
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -252,14 +253,14 @@ def make_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
 
 
 def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indices: Sequence[int],
-                decoding: Decoding, steps: int, history: bool = False) -> tuple[torch.Tensor, DecodeHistory | None]:
-    """Run the first `steps` steps of the schedule on tokens z (B, N) -> (tokens (B, N), step history)."""
+                decoding: Decoding, steps: int, history: bool = False) -> Decoded:
+    """Run the first `steps` steps of the schedule on tokens z (B, N) (MaskGit.inpaint)."""
     device = z.device
     return model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=steps,
                          mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
                          sample_temperature=decoding.sample_temperature, scheduler=decoding.scheduler,
                          generators=make_generators(decoding.seed, indices), return_history=history,
-                         autocast_ctx=lambda: autocast(device))
+                         autocast_ctx=lambda: autocast(device), readout=decoding.readout)
 
 
 def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, paste: bool) -> torch.Tensor:
@@ -275,8 +276,8 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); step history)."""
     token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
     _, z = model.encode_to_z(images)  # (B, N)
-    tokens, steps = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history)
-    return _paste(model.decode_tokens(tokens), images, holes, decoding.paste), tokens, token_mask, steps
+    tokens, steps, probs = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history)
+    return _paste(model.decode_tokens(tokens, probs), images, holes, decoding.paste), tokens, token_mask, steps
 
 
 @dataclass
@@ -292,11 +293,17 @@ class Step:
         return f"step {self.step}: {self.masked} tokens masked"
 
 
+def decode_step(model: MaskGit, history: DecodeHistory, t: int, device: torch.device) -> torch.Tensor:
+    """The image (B, 3, H, W) a sweet spot of t+1 gives, with the run's readout."""
+    tokens, probs = history.readout(t)
+    return model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device))
+
+
 def decode_steps(model: MaskGit, history: DecodeHistory, images: torch.Tensor, holes: torch.Tensor, paste: bool,
                  mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
     """Per image of the batch, its Steps: the input (hole gray), then the image after each step."""
-    frames = [to_uint8_image(_paste(model.decode_tokens(t.to(images.device)), images, holes, paste), mean, std)
-              for t in history.tokens]  # S x (B, H, W, 3)
+    frames = [to_uint8_image(_paste(decode_step(model, history, t, images.device), images, holes, paste), mean, std)
+              for t in range(len(history.tokens))]  # S x (B, H, W, 3)
     frames.insert(0, painted(to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy()))
     masks = torch.stack(history.masks, 1).numpy()  # (B, S+1, N)
     side = math.isqrt(masks.shape[-1])
@@ -443,11 +450,10 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                 hits += int((tokens == gt_tokens)[token_mask].sum())
                 count += int(token_mask.sum())
             for spot in early_spots:
-                spot_tokens = history.tokens[spot - 1].to(device)
                 early_outputs[spot].append(to_uint8_image(
-                    _paste(model.decode_tokens(spot_tokens), images, holes, decoding.paste), mean, std))
+                    _paste(decode_step(model, history, spot - 1, device), images, holes, decoding.paste), mean, std))
                 if gt_tokens is not None:
-                    early_hits[spot] += int((spot_tokens == gt_tokens)[token_mask].sum())
+                    early_hits[spot] += int((history.tokens[spot - 1].to(device) == gt_tokens)[token_mask].sum())
             outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
         if out_dir is not None:
             for i, pixels in zip(indices.tolist(), outputs_u8):
@@ -610,6 +616,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring", type=int, default=0,
                    help="also regenerate this many rings of known tokens around the hole, whose encoding saw the "
                         "gray hole (known pixels are still pasted back) (default: %(default)s)")
+    p.add_argument("--readout", choices=READOUTS, default=Decoding.readout,
+                   help="what the hole decodes: the sampled tokens, or for each the code vector its predicted "
+                        "distribution expects (smoother, closer in PSNR) (default: %(default)s)")
     p.add_argument("--no-paste", action="store_true",
                    help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -708,7 +717,8 @@ def main(argv: list[str] | None = None) -> None:
     sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
-                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring)
+                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
+                        args.readout)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
 

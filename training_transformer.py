@@ -34,14 +34,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import training
-from common import UserError, autocast, file_sha256, load_checkpoint, run_cli, save_checkpoint, seed_everything
+from common import (
+    UserError,
+    autocast,
+    file_sha256,
+    load_checkpoint,
+    load_weights,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+)
 from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
 from data.masks import dataset_mask, token_hole_bank
 from inpainting import Decoding, result_metrics, run_inpainting
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
-from models.pretrained import read_vqgan_weights, vqgan_file_digests, weights_digest, weights_file
+from models.pretrained import read_description, read_vqgan_weights, vqgan_file_digests, weights_digest, weights_file
 from scoring import compute_metrics, fill_baseline
 from training import ResumableSampler, RunLog, check_finite
 
@@ -65,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also keep a resumable epochNNN.pt every N epochs (0: only last.pt and best.pt)")
     p.add_argument("--start-from-epoch", type=int, default=0,
                    help="restart from the epochNNN.pt snapshot written after epoch N (see --save-per-epoch)")
+    p.add_argument("--init-from", metavar="WEIGHTS", default=None,
+                   help="start a new run from these transformer weights (a run's best.pt or last.pt, "
+                        "transformer.pt or an exported folder), with a fresh optimizer and schedule: fine-tuning")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
     p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")
@@ -142,6 +154,15 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return losses, picked.argmax(-1) == targets
 
 
+def mean_code_error(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
+                    ) -> torch.Tensor:
+    """Squared distance per masked position (M,), per latent dimension, between the code vector the
+    predicted distribution expects and the target's: the error of MaskGit.mean_latents, which
+    --readout mean decodes. codebook (num_codebook_vectors, C)."""
+    probs = F.softmax(logits[mask][:, :-1].float(), dim=-1)  # (M, num_codebook_vectors)
+    return (probs @ codebook - codebook[targets[mask]]).pow(2).mean(-1)
+
+
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on the weights of linear layers; none on biases, norms, embeddings."""
     decayed = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
@@ -215,6 +236,20 @@ def inpainting_summary(metrics: dict[str, float]) -> str:
             f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
 
 
+def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
+    """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` (checked when the
+    file says which VQGAN it was trained on: a run checkpoint or an exported folder)."""
+    if path.is_dir():
+        trained_on = read_description(path, "maskgit").get("vqgan", {}).get("digest")
+        known = {weights_digest(read_vqgan_weights(vqgan_ckpt))}
+    else:
+        trained_on = None if path.suffix == ".safetensors" else load_checkpoint(path).get("vqgan_digest")
+        known = vqgan_file_digests(vqgan_ckpt)
+    if trained_on is not None and trained_on not in known:
+        raise UserError(f"--init-from {path} was trained on the tokens of another VQGAN than {vqgan_ckpt}")
+    load_weights(model.transformer, path, key="model")
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """The stage-2 flags' values (the shared ones: training.check_run_arguments)."""
     if not 0 < args.partial <= 1:
@@ -225,6 +260,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--val-inpaint must be at least 0, got {args.val_inpaint}")
     if args.resume and args.start_from_epoch:
         raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
+    if args.init_from and (args.resume or args.start_from_epoch):
+        raise UserError("--init-from starts a new run; --resume and --start-from-epoch continue one")
+    if args.init_from and not Path(args.init_from).exists():
+        raise UserError(f"--init-from: {args.init_from} not found")
 
 
 # ----------------------------------------------------------------------------- training
@@ -256,7 +295,8 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
                ) -> dict[str, torch.Tensor]:
     """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
     random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions).
-    Returns the loss (mean over micro-batches and ranks), the masked-token accuracy and the
+    The objective is the cross-entropy plus, with `latent_loss_weight`, the mean code vector's error.
+    Returns the cross-entropy (mean over micro-batches and ranks), the masked-token accuracy and the
     gradient norm before clipping."""
     device, accum = next(s.model.transformer.parameters()).device, len(micro_batches)
     stats = torch.zeros(3, device=device)  # loss (sum of micro-batch means), correct, masked count
@@ -268,7 +308,11 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
             with autocast(device):
                 logits, targets, mask = s.ddp(z, within=within)  # logits (B, h*w, vocab)
             losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
-            (losses.mean() / accum).backward()
+            loss = losses.mean()
+            if tcfg["latent_loss_weight"]:
+                codebook = s.model.vqgan.codebook.embedding.weight
+                loss = loss + tcfg["latent_loss_weight"] * mean_code_error(logits, targets, mask, codebook).mean()
+            (loss / accum).backward()
         stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
     if world > 1:
         dist.all_reduce(stats)
@@ -325,7 +369,9 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)
         val_masks = model.random_mask(len(val_tokens), torch.device("cpu"),
                                       torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
-        if tcfg["embedding_init"] == "codebook" and source is None:
+        if args.init_from:
+            init_from(model, Path(args.init_from), vqgan_ckpt)
+        elif tcfg["embedding_init"] == "codebook" and source is None:
             model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
                                                    torch.Generator().manual_seed(args.random_seed))
         hole_bank = None

@@ -220,6 +220,8 @@ MASKGIT_TRAIN = {
     "flip": Key(boolean, True),                      # the tokens of the image or of its mirror image, at random
     "embedding_init": Key(choice(("random", "codebook")), "random"),  # codebook: start from the VQGAN's codes
     "hole_mask_share": Key(number(0.0, below=1.0), 0.0),  # samples masked inside a generated hole, not anywhere
+    # weight of the squared error of the predicted mean code vector (what --readout mean decodes), added to the CE
+    "latent_loss_weight": Key(number(0.0), 0.0),
 }
 
 

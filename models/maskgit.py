@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,15 @@ def uniform_noise(generators: Sequence[torch.Generator] | None, shape: tuple[int
     return u.clamp(1e-20, 1 - 1e-7)
 
 
+def sampling_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The distribution sample_tokens draws from: logits (B, N, vocab) -> (B, N, vocab - 1), the mask
+    token left out; one-hot on the argmax when temperature is 0."""
+    logits = logits[..., :-1]
+    if temperature <= 0:
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    return F.softmax(logits / temperature, dim=-1)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float,
                   generators: Sequence[torch.Generator] | None) -> torch.Tensor:
     """One token per position from softmax(logits / temperature), by inverse CDF with per-sample
@@ -62,9 +72,27 @@ def mask_least_confident(confidence: torch.Tensor, unknown: torch.Tensor, n_mask
 class DecodeHistory:
     """What iterative decoding did, step by step, each tensor (B, N) on the CPU.
     masks[0] is the input mask, masks[t+1] the mask after step t; tokens[t] is step t's result with
-    every still-masked position filled by that step's choice (what a sweet spot of t+1 returns)."""
+    every still-masked position filled by that step's choice (what a sweet spot of t+1 returns); with
+    the "mean" readout, probs[t] (B, N, num_codebook_vectors) is what a sweet spot of t+1 decodes."""
     masks: list[torch.Tensor] = field(default_factory=list)
     tokens: list[torch.Tensor] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)
+
+    def readout(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, probs or None) of step t, for MaskGit.decode_tokens."""
+        return self.tokens[t], self.probs[t] if self.probs else None
+
+
+READOUTS = ("sample", "mean")  # what the final image decodes in the hole: the sampled tokens, or their mean
+
+
+class Decoded(NamedTuple):
+    """What MaskGit.inpaint returns: tokens (B, N); the step history (return_history); and with the
+    "mean" readout, for each position filled, the distribution (B, N, num_codebook_vectors) its
+    token was sampled from (zero rows elsewhere)."""
+    tokens: torch.Tensor
+    history: DecodeHistory | None
+    probs: torch.Tensor | None
 
 
 class MaskGit(nn.Module):
@@ -112,9 +140,17 @@ class MaskGit(nn.Module):
         return z_q, indices.view(z_q.shape[0], -1)
 
     @torch.no_grad()
-    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N) token ids -> (B, 3, H, W) normalized images."""
-        return self.vqgan.decode_indices(tokens)
+    def decode_tokens(self, tokens: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) token ids -> (B, 3, H, W) normalized images. With `probs` (B, N, num_codebook_vectors),
+        a position whose row is not all zero decodes the code vector its distribution expects instead
+        of its token's: the "mean" readout, the latent a squared-error estimate would choose."""
+        if probs is None:
+            return self.vqgan.decode_indices(tokens)
+        codebook = self.vqgan.codebook.embedding.weight  # (K, C)
+        latents = torch.where(probs.any(-1, keepdim=True), probs.to(codebook.dtype) @ codebook,
+                              codebook[tokens])  # (B, N, C)
+        side = self.vqgan.latent_resolution
+        return self.vqgan.decode(latents.view(len(tokens), side, side, -1).permute(0, 3, 1, 2))
 
     def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
                     within: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,8 +194,8 @@ class MaskGit(nn.Module):
                 sweet_spot: int | None = None, mask_func: str | None = None,
                 choice_temperature: float | None = None, sample_temperature: float = 1.0,
                 generators: Sequence[torch.Generator] | None = None, return_history: bool = False,
-                autocast_ctx: Callable | None = None, scheduler: str = "confidence"
-                ) -> tuple[torch.Tensor, DecodeHistory | None]:
+                autocast_ctx: Callable | None = None, scheduler: str = "confidence", readout: str = "sample"
+                ) -> Decoded:
         """Iterative decoding (MaskGIT, section 3.2): fill the tokens of `z_indices` (B, N) where
         `token_mask` (B, N) is True, in `total_iter` steps T; known tokens never change.
 
@@ -167,11 +203,13 @@ class MaskGit(nn.Module):
         the argmax. With `sweet_spot` S < T the loop stops after S steps and fills what is still
         masked with that step's choices. `generators` (one per sample) make a sample's result
         independent of its batch. `scheduler` "halton" reveals tokens in a fixed Halton order instead
-        of by confidence (see models.schedules). Returns (tokens (B, N), a DecodeHistory when
-        `return_history`).
+        of by confidence (see models.schedules). `readout` "mean" also returns the distribution each
+        token was sampled from, for decode_tokens (with `sample_temperature` 0: the argmax, one-hot).
         """
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
         mask_func = mask_func or self.mask_func
         choice_temperature = self.choice_temperature if choice_temperature is None else choice_temperature
         steps = total_iter if sweet_spot is None else max(1, min(sweet_spot, total_iter))
@@ -180,6 +218,9 @@ class MaskGit(nn.Module):
         n_masked = masked_counts(unknown.sum(1), total_iter, mask_func).to(z_indices.device)  # (B, T)
         tokens = self.masked(z_indices, unknown)
         history = DecodeHistory(masks=[unknown.cpu()]) if return_history else None
+        probs = None
+        if readout == "mean":
+            probs = torch.zeros(*unknown.shape, self.mask_token_id, device=z_indices.device)
         for t in range(steps):
             # 1. Predict: the probabilities of every token at every masked location, in parallel.
             logits = self.predict(tokens, autocast_ctx)
@@ -187,6 +228,10 @@ class MaskGit(nn.Module):
             sampled = torch.where(unknown, sample_tokens(logits, sample_temperature, generators), tokens)
             if history is not None:
                 history.tokens.append(sampled.cpu())
+            if probs is not None:  # this step's distributions where still masked: a committed token keeps its own
+                probs = torch.where(unknown[..., None], sampling_probs(logits, sample_temperature), probs)
+                if history is not None:
+                    history.probs.append(probs.cpu())
             if t == steps - 1:  # the last step (T, or the sweet spot) keeps every sampled token
                 break
             if scheduler == "halton":  # Halton-MaskGIT: keep what comes first in the Halton order
@@ -203,7 +248,7 @@ class MaskGit(nn.Module):
                 history.masks.append(unknown.cpu())
         if history is not None:
             history.masks.append(torch.zeros_like(unknown).cpu())
-        return sampled, history
+        return Decoded(sampled, history, probs)
 
 
 def _load_vqgan(model: MaskGit, path: str | Path, vq_cfg: dict, expected_digest: str | None = None,

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -155,24 +156,26 @@ def test_tokens_do_not_depend_on_batch_size(tiny):
     token_mask = inpainting.pixel_to_token_mask(holes, 4)
     _, z = model.encode_to_z(images)
     decoding = inpainting.Decoding(total_iter=6, sweet_spot=6)
-    together, _ = inpainting.fill_tokens(model, z, token_mask, indices, decoding, 6)
-    alone = torch.cat([inpainting.fill_tokens(model, z[i:i + 1], token_mask[i:i + 1], indices[i:i + 1], decoding, 6)[0]
-                       for i in range(COUNT)])
+    together = inpainting.fill_tokens(model, z, token_mask, indices, decoding, 6).tokens
+    alone = torch.cat([inpainting.fill_tokens(model, z[i:i + 1], token_mask[i:i + 1], indices[i:i + 1], decoding,
+                                              6).tokens for i in range(COUNT)])
     assert (together == alone).float().mean() >= 0.99
 
 
-def test_early_sweet_spots_equal_separate_runs(tiny):
+@pytest.mark.parametrize("readout", ["sample", "mean"])
+def test_early_sweet_spots_equal_separate_runs(tiny, readout):
     """The sweep scores every sweet spot from one run; each must equal a run stopped there."""
     cfg = inpainting.load_config(tiny["config"])
     model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
     dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     mean, std = cfg["vqgan"]["mean"], cfg["vqgan"]["std"]
     gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, 16)
-    full = inpainting.run_inpainting(dataset, model, inpainting.Decoding(total_iter=6, sweet_spot=6), mean, std,
-                                     torch.device("cpu"), 4, gt=gt, progress=False, early_spots=[2, 5, 6])
+    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6, readout=readout)
+    full = inpainting.run_inpainting(dataset, model, decoding, mean, std, torch.device("cpu"), 4, gt=gt,
+                                     progress=False, early_spots=[2, 5, 6])
     for spot in (2, 5):
-        alone = inpainting.run_inpainting(dataset, model, inpainting.Decoding(total_iter=6, sweet_spot=spot), mean,
-                                          std, torch.device("cpu"), 4, gt=gt, progress=False)
+        alone = inpainting.run_inpainting(dataset, model, replace(decoding, sweet_spot=spot), mean, std,
+                                          torch.device("cpu"), 4, gt=gt, progress=False)
         early = full.at_sweet_spot(spot)
         assert np.array_equal(early.outputs, alone.outputs) and early.token_hits == alone.token_hits
     assert np.array_equal(full.at_sweet_spot(6).outputs, full.outputs)

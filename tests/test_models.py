@@ -207,7 +207,7 @@ def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
     z = torch.randint(0, 16, (batch, n))
     mask = hole_masks(batch, n, sizes)
     gens = [torch.Generator().manual_seed(10 + i) for i in range(batch)]
-    tokens, steps = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
+    tokens, steps, _ = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
                                          return_history=True)
     history = steps.masks
     assert torch.equal(tokens[~mask], z[~mask])  # known tokens unchanged
@@ -244,7 +244,7 @@ def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
     tiny_maskgit.transformer = stub
     z = torch.randint(0, 16, (2, 16))
     mask = hole_masks(2, 16, [16, 10])
-    tokens, steps = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
+    tokens, steps, _ = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
                                          return_history=True)
     history = steps.masks
     assert len(stub.inputs) == 3 and len(history) == 4 and len(steps.tokens) == 3
@@ -258,8 +258,47 @@ def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
 
 def test_no_hole_leaves_tokens_unchanged(tiny_maskgit):
     z = torch.randint(0, 16, (2, 16))
-    tokens, _ = tiny_maskgit.inpaint(z, torch.zeros(2, 16, dtype=torch.bool), total_iter=4)
+    tokens, _, _ = tiny_maskgit.inpaint(z, torch.zeros(2, 16, dtype=torch.bool), total_iter=4)
     assert torch.equal(tokens, z)
+
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_mean_readout_keeps_each_tokens_distribution_from_the_step_that_committed_it(tiny_maskgit, temperature):
+    stub = RecordingStub(17)
+    tiny_maskgit.transformer = stub
+    z = torch.randint(0, 16, (2, 16))
+    mask = hole_masks(2, 16, [16, 7])
+    tokens, history, probs = tiny_maskgit.inpaint(z, mask, total_iter=4, sample_temperature=temperature,
+                                                  return_history=True, readout="mean")
+    assert probs.shape == (2, 16, 16) and not probs[~mask].any()  # known tokens: no distribution
+    for t in range(4):
+        expected = torch.softmax(stub.logits(t + 1, z.shape)[..., :16] / temperature, -1)
+        committed = history.masks[t] & ~history.masks[t + 1]  # the tokens step t decided
+        assert committed.any() or not history.masks[t].any()
+        torch.testing.assert_close(probs[committed], expected[committed])
+        torch.testing.assert_close(history.probs[t][history.masks[t]], expected[history.masks[t]])
+    torch.testing.assert_close(history.probs[-1], probs)
+    sampled = tiny_maskgit.inpaint(z, mask, total_iter=4, sample_temperature=temperature, readout="sample")
+    assert sampled.probs is None
+
+
+def test_decode_tokens_with_probs_decodes_the_expected_code_vector(tiny_maskgit, monkeypatch):
+    codebook = tiny_maskgit.vqgan.codebook.embedding.weight  # (16, C)
+    tokens = torch.randint(0, 16, (1, 16))
+    probs = torch.zeros(1, 16, 16)
+    probs[0, 3, 2], probs[0, 3, 9] = 0.25, 0.75  # position 3: a mix of codes 2 and 9
+    probs[0, 5] = torch.nn.functional.one_hot(torch.tensor(4), 16).float()  # position 5: surely code 4
+    seen = []
+    monkeypatch.setattr(tiny_maskgit.vqgan, "decode", lambda z: seen.append(z) or z)
+    tiny_maskgit.decode_tokens(tokens, probs)
+    latents = seen[0][0].flatten(1).t()  # (N, C)
+    torch.testing.assert_close(latents[3], 0.25 * codebook[2] + 0.75 * codebook[9])
+    torch.testing.assert_close(latents[5], codebook[4])
+    others = [i for i in range(16) if i not in (3, 5)]
+    torch.testing.assert_close(latents[others], codebook[tokens[0, others]])
+    tiny_maskgit.decode_tokens(tokens)  # the plain path lays the grid out the same way
+    torch.testing.assert_close(seen[1][0].flatten(1).t(), codebook[tokens[0]])
 
 
 # ----------------------------------------------------------------------------- configs
@@ -317,7 +356,7 @@ def test_halton_order_of_the_token_grid():
 def test_halton_scheduler_reveals_tokens_in_halton_order(tiny_maskgit):
     z = torch.randint(0, 16, (3, 16))
     hole = hole_masks(3, 16, [16, 9, 5])
-    tokens, history = tiny_maskgit.inpaint(z, hole, total_iter=4, scheduler="halton", return_history=True)
+    tokens, history, _ = tiny_maskgit.inpaint(z, hole, total_iter=4, scheduler="halton", return_history=True)
     order = halton_ranks(4)
     for b in range(3):
         in_hole = hole[b].nonzero().flatten()

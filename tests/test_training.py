@@ -427,6 +427,50 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
     assert records(tmp_path / "zero", "val_psnr_hole") == []
 
 
+
+def test_mean_code_error_is_the_distance_of_the_expected_code_vector():
+    torch.manual_seed(0)
+    codebook = torch.randn(16, 8)
+    logits, targets = torch.randn(2, 5, 17), torch.randint(0, 16, (2, 5))
+    mask = torch.tensor([[True, False, True, False, False], [False, True, True, True, False]])
+    errors = stage2.mean_code_error(logits, targets, mask, codebook)
+    expected = []
+    for b, n in mask.nonzero().tolist():
+        probs = torch.softmax(logits[b, n, :16], -1)  # the mask id is never a prediction
+        mean = sum(p * code for p, code in zip(probs, codebook))
+        expected.append(((mean - codebook[targets[b, n]]) ** 2).mean())
+    torch.testing.assert_close(errors, torch.stack(expected))
+    sure = torch.full((2, 5, 17), -30.0).scatter_(-1, targets[..., None], 30.0)  # certain of the target
+    assert stage2.mean_code_error(sure, targets, mask, codebook).max() < 1e-6
+
+
+def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path, capsys):
+    source = tmp_path / "source"
+    run_stage2(ws, source, "--max-steps", "2", "--val-inpaint", "0")
+    config = tmp_path / "latent.yml"
+    config.write_text(TINY_MASKGIT.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt))
+                      .replace("flip: true", "flip: true\n  latent_loss_weight: 1.0"))
+    flags = ("--MaskGitConfig", str(config), "--val-inpaint", "0", "--max-steps", "1")
+    model, _ = run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"),
+                          "--learning-rate", "1e-12")
+    started = load_checkpoint(source / "last.pt")["model"]
+    for key, value in model.transformer.state_dict().items():
+        torch.testing.assert_close(value, started[key], atol=1e-6, rtol=0)  # the source's weights, fresh optimizer
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["step"] == 1
+    # the latent loss changes the update: same start, same batch, other weights
+    plain, _ = run_stage2(ws, tmp_path / "plain", "--max-steps", "1", "--val-inpaint", "0",
+                          "--init-from", str(source / "last.pt"))
+    latent, _ = run_stage2(ws, tmp_path / "latent", *flags, "--init-from", str(source / "last.pt"))
+    assert not torch.equal(plain.transformer.tok_emb.weight, latent.transformer.tok_emb.weight)
+
+    other = tmp_path / "other_vqgan.pt"
+    save_checkpoint(random_vqgan(load_vqgan_config(ws.vq_config), ws.train, seed=1).state_dict(), other)
+    with pytest.raises(UserError, match="another VQGAN"):
+        run_stage2(ws, tmp_path / "refused", *flags, "--init-from", str(source / "last.pt"), "--vqgan-ckpt", str(other))
+    with pytest.raises(UserError, match="--init-from starts a new run"):
+        run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"), "--resume")
+
+
 # ----------------------------------------------------------------------------- interrupted and changed runs
 
 def tiny_schedule(lr: float, total_steps: int) -> dict[str, training.Stateful]:
