@@ -59,7 +59,7 @@ from models.config import load_maskgit_config
 from models.maskgit import READOUTS, Decoded, DecodeHistory, MaskGit, load_maskgit
 from models.pretrained import is_exported, maskgit_config
 from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
-from scoring import BASELINES, compute_metrics, fill_baseline
+from scoring import BASELINES, compute_metrics, fill_baseline, nearest_known
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"  # for a plain .pt transformer given without --MaskGitConfig
 DEFAULT_TRANSFORMER = "checkpoints/transformer_small"
@@ -70,6 +70,9 @@ BATCH_SIZE = {"cuda": 64, "cpu": 16}
 # PSNR 10.79 vs 10.77 dB (first 201 val images; see README "Results")
 SAMPLE_TEMPERATURE = 0.5
 OVERVIEW_IMAGES = 16
+# what the VQGAN encoder sees in the hole: the input as given (gray), or each hole pixel's nearest
+# known pixel, so that the known tokens next to the hole are encoded from something like the image
+ENCODE_FILLS = ("gray", "nearest")
 OUTPUTS = ("test_results", "inpainted", "steps", "mask_scheduling", "imga", "overview.png",
            "metrics.json")  # what a run writes
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
@@ -91,6 +94,7 @@ class Decoding:
     scheduler: str = "confidence"             # which tokens each step keeps: a name in SCHEDULERS
     ring: int = 0                             # also regenerate this many rings of tokens around the hole
     readout: str = "mean"                     # what the hole decodes: the sampled tokens or their mean (READOUTS)
+    encode_fill: str = "nearest"              # what the encoder sees in the hole: ENCODE_FILLS
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -268,6 +272,16 @@ def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, pas
     return torch.where(holes, decoded.float(), images) if paste else decoded.float()
 
 
+def nearest_filled(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    """`images` (B, C, H, W) with every pixel of `holes` (B, 1, H, W) replaced by its nearest known pixel."""
+    filled = images.clone()
+    for b, hole in enumerate(holes[:, 0].cpu().numpy()):
+        if hole.any() and not hole.all():
+            rows, cols = (torch.from_numpy(i).to(images.device) for i in nearest_known(hole))
+            filled[b] = images[b][:, rows, cols]
+    return filled
+
+
 def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indices: Sequence[int],
                  decoding: Decoding, history: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DecodeHistory | None]:
@@ -275,7 +289,7 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     normalized images (B, 3, H, W) and holes (B, 1, H, W) bool -> (the decode with the known pixels
     pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); step history)."""
     token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
-    _, z = model.encode_to_z(images)  # (B, N)
+    _, z = model.encode_to_z(images if decoding.encode_fill == "gray" else nearest_filled(images, holes))  # (B, N)
     tokens, steps, probs = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history)
     return _paste(model.decode_tokens(tokens, probs), images, holes, decoding.paste), tokens, token_mask, steps
 
@@ -489,20 +503,22 @@ class Inpainted:
 def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, *, total_iter: int = 8,
             sweet_spot: int | None = None, mask_func: str | None = None, choice_temperature: float | None = None,
             sample_temperature: float = SAMPLE_TEMPERATURE, seed: int = 0, paste: bool = True, fit: str = "resize",
-            hole_white: bool = False, return_steps: bool = False) -> Inpainted:
+            hole_white: bool = False, return_steps: bool = False, readout: str = Decoding.readout) -> Inpainted:
     """Fill the hole of one image (a file, PIL image or uint8 array of any size) with MaskGIT.
 
     `mask` marks the hole (data.masks.read_hole: a bool array True = hole, a black-hole mask, white
     with `hole_white`, or a painted RGBA layer). `model` defaults to the shipped one
     (MaskGit.from_pretrained()). The image is resized (`fit` "resize") or centre-cropped ("crop") to
-    the model's size, decoded in `total_iter` steps stopped after `sweet_spot`, and given back at
-    its own size; `return_steps` adds every step. Same settings, same result as inpainting.py
-    --image. Bad input raises one UserError."""
+    the model's size, decoded in `total_iter` steps stopped after `sweet_spot` with the `readout`
+    (READOUTS), and given back at its own size; `return_steps` adds every step. Same settings, same
+    result as inpainting.py --image. Bad input raises one UserError."""
     model = model if model is not None else MaskGit.from_pretrained()
     check_temperatures(choice_temperature, sample_temperature)
     mask_func = mask_func or model.mask_func
+    if readout not in READOUTS:
+        raise UserError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
     decoding = Decoding("maskgit", total_iter, check_decoding(total_iter, sweet_spot, mask_func), mask_func,
-                        choice_temperature, sample_temperature, seed, paste)
+                        choice_temperature, sample_temperature, seed, paste, readout=readout)
     vq = model.vqgan.cfg
     name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
     prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white, name=name)
@@ -619,6 +635,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readout", choices=READOUTS, default=Decoding.readout,
                    help="what the hole decodes: the sampled tokens, or for each the code vector its predicted "
                         "distribution expects (smoother, closer in PSNR) (default: %(default)s)")
+    p.add_argument("--encode-fill", choices=ENCODE_FILLS, default=Decoding.encode_fill,
+                   help="what the VQGAN encoder sees in the hole: the gray of the input, or the nearest known "
+                        "pixel, so the known tokens around the hole look less like a gray edge (default: %(default)s)")
     p.add_argument("--no-paste", action="store_true",
                    help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -718,7 +737,7 @@ def main(argv: list[str] | None = None) -> None:
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
                         args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                        args.readout)
+                        args.readout, args.encode_fill)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
 

@@ -59,11 +59,16 @@ def _mean_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nearest(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def nearest_known(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel of `hole` (H, W) bool, the (rows, cols) of the nearest known pixel (itself
+    when known), by the Euclidean distance transform."""
     from scipy.ndimage import distance_transform_edt
 
-    # for every pixel, the coordinates of the nearest known pixel (itself when known)
-    rows, cols = distance_transform_edt(hole, return_distances=False, return_indices=True)
+    return distance_transform_edt(hole, return_distances=False, return_indices=True)
+
+
+def _nearest(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    rows, cols = nearest_known(hole)
     return image[rows, cols]
 
 

@@ -312,3 +312,22 @@ def test_halton_scheduler_from_the_command_line(tiny):
     confidence = run(tiny, tiny["root"] / "confidence", "--partial", "0.3")
     assert not all(np.array_equal(read(out / "test_results" / f.name), read(f))
                    for f in sorted((confidence / "test_results").iterdir()))
+
+
+def test_nearest_filled_gives_each_hole_pixel_a_nearest_known_value():
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 8, 8)
+    holes = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    holes[0, 0, 2:6, 1:5] = True
+    holes[1, 0, :, :3] = True
+    holes[2] = True  # nothing known: left as it is
+    filled = inpainting.nearest_filled(images, holes)
+    assert torch.equal(filled[~holes.expand_as(images)], images[~holes.expand_as(images)])
+    assert torch.equal(filled[2], images[2])
+    for b in (0, 1):
+        known = (~holes[b, 0]).nonzero().float()  # (K, 2)
+        for y, x in holes[b, 0].nonzero().tolist():
+            distances = (known - torch.tensor([y, x]).float()).norm(dim=1)
+            # the value comes from a known pixel at the smallest distance (ties: any of them)
+            sources = known[distances == distances.min()].long()
+            assert any(torch.equal(filled[b, :, y, x], images[b, :, r, c]) for r, c in sources.tolist())
