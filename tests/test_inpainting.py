@@ -17,10 +17,10 @@ import yaml
 from PIL import Image
 
 import inpainting
-from common import run_cli, save_checkpoint
+from common import UserError, run_cli, save_checkpoint
 from data import apply_mask, generate_mask, write_gt_csv
 from models.maskgit import MaskGit
-from scripts import sweep
+from scripts import compare_runs, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, COUNT = 16, 7
@@ -191,6 +191,33 @@ def test_mean_fill_baseline(tiny):
     image = read(out / "test_results" / "image_000.png")
     hole = read(tiny["data"] / "mask64" / "00.png")[..., 0] < 128
     assert len(np.unique(image[hole], axis=0)) == 1
+
+
+def test_compare_runs_puts_runs_side_by_side_and_refuses_partial_ones(tiny, monkeypatch):
+    baseline = tiny["root"] / "baseline"
+    if not (baseline / "metrics.json").exists():
+        test_mean_fill_baseline(tiny)
+    truth = np.zeros((4, 4, 3), np.uint8)
+    hole = np.zeros((4, 4), bool)
+    hole[:2] = True
+    off = truth.copy()
+    off[hole] += 10
+    off[~hole] += 99  # outside the hole: not counted
+    assert compare_runs.hole_psnr(off, truth, hole) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    drawn = []
+    monkeypatch.setattr(compare_runs, "hole_psnr", lambda *a: drawn.append(a) or 10.0)
+    out = tiny["root"] / "compare.png"
+    compare_runs.main(["--runs", str(baseline), str(baseline), "--labels", "a", "b", "--masked",
+                       str(tiny["data"] / "masked_image"), "--masks", str(tiny["data"] / "mask64"),
+                       "--gt-path", str(tiny["data"] / "test_gt.csv"), "--images", "3", "--out", str(out)])
+    assert read(out).shape[0] > 3 * SIZE and len(drawn) == 3 * 2  # 3 rows, 2 runs each
+    gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, SIZE)
+    assert np.array_equal(drawn[0][1], gt[0]) and np.array_equal(drawn[0][0], read(baseline / "test_results" /
+                                                                                  "image_000.png"))
+    (tiny["root"] / "partial" / "test_results").mkdir(parents=True)
+    with pytest.raises(UserError, match="results missing"):
+        compare_runs.main(["--runs", str(tiny["root"] / "partial"), "--gt-path", str(tiny["data"] / "test_gt.csv"),
+                           "--masks", str(tiny["data"] / "mask64"), "--out", str(out)])
 
 
 def test_single_image_modes(tiny):
