@@ -23,8 +23,8 @@ import numpy as np
 
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
-from inpainting import SAMPLE_TEMPERATURE, Inpainted, inpaint, steps_figure
-from models.maskgit import MaskGit
+from inpainting import Decoding, Inpainted, inpaint, steps_figure
+from models.maskgit import READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
 
@@ -51,7 +51,7 @@ def to_editor(image: np.ndarray | None) -> dict | None:
 
 
 def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_iter: int, sweet_spot: int, mask_func: str,
-        choice_temperature: float, sample_temperature: float, seed: int
+        choice_temperature: float, sample_temperature: float, seed: int, readout: str = Decoding.readout
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """One press of the button: (result at the image's size, the hole as read, the figure of every
     step, a status line ending with the last step's label). A UserError is shown as one message."""
@@ -67,7 +67,7 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_ite
         result: Inpainted = inpaint(image, mask, model, total_iter=int(total_iter), sweet_spot=int(sweet_spot),
                                     mask_func=mask_func, choice_temperature=float(choice_temperature),
                                     sample_temperature=float(sample_temperature), seed=int(seed),
-                                    return_steps=True)
+                                    return_steps=True, readout=readout)
     notes += [str(w.message) for w in caught]
     hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
     figure = steps_figure(result.steps, title=f"{mask_func}, T = {total_iter}, sweet spot {sweet_spot}")
@@ -104,13 +104,17 @@ def build(model: MaskGit, test_images: list[Path]):
                                         elem_id="editor")
                 image.change(to_editor, image, editor)
             with gr.Column():
-                total_iter = gr.Slider(1, MAX_STEPS, value=8, step=1, label="T (steps of the mask schedule)")
-                sweet_spot = gr.Slider(1, MAX_STEPS, value=8, step=1, label="sweet spot S (steps run, at most T)")
+                total_iter = gr.Slider(1, MAX_STEPS, value=Decoding.total_iter, step=1,
+                                       label="T (steps of the mask schedule)")
+                sweet_spot = gr.Slider(1, MAX_STEPS, value=Decoding.sweet_spot, step=1,
+                                       label="sweet spot S (steps run, at most T)")
                 mask_func = gr.Dropdown(list(GAMMA_FUNCTIONS), value=model.mask_func, label="mask schedule")
                 choice_temperature = gr.Slider(0, 10, value=model.choice_temperature, step=0.5,
                                                label="choice temperature (Gumbel noise when choosing tokens to keep)")
-                sample_temperature = gr.Slider(0, 2, value=SAMPLE_TEMPERATURE, step=0.1,
+                sample_temperature = gr.Slider(0, 2, value=Decoding.sample_temperature, step=0.1,
                                                label="sample temperature (0 = argmax)")
+                readout = gr.Dropdown(list(READOUTS), value=Decoding.readout,
+                                      label="readout: the mean code vector of each prediction, or the sampled token")
                 seed = gr.Number(0, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
@@ -120,7 +124,7 @@ def build(model: MaskGit, test_images: list[Path]):
         figure = gr.Image(label="every step: token mask above, image below", format="png", type="numpy",
                           elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
-        settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed]
+        settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout]
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

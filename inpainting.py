@@ -500,10 +500,11 @@ class Inpainted:
         return Image.fromarray(self.image)
 
 
-def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, *, total_iter: int = 8,
-            sweet_spot: int | None = None, mask_func: str | None = None, choice_temperature: float | None = None,
-            sample_temperature: float = SAMPLE_TEMPERATURE, seed: int = 0, paste: bool = True, fit: str = "resize",
-            hole_white: bool = False, return_steps: bool = False, readout: str = Decoding.readout) -> Inpainted:
+def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, *,
+            total_iter: int = Decoding.total_iter, sweet_spot: int | None = None, mask_func: str | None = None,
+            choice_temperature: float | None = None, sample_temperature: float = Decoding.sample_temperature,
+            seed: int = 0, paste: bool = True, fit: str = "resize", hole_white: bool = False,
+            return_steps: bool = False, readout: str = Decoding.readout) -> Inpainted:
     """Fill the hole of one image (a file, PIL image or uint8 array of any size) with MaskGIT.
 
     `mask` marks the hole (data.masks.read_hole: a bool array True = hole, a black-hole mask, white
@@ -678,7 +679,8 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
-    p.add_argument("--total-iter", type=int, default=8, help="T: steps of the mask schedule (default: %(default)s)")
+    p.add_argument("--total-iter", type=int, default=Decoding.total_iter,
+                   help="T: steps of the mask schedule (default: %(default)s)")
     p.add_argument("--sweet-spot", type=int, default=None,
                    help="S: run the first S steps of the T-step schedule and fill what is still masked with "
                         "that step's choices (default: T)")
