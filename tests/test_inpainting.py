@@ -144,8 +144,13 @@ def test_metrics_are_finite(default_run):
 def test_same_seed_same_outputs(tiny, default_run):
     again = run(tiny, tiny["root"] / "again", "--total-iter", "4", "--sweet-spot", "3", "--batch-size", "7")
     assert np.array_equal(results(again), results(default_run))
-    other = run(tiny, tiny["root"] / "other", "--total-iter", "4", "--sweet-spot", "3", "--random-seed", "1")
-    assert not np.array_equal(results(other), results(default_run))
+    # sampled tokens show the seed (the tiny random model's mean readout hardly depends on them)
+    sampled = ("--total-iter", "4", "--sweet-spot", "3", "--readout", "sample")
+    seed0 = run(tiny, tiny["root"] / "seed0", *sampled)
+    assert np.array_equal(results(run(tiny, tiny["root"] / "seed0_again", *sampled, "--batch-size", "7")),
+                          results(seed0))
+    other = run(tiny, tiny["root"] / "other", *sampled, "--random-seed", "1")
+    assert not np.array_equal(results(other), results(seed0))
 
 
 def test_tokens_do_not_depend_on_batch_size(tiny):
@@ -179,7 +184,8 @@ def test_early_sweet_spots_equal_separate_runs(tiny, readout):
         early = full.at_sweet_spot(spot)
         assert np.array_equal(early.outputs, alone.outputs) and early.token_hits == alone.token_hits
     assert np.array_equal(full.at_sweet_spot(6).outputs, full.outputs)
-    assert not np.array_equal(full.at_sweet_spot(2).outputs, full.outputs)
+    if readout == "sample":  # the tiny random model's mean readout hardly changes between steps
+        assert not np.array_equal(full.at_sweet_spot(2).outputs, full.outputs)
 
 
 def test_mean_fill_baseline(tiny):
@@ -333,10 +339,11 @@ def test_sweep_adds_fid_when_weights_are_there(tiny, monkeypatch):
 
 
 def test_halton_scheduler_from_the_command_line(tiny):
-    out = run(tiny, tiny["root"] / "halton", "--scheduler", "halton", "--partial", "0.3")
+    steps = ("--total-iter", "4", "--readout", "sample", "--partial", "0.3")  # one step has no order to choose
+    out = run(tiny, tiny["root"] / "halton", "--scheduler", "halton", *steps)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["scheduler"] == "halton"
-    confidence = run(tiny, tiny["root"] / "confidence", "--partial", "0.3")
+    confidence = run(tiny, tiny["root"] / "confidence", *steps)
     assert not all(np.array_equal(read(out / "test_results" / f.name), read(f))
                    for f in sorted((confidence / "test_results").iterdir()))
 
