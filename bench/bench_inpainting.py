@@ -99,7 +99,9 @@ def prepare(variant: str, config: str, images: int, batch_size: int, device: tor
     model.transformer.set_attention("manual" if variant == "lab-style" else "sdpa")
     dataset = open_dataset(DEFAULT_MASKED, DEFAULT_MASKS, cfg)
     items = [dataset[i] for i in range(min(images, len(dataset)))]
-    decoding = Decoding(mask_func=cfg["gamma_type"], choice_temperature=cfg["choice_temperature"])
+    # the lab's T = 8 with sampled tokens, for both variants, so the figures compare across versions
+    decoding = Decoding(total_iter=8, sweet_spot=8, mask_func=cfg["gamma_type"],
+                        choice_temperature=cfg["choice_temperature"], readout="sample", encode_fill="gray")
     if variant == "lab-style":
         return model, items, lambda batch: lab_style_inpainting(model, batch, decoding, cfg, device)
     vq = cfg["vqgan"]
