@@ -40,24 +40,19 @@ def uniform_noise(generators: Sequence[torch.Generator] | None, shape: tuple[int
     return u.clamp(1e-20, 1 - 1e-7)
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The distribution sample_tokens draws from: logits (B, N, vocab) -> (B, N, vocab - 1), the mask
-    token left out; one-hot on the argmax when temperature is 0."""
+def sample_tokens(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per position from softmax(logits / temperature), by inverse CDF with per-sample
+    noise (the argmax when temperature is 0), and the distribution it was drawn from (one-hot for
+    the argmax): logits (B, N, vocab) -> (token ids (B, N), probs (B, N, vocab - 1)). The last id,
+    the mask token, is never drawn."""
     logits = logits[..., :-1]
     if temperature <= 0:
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    return F.softmax(logits / temperature, dim=-1)
-
-
-def sample_tokens(logits: torch.Tensor, temperature: float,
-                  generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-    """One token per position from softmax(logits / temperature), by inverse CDF with per-sample
-    noise; the argmax when temperature is 0. logits (B, N, vocab) -> token ids (B, N)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
+        tokens = logits.argmax(-1)
+        return tokens, F.one_hot(tokens, logits.shape[-1]).float()
     probs = F.softmax(logits / temperature, dim=-1)
     u = uniform_noise(generators, (*logits.shape[:2], 1), logits.device)
-    return (probs.cumsum(-1) < u).sum(-1).clamp(max=logits.shape[-1] - 2)  # the last id (mask) is never drawn
+    return (probs.cumsum(-1) < u).sum(-1).clamp(max=logits.shape[-1] - 1), probs
 
 
 def mask_least_confident(confidence: torch.Tensor, unknown: torch.Tensor, n_masked: torch.Tensor) -> torch.Tensor:
@@ -225,11 +220,12 @@ class MaskGit(nn.Module):
             # 1. Predict: the probabilities of every token at every masked location, in parallel.
             logits = self.predict(tokens, autocast_ctx)
             # 2. Sample: a token at each masked location; its predicted probability is its confidence.
-            sampled = torch.where(unknown, sample_tokens(logits, sample_temperature, generators), tokens)
+            drawn, drawn_from = sample_tokens(logits, sample_temperature, generators)
+            sampled = torch.where(unknown, drawn, tokens)
             if history is not None:
                 history.tokens.append(sampled.cpu())
             if probs is not None:  # this step's distributions where still masked: a committed token keeps its own
-                probs = torch.where(unknown[..., None], sampling_probs(logits, sample_temperature), probs)
+                probs = torch.where(unknown[..., None], drawn_from, probs)
                 if history is not None:
                     history.probs.append(probs.cpu())
             if t == steps - 1:  # the last step (T, or the sweet spot) keeps every sampled token
