@@ -50,7 +50,14 @@ from inpainting import Decoding, result_metrics, run_inpainting
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
-from models.pretrained import read_description, read_vqgan_weights, vqgan_file_digests, weights_digest, weights_file
+from models.pretrained import (
+    checked_vqgan_digest,
+    read_description,
+    read_vqgan_weights,
+    vqgan_file_digests,
+    weights_digest,
+    weights_file,
+)
 from scoring import compute_metrics, fill_baseline
 from training import ResumableSampler, RunLog, check_finite
 
@@ -157,8 +164,8 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 def mean_code_error(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
                     ) -> torch.Tensor:
     """Squared distance per masked position (M,), per latent dimension, between the code vector the
-    predicted distribution expects and the target's: the error of MaskGit.mean_latents, which
-    --readout mean decodes. codebook (num_codebook_vectors, C)."""
+    predicted distribution expects and the target's: the error of the latent that
+    --readout mean decodes (MaskGit.decode_tokens with probs). codebook (num_codebook_vectors, C)."""
     probs = F.softmax(logits[mask][:, :-1].float(), dim=-1)  # (M, num_codebook_vectors)
     return (probs @ codebook - codebook[targets[mask]]).pow(2).mean(-1)
 
@@ -236,17 +243,24 @@ def inpainting_summary(metrics: dict[str, float]) -> str:
             f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
 
 
+def check_trained_on(checkpoint: dict, source: str | Path, vqgan_ckpt: str | Path) -> None:
+    """A training checkpoint records the VQGAN file its tokens came from (`vqgan_digest`): one
+    UserError when `vqgan_ckpt` is not that file (or one it was converted from)."""
+    if checkpoint.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
+        raise UserError(f"{source} was trained on another VQGAN file than {vqgan_ckpt}; pass --vqgan-ckpt with "
+                        "the one it was trained on")
+
+
 def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
     """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` (checked when the
     file says which VQGAN it was trained on: a run checkpoint or an exported folder)."""
     if path.is_dir():
-        trained_on = read_description(path, "maskgit").get("vqgan", {}).get("digest")
-        known = {weights_digest(read_vqgan_weights(vqgan_ckpt))}
-    else:
-        trained_on = None if path.suffix == ".safetensors" else load_checkpoint(path).get("vqgan_digest")
-        known = vqgan_file_digests(vqgan_ckpt)
-    if trained_on is not None and trained_on not in known:
-        raise UserError(f"--init-from {path} was trained on the tokens of another VQGAN than {vqgan_ckpt}")
+        expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
+        checked_vqgan_digest(vqgan_ckpt, read_vqgan_weights(vqgan_ckpt), expected, path, "--vqgan-ckpt")
+    elif path.suffix != ".safetensors":
+        checkpoint = load_checkpoint(path)
+        if "vqgan_digest" in checkpoint:  # plain weights (transformer.pt) do not say
+            check_trained_on(checkpoint, f"--init-from {path}", vqgan_ckpt)
     load_weights(model.transformer, path, key="model")
 
 
@@ -390,8 +404,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         step, best_val_loss = 0, math.inf
         if source is not None:
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
-            if state.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
-                raise UserError(f"{source} was trained on the tokens of another VQGAN checkpoint than {vqgan_ckpt}")
+            check_trained_on(state, source, vqgan_ckpt)
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
                              stop_at=stop_at)
             step, best_val_loss = state["step"], state["best_val_loss"]
@@ -474,9 +487,7 @@ def export(args: argparse.Namespace, config: Config) -> None:
     vqgan_path = args.vqgan_ckpt or config.model["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
-    if best.get("vqgan_digest") not in vqgan_file_digests(vqgan_path):
-        raise UserError(f"{args.run_dir}/best.pt was trained on another VQGAN file than {vqgan_path}; pass "
-                        "--vqgan-ckpt with the one it was trained on")
+    check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
     cfg = {k: v for k, v in best.get("config", config.model).items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}

@@ -136,14 +136,15 @@ def vqgan_file_digests(path: str | os.PathLike) -> set[str]:
 
 
 def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.Tensor], expected: str | None,
-                         model: str | os.PathLike) -> str:
+                         model: str | os.PathLike, flag: str = "--vqgan") -> str:
     """The content digest of the VQGAN weights `state` (read from `vqgan_path`); a UserError naming
-    both when it is not `expected`, the digest transformer `model` was trained with."""
+    both when it is not `expected`, the digest transformer `model` was trained with (`flag`: the
+    option that picks the VQGAN, for the message)."""
     digest = weights_digest(state)
     if expected is not None and digest != expected:
         raise UserError(f"the transformer {model} was trained on another VQGAN than {vqgan_path} "
                         f"({expected[:19]}... expected, {digest[:19]}... found); pass the VQGAN it was "
-                        "trained on (--vqgan)")
+                        f"trained on ({flag})")
     return digest
 
 

@@ -467,6 +467,11 @@ def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path,
     save_checkpoint(random_vqgan(load_vqgan_config(ws.vq_config), ws.train, seed=1).state_dict(), other)
     with pytest.raises(UserError, match="another VQGAN"):
         run_stage2(ws, tmp_path / "refused", *flags, "--init-from", str(source / "last.pt"), "--vqgan-ckpt", str(other))
+    exported = tmp_path / "exported"
+    stage2.main(stage2_argv(ws, source, "--export", str(exported)))
+    with pytest.raises(UserError, match=r"another VQGAN than .*\(--vqgan-ckpt\)"):
+        run_stage2(ws, tmp_path / "refused_folder", *flags, "--init-from", str(exported), "--vqgan-ckpt", str(other))
+    run_stage2(ws, tmp_path / "from_folder", *flags, "--init-from", str(exported))  # its own VQGAN: accepted
     with pytest.raises(UserError, match="--init-from starts a new run"):
         run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"), "--resume")
 
