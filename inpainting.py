@@ -628,10 +628,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="Gumbel noise on the confidence when choosing tokens to keep (default: the config's)")
     p.add_argument("--sample-temperature", type=float, default=SAMPLE_TEMPERATURE,
                    help="token sampling temperature (0 = argmax) (default: %(default)s)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="confidence",
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=Decoding.scheduler,
                    help="which tokens each step keeps: the most confident (MaskGIT) or the next ones in a 2-D "
                         "Halton order (Halton-MaskGIT) (default: %(default)s)")
-    p.add_argument("--ring", type=int, default=0,
+    p.add_argument("--ring", type=int, default=Decoding.ring,
                    help="also regenerate this many rings of known tokens around the hole, whose encoding saw the "
                         "gray hole (known pixels are still pasted back) (default: %(default)s)")
     p.add_argument("--readout", choices=READOUTS, default=Decoding.readout,
