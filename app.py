@@ -24,7 +24,7 @@ import numpy as np
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
 from inpainting import Decoding, Inpainted, inpaint, steps_figure
-from models.maskgit import READOUTS, MaskGit
+from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
 
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vqgan", default=None, help="VQGAN weights (default: the one the model names)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="the transformer's: fp32 or bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--test-images", default=TEST_IMAGES, help="folder offered in the picker (default: %(default)s)")
     args = p.parse_args(argv)
     try:
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise UserError("the page needs gradio: pip install -r requirements-demo.txt") from None
     model = MaskGit.from_pretrained(resolve_path(args.model), args.vqgan and resolve_path(args.vqgan),
-                                    resolve_device(args.device))
+                                    resolve_device(args.device), args.precision)
     folder = resolve_path(args.test_images)
     test_images = list_images(folder)[:200] if folder.is_dir() else []
     build(model, test_images).launch(server_name="127.0.0.1", server_port=args.port, share=False)

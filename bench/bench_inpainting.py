@@ -9,7 +9,8 @@ lab-style (the baseline, written here): one image at a time, the hand-written at
 and the VQGAN decode of the image after every decoding step, as the lab's loop does (the tokens of
 each step come from MaskGit.inpaint's step history).
 project: inpainting.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
-attention, bf16 autocast on CUDA, one decode per image at the end.
+attention, the transformer at --precision (default: bf16 on CUDA, fp32 on the CPU), one decode per
+image at the end.
 
 Both build the MaskGit of --config with the same seeded random weights (speed does not depend on
 the weights' values; the parent checks that both children hold the same ones) and fill the holes
@@ -60,7 +61,7 @@ from inpainting import (
     open_dataset,
     run_inpainting,
 )
-from models.maskgit import MaskGit
+from models.maskgit import PRECISIONS, MaskGit, default_precision
 
 GOAL = {"cpu": 3.0, "cuda": 10.0}
 CPU_IMAGES = 16  # default subset on the CPU, where the lab-style loop is slow
@@ -89,7 +90,7 @@ def lab_style_inpainting(model: MaskGit, items: Items, decoding: Decoding, cfg: 
     return np.concatenate(outputs)
 
 
-def prepare(variant: str, config: str, images: int, batch_size: int, device: torch.device
+def prepare(variant: str, config: str, images: int, batch_size: int, device: torch.device, precision: str
             ) -> tuple[MaskGit, Items, Callable[[Items], np.ndarray]]:
     """The seeded model with the variant's attention, the first `images` test items (read into
     memory, so that disk reads are timed for neither), and the variant's inpainting function."""
@@ -104,6 +105,7 @@ def prepare(variant: str, config: str, images: int, batch_size: int, device: tor
                         choice_temperature=cfg["choice_temperature"], readout="sample", encode_fill="gray")
     if variant == "lab-style":
         return model, items, lambda batch: lab_style_inpainting(model, batch, decoding, cfg, device)
+    model.set_precision(precision)
     vq = cfg["vqgan"]
     return model, items, lambda batch: run_inpainting(batch, model, decoding, vq["mean"], vq["std"], device,
                                                       batch_size, progress=False).outputs
@@ -113,7 +115,7 @@ def worker(args: argparse.Namespace) -> None:
     """One variant's child process: set up, warm up, then one timed pass over the images per request."""
     device = torch.device(args.device)
     set_threads(args.threads)
-    model, items, run = prepare(args.worker, args.config, args.images, args.batch_size, device)
+    model, items, run = prepare(args.worker, args.config, args.images, args.batch_size, device, args.precision)
     fingerprint = weights_fingerprint(model)
     run(items[:args.batch_size if device.type == "cuda" and args.worker == "project" else 1])
 
@@ -129,21 +131,21 @@ def profile(args: argparse.Namespace, device: torch.device) -> None:
     """Print torch.profiler's top operators of each variant on the first --images images."""
     set_threads(args.threads)
     for variant in VARIANTS:
-        _, items, run = prepare(variant, args.config, args.images, args.batch_size, device)
+        _, items, run = prepare(variant, args.config, args.images, args.batch_size, device, args.precision)
         run(items[:1])
         table = profile_table(partial(run, items), device)
         print(f"\n{variant}, {len(items)} image(s):\n{table}")
 
 
-def describe(variant: str, device: torch.device, batch_size: int) -> list[str]:
+def describe(variant: str, batch_size: int, precision: str) -> list[str]:
     if variant == "lab-style":
         return ["lab-style (baseline)", "1", "manual", "fp32", "yes"]
-    return ["project", str(batch_size), "sdpa", "bf16 autocast" if device.type == "cuda" else "fp32", "no"]
+    return ["project", str(batch_size), "sdpa", "bf16 autocast" if precision == "bf16" else precision, "no"]
 
 
 def command_line(args: argparse.Namespace, device: torch.device) -> str:
     flags = [f"--device {device.type}", f"--config {args.config}", f"--images {args.images}",
-             f"--batch-size {args.batch_size}", f"--repeats {args.repeats}"]
+             f"--batch-size {args.batch_size}", f"--repeats {args.repeats}", f"--precision {args.precision}"]
     flags += [f"--threads {args.threads}"] if args.threads else []
     return "python bench/bench_inpainting.py " + " ".join(flags)
 
@@ -152,14 +154,14 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     """Run the variants in alternation, print the tables and, with --write, update BENCHMARKS.md."""
     machine = machine_summary(device, args.threads)
     child_args = ["--device", str(device), "--config", args.config, "--images", str(args.images),
-                  "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+                  "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--precision", args.precision]
     with start_children(Path(__file__).resolve(), {v: [*child_args, "--worker", v] for v in VARIANTS}) as children:
         results = interleave(args.repeats, VARIANTS, lambda v: children[v].measure())
     check_same_weights(results)
     images = results["project"][0]["images"]
     rates = {v: [r["images"] / r["seconds"] for r in runs] for v, runs in results.items()}
-    rows = [describe(v, device, args.batch_size) + [f"{median(rates[v]):.3g}", ", ".join(f"{x:.3g}" for x in rates[v])]
-            for v in VARIANTS]
+    rows = [describe(v, args.batch_size, args.precision)
+            + [f"{median(rates[v]):.3g}", ", ".join(f"{x:.3g}" for x in rates[v])] for v in VARIANTS]
     speed = markdown_table(["variant", "batch", "attention", "precision", "decode every step",
                             "images/s (median)", "images/s (each run)"], rows)
     verdict = speedup_text(results, device, GOAL[device.type])
@@ -167,11 +169,14 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> None:
     total = len(list_images(resolve_path(DEFAULT_MASKED)))
     subset = f"all {total} test images" if images == total else f"the first {images} of the {total} test images"
     title = f"{device.type.upper()}, {args.config}, {subset}"
+    if args.precision != default_precision(device):
+        title += f", project in {args.precision}"
     print(f"\n{title}\n{machine}\n\n{speed}\n\n{verdict}\n\n{memory}")
 
     if args.write:
         note = f" {args.note}" if args.note else ""
         key = f"bench_inpainting {device.type} {args.config}"
+        key += "" if args.precision == default_precision(device) else f" {args.precision}"
         update_section("Inpainting throughput", key, f"### {title}\n\n"
                        f"Machine: {machine}.{note}\n\nCommand: `{command_line(args, device)} --write`\n\n"
                        f"{speed}\n\n{verdict}")
@@ -190,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"first N test images (default: all 401 on CUDA, {CPU_IMAGES} on the CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="the project's batch size (default: inpainting.py's, 64 on CUDA and 16 on the CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="the project's transformer precision (default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators instead of timing")
     p.add_argument("--write", action="store_true", help="update this benchmark's blocks of BENCHMARKS.md")
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     args.images = args.images or (401 if device.type == "cuda" else CPU_IMAGES)
     args.batch_size = args.batch_size or default_batch_size(device)
+    args.precision = args.precision or default_precision(device)
     if args.profile:
         profile(args, device)
     else:

@@ -3,7 +3,8 @@ modeling and used for inpainting by iterative parallel decoding (Chang et al., M
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -78,6 +79,15 @@ class DecodeHistory:
         return self.tokens[t], self.probs[t] if self.probs else None
 
 
+PRECISIONS = ("fp32", "bf16")  # how the transformer's matrix products run at inference (MaskGit.precision)
+
+
+def default_precision(device: torch.device | str) -> str:
+    """bf16 on CUDA; fp32 elsewhere: CPUs without AVX512-BF16 or AMX emulate bf16 matrix products
+    (2.6x slower on this project's AVX2 machine, BENCHMARKS.md)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 READOUTS = ("sample", "mean")  # what the final image decodes in the hole: the sampled tokens, or their mean
 
 
@@ -103,13 +113,22 @@ class MaskGit(nn.Module):
         self.choice_temperature = cfg["choice_temperature"]
         self.mask_func = cfg["gamma_type"]
         self.gamma = gamma_func(self.mask_func)
+        self.precision = "fp32"  # of predict: a name in PRECISIONS (set_precision)
+
+    def set_precision(self, precision: str) -> MaskGit:
+        """Run the transformer's inference in fp32 or under bf16 autocast (PRECISIONS); the VQGAN stays fp32."""
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        return self
 
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL, vqgan: str | Path | None = None,
-                        device: torch.device | str = "cpu") -> MaskGit:
+                        device: torch.device | str = "cpu", precision: str | None = None) -> MaskGit:
         """An exported transformer folder (default: the shipped one) with its VQGAN: the folder it
         names, or `vqgan` (an exported folder or a torch file such as the lab's VQGAN.pt). A VQGAN
-        whose weights are not the ones the transformer was trained on is refused. Eval mode."""
+        whose weights are not the ones the transformer was trained on is refused. Eval mode, with
+        `precision` (default: default_precision of the device)."""
         path = Path(path)
         if not path.exists():
             raise UserError(f"model not found: {path}")
@@ -121,7 +140,7 @@ class MaskGit(nn.Module):
         expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
         _load_vqgan(model, vqgan, cfg["vqgan"], expected, path)
         load_weights(model.transformer, path)
-        return model.to(device).eval()
+        return model.to(device).eval().set_precision(precision or default_precision(device))
 
     def train(self, mode: bool = True) -> MaskGit:
         super().train(mode)
@@ -173,13 +192,12 @@ class MaskGit(nn.Module):
         """`tokens` (B, N) with the mask token wherever `mask` (B, N) is True."""
         return torch.where(mask, torch.full_like(tokens, self.mask_token_id), tokens)
 
-    def predict(self, tokens: torch.Tensor, autocast_ctx: Callable | None = None) -> torch.Tensor:
-        """fp32 logits (B, N, vocab) of the transformer, with the mask token never a prediction."""
-        if autocast_ctx is None:
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (B, N, vocab) of the transformer at self.precision, with the mask token never a
+        prediction. In fp32 an autocast the caller entered still applies (training's validation)."""
+        bf16 = self.precision == "bf16"
+        with torch.autocast(tokens.device.type, torch.bfloat16) if bf16 else nullcontext():
             logits = self.transformer(tokens)
-        else:
-            with autocast_ctx():
-                logits = self.transformer(tokens)
         logits = logits.float()
         logits[..., self.mask_token_id] = -torch.inf
         return logits
@@ -189,7 +207,7 @@ class MaskGit(nn.Module):
                 sweet_spot: int | None = None, mask_func: str | None = None,
                 choice_temperature: float | None = None, sample_temperature: float = 1.0,
                 generators: Sequence[torch.Generator] | None = None, return_history: bool = False,
-                autocast_ctx: Callable | None = None, scheduler: str = "confidence", readout: str = "sample"
+                scheduler: str = "confidence", readout: str = "sample"
                 ) -> Decoded:
         """Iterative decoding (MaskGIT, section 3.2): fill the tokens of `z_indices` (B, N) where
         `token_mask` (B, N) is True, in `total_iter` steps T; known tokens never change.
@@ -218,7 +236,7 @@ class MaskGit(nn.Module):
             probs = torch.zeros(*unknown.shape, self.mask_token_id, device=z_indices.device)
         for t in range(steps):
             # 1. Predict: the probabilities of every token at every masked location, in parallel.
-            logits = self.predict(tokens, autocast_ctx)
+            logits = self.predict(tokens)
             # 2. Sample: a token at each masked location; its predicted probability is its confidence.
             drawn, drawn_from = sample_tokens(logits, sample_temperature, generators)
             sampled = torch.where(unknown, drawn, tokens)

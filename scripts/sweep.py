@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fid and inception is None:
         print(f"note: FID skipped: no Inception weights ({WEIGHTS_NAME}) in torch's hub cache; pass "
               f"--inception-weights PATH or set ${WEIGHTS_ENV}", file=sys.stderr)
-    model = load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan)
+    model = load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan, args.precision)
     batch_size = args.batch_size or default_batch_size(device)
     choice_temperature = cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -338,6 +338,14 @@ def test_sweep_adds_fid_when_weights_are_there(tiny, monkeypatch):
     assert kw["model"] == "inception from inception.pth"
 
 
+def test_precision_flag_is_recorded_and_bf16_stays_close(tiny, default_run):
+    out = run(tiny, tiny["root"] / "bf16", "--total-iter", "4", "--sweet-spot", "3", "--precision", "bf16")
+    metrics = json.loads((out / "metrics.json").read_text())
+    fp32 = json.loads((default_run / "metrics.json").read_text())
+    assert metrics["settings"]["precision"] == "bf16" and fp32["settings"]["precision"] == "fp32"
+    assert abs(metrics["psnr_hole"] - fp32["psnr_hole"]) < 1.0
+
+
 def test_halton_scheduler_from_the_command_line(tiny):
     steps = ("--total-iter", "4", "--readout", "sample", "--partial", "0.3")  # one step has no order to choose
     out = run(tiny, tiny["root"] / "halton", "--scheduler", "halton", *steps)

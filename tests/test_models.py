@@ -9,6 +9,7 @@ from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
 from models.config import load_maskgit_config, transformer_param
+from models.maskgit import default_precision
 from models.schedules import halton_ranks, radical_inverse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +255,19 @@ def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
     still_masked = history[2]
     assert torch.equal(tokens[still_masked], logits.argmax(-1)[still_masked])
     assert (tokens < 16).all() and torch.equal(tokens[~mask], z[~mask])
+
+
+def test_precision_bf16_rounds_the_transformer_and_fp32_leaves_it_exact(tiny_maskgit):
+    z = torch.randint(0, 17, (2, 16))
+    exact = tiny_maskgit.transformer(z)
+    assert default_precision("cpu") == "fp32" and default_precision("cuda") == "bf16"
+    fp32 = tiny_maskgit.predict(z)
+    assert torch.equal(fp32[..., :-1], exact[..., :-1]) and torch.isinf(fp32[..., -1]).all()
+    bf16 = tiny_maskgit.set_precision("bf16").predict(z)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16[..., :-1], exact[..., :-1])
+    assert torch.allclose(bf16[..., :-1], exact[..., :-1], atol=0.05)  # bf16 keeps 8 bits of mantissa
+    with pytest.raises(UserError, match="unknown precision 'int8'"):
+        tiny_maskgit.set_precision("int8")
 
 
 def test_no_hole_leaves_tokens_unchanged(tiny_maskgit):
