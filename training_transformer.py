@@ -10,7 +10,8 @@ The VQGAN encodes the training images (and their mirror images when `flip` is on
 validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
 config and the image files; an epoch then costs transformer time only. Hyper-parameters come from
 the config's `train_param` section (defaults in models/config.py); flags override them. The run
-folder (--checkpoint-path, or --run-dir) holds last.pt (resumable), best.pt (lowest validation loss), transformer.pt
+folder (--checkpoint-path, or --run-dir) holds last.pt (resumable), best.pt (highest val hole PSNR with
+--val-inpaint, else lowest validation loss: best_score), transformer.pt
 (plain weights of the best, for load_maskgit), log.jsonl and curves.png.
 """
 from __future__ import annotations
@@ -235,6 +236,14 @@ def score_inpainting(model: MaskGit, items: list, gt: np.ndarray, device: torch.
             "val_inpaint_token_acc": metrics["masked_token_accuracy"]}
 
 
+def best_score(metrics: dict[str, float]) -> tuple[str, float]:
+    """What best.pt is chosen by, and this validation's value of it (higher is better): the hole PSNR
+    of the val inpainting when it ran, which is what users see, else minus the validation loss."""
+    if "val_psnr_hole" in metrics:
+        return "val_psnr_hole", metrics["val_psnr_hole"]
+    return "val_loss", -metrics["val_loss"]
+
+
 def inpainting_summary(metrics: dict[str, float]) -> str:
     """The val inpainting figures of a validation, for the progress line ("" when not measured)."""
     if "val_psnr_hole" not in metrics:
@@ -401,13 +410,14 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         optimizer = torch.optim.AdamW(param_groups(model.transformer, tcfg["weight_decay"]),
                                       lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
         s = Stage2(model, model, optimizer, training.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
-        step, best_val_loss = 0, math.inf
+        step, best_val_loss, best = 0, math.inf, {"by": None, "score": -math.inf}
         if source is not None:
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             check_trained_on(state, source, vqgan_ckpt)
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
                              stop_at=stop_at)
             step, best_val_loss = state["step"], state["best_val_loss"]
+            best = state.get("best", {"by": "val_loss", "score": -best_val_loss})  # runs before best_score
             if is_main:
                 print(f"resumed from {source} at step {step}")
                 if state["steps_per_epoch"] != steps_per_epoch:
@@ -453,10 +463,12 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                 improved = False
                 if (epoch_end and (epoch + 1) % args.val_per_epoch == 0) or finished:
                     metrics = validate(model, val_tokens, val_masks, batch, label_smoothing, device, rank, world)
-                    improved = metrics["val_loss"] < best_val_loss
                     best_val_loss = min(best_val_loss, metrics["val_loss"])
                     if inpaint_items:
                         metrics.update(score_inpainting(model, inpaint_items, inpaint_gt, device, batch), **ns_scores)
+                    by, score = best_score(metrics)
+                    improved = by != best["by"] or score > best["score"]  # a new criterion starts afresh
+                    best = {"by": by, "score": score} if improved else best
                     log.write(step=step, epoch=step / steps_per_epoch, **metrics)
                     log.plot(run_dir / "curves.png", PLOT_PANELS)
                     if is_main:
@@ -466,6 +478,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
                         s.parts(), world, run_dir, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
+                        best=best,
                         steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg)
                     snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
@@ -474,7 +487,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                 if finished:
                     break
         if is_main:
-            print(f"done: {step} steps, best val loss {best_val_loss:.4f}; "
+            print(f"done: {step} steps, best val loss {best_val_loss:.4f}, best.pt by {best['by']}; "
                   f"{training.weights_note(run_dir, 'transformer.pt')}")
         return model, step
 

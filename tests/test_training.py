@@ -149,8 +149,11 @@ def test_stage2_overfits_and_writes_its_files(ws, tmp_path):
     assert records(run, "val_acc")[-1] > records(run, "val_acc")[0]
     for name in ("last.pt", "best.pt", "transformer.pt", "log.jsonl", "curves.png"):
         assert (run / name).is_file(), name
-    best = load_checkpoint(run / "best.pt")
-    assert best["best_val_loss"] == pytest.approx(min(val_loss))
+    best = load_checkpoint(run / "best.pt")  # chosen by the val inpainting's hole PSNR, the first of the highest
+    psnr = [(r["val_psnr_hole"], -r["step"]) for r in RunLog(run).records if "val_psnr_hole" in r]
+    assert best["best"] == {"by": "val_psnr_hole", "score": max(psnr)[0]} and best["step"] == -max(psnr)[1]
+    losses = [(r["step"], r["val_loss"]) for r in RunLog(run).records if "val_loss" in r]
+    assert best["best_val_loss"] == pytest.approx(min(loss for step, loss in losses if step <= best["step"]))
 
     # the plain weights load into MaskGit for inpainting; the fp16 export loads back into fp32
     loaded = load_maskgit(str(ws.config), transformer_ckpt=str(run / "transformer.pt"))
@@ -425,6 +428,8 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
         assert 0 < record["val_ns_psnr_hole"] < 100 and record["val_ns_ssim"] > 0
     assert logged[0]["val_ns_psnr_hole"] == logged[1]["val_ns_psnr_hole"]  # fixed images and holes
     assert records(tmp_path / "zero", "val_psnr_hole") == []
+    zero_loss = records(tmp_path / "zero", "val_loss")[0]
+    assert load_checkpoint(tmp_path / "zero" / "best.pt")["best"] == {"by": "val_loss", "score": -zero_loss}
 
 
 
