@@ -9,7 +9,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
     """The flags both training scripts take, each under both spellings (this repository's and the
     lab's), with the script's defaults."""
     p.add_argument("--config", "--MaskGitConfig", default=config, help="YAML config")
-    p.add_argument("--train-path", "--train_d_path", default="datasets/twemoji/train", help="folder of training images")
+    p.add_argument("--train-path", "--train_d_path", nargs="+", default=["datasets/twemoji/train"],
+                   help="folder(s) of training images, e.g. two emoji styles (default: %(default)s)")
     p.add_argument("--val-path", "--val_d_path", default="datasets/twemoji/val", help="folder of validation images")
     p.add_argument("--run-dir", "--checkpoint-path", default=run_dir,
                    help="run folder: checkpoints, log, curves (default: %(default)s)")
@@ -348,15 +349,17 @@ def best_checkpoint(run_dir: str | os.PathLike, key: str) -> dict:
 
 
 def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLike, kind: str, config: dict,
-           train_path: str | os.PathLike, **facts: object) -> None:
+           train_paths: Sequence[str | os.PathLike], **facts: object) -> None:
     """Write the `key` weights of a run's best checkpoint, loaded into `module`, as an exported
     folder at `dest` (float16 safetensors + config.json, models/pretrained.py) with the config, the
-    run's step and train_param, the training data's credits (CREDITS.md beside `train_path`, when
-    there) and `facts`."""
+    run's step and train_param, the training data's credits (the CREDITS.md beside each training
+    folder of the run, when there; the checkpoint records them, `train_paths` stands in for runs
+    older than that) and `facts`."""
     load_state(module, checkpoint[key], f"best.pt ({key})")
-    run = {k: checkpoint[k] for k in ("step", "best_val_loss", "best_psnr", "train_param") if k in checkpoint}
-    credits = Path(train_path).parent / "CREDITS.md"
-    data = {"train_path": str(train_path), **({"credits": credits.read_text()} if credits.is_file() else {})}
+    train_paths = checkpoint.get("train_path", train_paths)
+    run = {k: checkpoint[k] for k in ("step", "best_val_loss", "best_psnr", "best", "train_param") if k in checkpoint}
+    credits = [c.read_text() for c in (Path(p).parent / "CREDITS.md" for p in train_paths) if c.is_file()]
+    data = {"train_path": " ".join(map(str, train_paths)), **({"credits": "\n\n".join(credits)} if credits else {})}
     write_exported(dest, kind, module, config, run=run, data=data, **facts)
     print(f"wrote {dest}")
 

@@ -378,7 +378,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         per_step = batch * accum  # samples per rank per optimizer step
         steps_per_epoch = int(len(train_set) * args.partial) // (per_step * world)
         if steps_per_epoch == 0:
-            raise UserError(f"{args.train_path}: {int(len(train_set) * args.partial)} images (--partial "
+            raise UserError(f"{' '.join(args.train_path)}: {int(len(train_set) * args.partial)} images (--partial "
                             f"{args.partial}) are fewer than one step of {per_step * world}")
         total_steps = steps_per_epoch * tcfg["epochs"]  # the LR schedule's length
         stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
@@ -478,8 +478,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
                         s.parts(), world, run_dir, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
-                        best=best,
-                        steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg)
+                        best=best, steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg,
+                        train_param=tcfg, train_path=[str(p) for p in args.train_path])
                     snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
                         training.save_run(run_dir, state, ("transformer.pt", model.transformer), improved,

@@ -233,7 +233,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         batch = tcfg["batch_size"]
         steps_per_epoch = len(train_set) // (batch * world)
         if steps_per_epoch == 0:
-            raise UserError(f"{args.train_path} has {len(train_set)} images, fewer than one batch of {batch * world}")
+            raise UserError(f"{' '.join(args.train_path)} has {len(train_set)} images, fewer than one batch of "
+                            f"{batch * world}")
         total_steps = steps_per_epoch * tcfg["epochs"]  # the LR schedule's length
         stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
         s = build(cfg, tcfg, device, total_steps)
@@ -306,7 +307,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                     state = training.run_state(
                         s.parts(), world, run_dir, step=step, best_psnr=best_psnr,
                         code_counts=training.gather_per_rank([counts, epoch_counts], world),
-                        code_rng=code_rng.get_state(), config=cfg, train_param=tcfg)
+                        code_rng=code_rng.get_state(), config=cfg, train_param=tcfg,
+                        train_path=[str(p) for p in args.train_path])
                     if is_main:
                         training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved)
                 if finished:

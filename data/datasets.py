@@ -75,14 +75,14 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, ring: int = 0) -> 
 
 
 class ImageFolderDataset(Dataset):
-    """Images of a folder (sorted; PNG, JPG, WEBP, BMP; any mode -> RGB, transparency on white) as
-    normalized (3, size, size) float tensors, optionally flipped at random for training.
-    Every file is checked up front: unreadable -> UserError naming it; other sizes -> resized
-    with one warning, or a UserError when strict."""
+    """Images of a folder, or of several one after the other (each sorted; PNG, JPG, WEBP, BMP; any
+    mode -> RGB, transparency on white) as normalized (3, size, size) float tensors, optionally
+    flipped at random for training. Every file is checked up front: unreadable -> UserError naming
+    it; other sizes -> resized with one warning, or a UserError when strict."""
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | Sequence[str | os.PathLike],
         mean: Stats,
         std: Stats,
         flip: bool = False,
@@ -90,8 +90,11 @@ class ImageFolderDataset(Dataset):
         strict: bool = False,
         fit: str = "resize",
     ) -> None:
-        self.files = list_images(root)
-        check_sizes(self.files, size, strict, root, fit)
+        self.files = []
+        for folder in [root] if isinstance(root, (str, os.PathLike)) else root:
+            files = list_images(folder)
+            check_sizes(files, size, strict, folder, fit)
+            self.files += files
         self.mean, self.std = mean, std
         self.flip, self.size, self.fit = flip, size, fit
 

@@ -397,7 +397,27 @@ def test_both_scripts_take_both_spellings_of_each_flag(script):
     ours = script.parse_args(["--config", "a.yml", "--run-dir", "r", "--train-path", "t", "--val-path", "v",
                               "--num-workers", "3"])
     assert vars(lab) == vars(ours)
-    assert (ours.config, ours.run_dir, ours.train_path, ours.val_path, ours.num_workers) == ("a.yml", "r", "t", "v", 3)
+    assert (ours.config, ours.run_dir, ours.train_path, ours.val_path) == ("a.yml", "r", ["t"], "v")
+    assert ours.num_workers == 3
+    assert script.parse_args(["--train-path", "t", "u"]).train_path == ["t", "u"]  # two styles of emoji
+
+
+def test_training_images_of_two_folders_and_their_credits(ws, tmp_path):
+    """--train-path A B trains on both folders' images (A's, then B's) and the export credits both."""
+    other = tmp_path / "openmoji" / "train"
+    other.mkdir(parents=True)
+    (tmp_path / "openmoji" / "CREDITS.md").write_text("OpenMoji, CC BY-SA 4.0")
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(other / f"{i}.png")
+    both = ImageFolderDataset([ws.train, other], [0.5] * 3, [0.5] * 3, size=16)
+    alone = ImageFolderDataset(ws.train, [0.5] * 3, [0.5] * 3, size=16)
+    assert both.files == alone.files + sorted(other.iterdir())
+    torch.testing.assert_close(both[len(alone)], torch.full((3, 16, 16), -1.0))  # black, normalized
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "1", "--val-inpaint", "0", "--train-path", str(ws.train), str(other))
+    stage2.main(stage2_argv(ws, run, "--export", str(tmp_path / "export")))
+    data = json.loads((tmp_path / "export" / "config.json").read_text())["data"]
+    assert data["train_path"] == f"{ws.train} {other}" and data["credits"] == "OpenMoji, CC BY-SA 4.0"
 
 
 def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
