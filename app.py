@@ -51,8 +51,8 @@ def to_editor(image: np.ndarray | None) -> dict | None:
 
 
 def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_iter: int, sweet_spot: int, mask_func: str,
-        choice_temperature: float, sample_temperature: float, seed: int, readout: str = Decoding.readout
-        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        choice_temperature: float, sample_temperature: float, seed: int, readout: str = Decoding.readout,
+        flip_average: bool = Decoding.flip_average) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """One press of the button: (result at the image's size, the hole as read, the figure of every
     step, a status line ending with the last step's label). A UserError is shown as one message."""
     if image is None:
@@ -67,7 +67,7 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_ite
         result: Inpainted = inpaint(image, mask, model, total_iter=int(total_iter), sweet_spot=int(sweet_spot),
                                     mask_func=mask_func, choice_temperature=float(choice_temperature),
                                     sample_temperature=float(sample_temperature), seed=int(seed),
-                                    return_steps=True, readout=readout)
+                                    return_steps=True, readout=readout, flip_average=bool(flip_average))
     notes += [str(w.message) for w in caught]
     hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
     figure = steps_figure(result.steps, title=f"{mask_func}, T = {total_iter}, sweet spot {sweet_spot}")
@@ -115,6 +115,7 @@ def build(model: MaskGit, test_images: list[Path]):
                                                label="sample temperature (0 = argmax)")
                 readout = gr.Dropdown(list(READOUTS), value=Decoding.readout,
                                       label="readout: the mean code vector of each prediction, or the sampled token")
+                flip_average = gr.Checkbox(Decoding.flip_average, label="average with the mirror image's result")
                 seed = gr.Number(0, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
@@ -124,7 +125,8 @@ def build(model: MaskGit, test_images: list[Path]):
         figure = gr.Image(label="every step: token mask above, image below", format="png", type="numpy",
                           elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
-        settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout]
+        settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
+                    flip_average]
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

@@ -96,6 +96,7 @@ class Decoding:
     ring: int = 0                             # also regenerate this many rings of tokens around the hole
     readout: str = "mean"                     # what the hole decodes: the sampled tokens or their mean (READOUTS)
     encode_fill: str = "nearest"              # what the encoder sees in the hole: ENCODE_FILLS
+    flip_average: bool = False                # average the decode with the mirror image's, mirrored back
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -286,14 +287,23 @@ def nearest_filled(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
 
 def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indices: Sequence[int],
                  decoding: Decoding, history: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DecodeHistory | None]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[DecodeHistory] | None]:
     """MaskGIT on a batch, the one decode path of the CLI, the sweep, inpaint() and the page:
     normalized images (B, 3, H, W) and holes (B, 1, H, W) bool -> (the decode with the known pixels
-    pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); step history)."""
-    token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
-    _, z = model.encode_to_z(images if decoding.encode_fill == "gray" else nearest_filled(images, holes))  # (B, N)
-    tokens, steps, probs = fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history)
-    return _paste(model.decode_tokens(tokens, probs), images, holes, decoding.paste), tokens, token_mask, steps
+    pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); the step
+    history of each view). With decoding.flip_average the mirror image is decoded too and the two
+    decodes averaged (mirrored back); the tokens and token mask are then those of the image itself."""
+    views = [(images, holes)] + ([(images.flip(-1), holes.flip(-1))] if decoding.flip_average else [])
+    decodes, results = [], []
+    for mirrored, (view, hole) in enumerate(views):
+        token_mask = pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
+        _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
+        results.append(fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history))
+        decode = model.decode_tokens(results[-1].tokens, results[-1].probs)
+        decodes.append(decode.flip(-1) if mirrored else decode)
+    token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)
+    steps = [r.history for r in results] if history else None
+    return _paste(torch.stack(decodes).mean(0), images, holes, decoding.paste), results[0].tokens, token_mask, steps
 
 
 @dataclass
@@ -309,19 +319,24 @@ class Step:
         return f"step {self.step}: {self.masked} tokens masked"
 
 
-def decode_step(model: MaskGit, history: DecodeHistory, t: int, device: torch.device) -> torch.Tensor:
-    """The image (B, 3, H, W) a sweet spot of t+1 gives, with the run's readout."""
-    tokens, probs = history.readout(t)
-    return model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device))
+def decode_step(model: MaskGit, histories: Sequence[DecodeHistory], t: int, device: torch.device) -> torch.Tensor:
+    """The image (B, 3, H, W) a sweet spot of t+1 gives, with the run's readout and views (decode_holes)."""
+    decodes = []
+    for mirrored, history in enumerate(histories):
+        tokens, probs = history.readout(t)
+        decode = model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device))
+        decodes.append(decode.flip(-1) if mirrored else decode)
+    return torch.stack(decodes).mean(0)
 
 
-def decode_steps(model: MaskGit, history: DecodeHistory, images: torch.Tensor, holes: torch.Tensor, paste: bool,
-                 mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
-    """Per image of the batch, its Steps: the input (hole gray), then the image after each step."""
-    frames = [to_uint8_image(_paste(decode_step(model, history, t, images.device), images, holes, paste), mean, std)
-              for t in range(len(history.tokens))]  # S x (B, H, W, 3)
+def decode_steps(model: MaskGit, histories: Sequence[DecodeHistory], images: torch.Tensor, holes: torch.Tensor,
+                 paste: bool, mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
+    """Per image of the batch, its Steps: the input (hole gray), then the image after each step (the
+    token masks are those of the image itself, not of its mirror image)."""
+    frames = [to_uint8_image(_paste(decode_step(model, histories, t, images.device), images, holes, paste), mean, std)
+              for t in range(len(histories[0].tokens))]  # S x (B, H, W, 3)
     frames.insert(0, painted(to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy()))
-    masks = torch.stack(history.masks, 1).numpy()  # (B, S+1, N)
+    masks = torch.stack(histories[0].masks, 1).numpy()  # (B, S+1, N)
     side = math.isqrt(masks.shape[-1])
     return [[Step(t, int(masks[b, t].sum()), masks[b, t].reshape(side, side), frames[t][b])
              for t in range(masks.shape[1])] for b in range(masks.shape[0])]
@@ -454,12 +469,12 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
     for images, holes, indices in tqdm(loader, desc="inpainting", unit="batch", disable=not progress):
         images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
         holes = holes.to(device, non_blocking=True)    # (B, 1, H, W) bool
-        history = None
+        histories = None
         if decoding.method != "maskgit":
             outputs_u8 = fill_baseline(decoding.method, to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy())
         else:
-            outputs, tokens, token_mask, history = decode_holes(model, images, holes, indices, decoding,
-                                                                save_history or bool(early_spots))
+            outputs, tokens, token_mask, histories = decode_holes(model, images, holes, indices, decoding,
+                                                                  save_history or bool(early_spots))
             gt_tokens = None
             if gt is not None:
                 _, gt_tokens = model.encode_to_z(normalize(gt[indices.numpy()], mean, std).to(device))
@@ -467,16 +482,16 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                 count += int(token_mask.sum())
             for spot in early_spots:
                 early_outputs[spot].append(to_uint8_image(
-                    _paste(decode_step(model, history, spot - 1, device), images, holes, decoding.paste), mean, std))
+                    _paste(decode_step(model, histories, spot - 1, device), images, holes, decoding.paste), mean, std))
                 if gt_tokens is not None:
-                    early_hits[spot] += int((history.tokens[spot - 1].to(device) == gt_tokens)[token_mask].sum())
+                    early_hits[spot] += int((histories[0].tokens[spot - 1].to(device) == gt_tokens)[token_mask].sum())
             outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
         if out_dir is not None:
             for i, pixels in zip(indices.tolist(), outputs_u8):
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
             if save_history:
                 save_history_pictures(out_dir, indices.tolist(),
-                                      decode_steps(model, history, images, holes, decoding.paste, mean, std), gt)
+                                      decode_steps(model, histories, images, holes, decoding.paste, mean, std), gt)
         collected["indices"].append(indices.numpy())
         collected["holes"].append(holes[:, 0].cpu().numpy())
         collected["inputs"].append(painted(to_uint8_image(images, mean, std), collected["holes"][-1]))
@@ -506,14 +521,16 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
             total_iter: int = Decoding.total_iter, sweet_spot: int | None = None, mask_func: str | None = None,
             choice_temperature: float | None = None, sample_temperature: float = Decoding.sample_temperature,
             seed: int = 0, paste: bool = True, fit: str = "resize", hole_white: bool = False,
-            return_steps: bool = False, readout: str = Decoding.readout) -> Inpainted:
+            return_steps: bool = False, readout: str = Decoding.readout,
+            flip_average: bool = Decoding.flip_average) -> Inpainted:
     """Fill the hole of one image (a file, PIL image or uint8 array of any size) with MaskGIT.
 
     `mask` marks the hole (data.masks.read_hole: a bool array True = hole, a black-hole mask, white
     with `hole_white`, or a painted RGBA layer). `model` defaults to the shipped one
     (MaskGit.from_pretrained()). The image is resized (`fit` "resize") or centre-cropped ("crop") to
     the model's size, decoded in `total_iter` steps stopped after `sweet_spot` with the `readout`
-    (READOUTS), and given back at its own size; `return_steps` adds every step. Same settings, same
+    (READOUTS), averaged with its mirror image's decode with `flip_average`, and given back at its
+    own size; `return_steps` adds every step. Same settings, same
     result as inpainting.py --image. Bad input raises one UserError."""
     model = model if model is not None else MaskGit.from_pretrained()
     check_temperatures(choice_temperature, sample_temperature)
@@ -521,16 +538,17 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
     if readout not in READOUTS:
         raise UserError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
     decoding = Decoding("maskgit", total_iter, check_decoding(total_iter, sweet_spot, mask_func), mask_func,
-                        choice_temperature, sample_temperature, seed, paste, readout=readout)
+                        choice_temperature, sample_temperature, seed, paste, readout=readout,
+                        flip_average=flip_average)
     vq = model.vqgan.cfg
     name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
     prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white, name=name)
     device = next(model.parameters()).device
     images = normalize(prepared.pixels, vq["mean"], vq["std"])[None].to(device)
     holes = torch.from_numpy(prepared.model_hole)[None, None].to(device)
-    outputs, _, _, history = decode_holes(model, images, holes, [0], decoding, return_steps)
+    outputs, _, _, histories = decode_holes(model, images, holes, [0], decoding, return_steps)
     output = to_uint8_image(outputs, vq["mean"], vq["std"])[0]
-    steps = decode_steps(model, history, images, holes, paste, vq["mean"], vq["std"])[0] if return_steps else []
+    steps = decode_steps(model, histories, images, holes, paste, vq["mean"], vq["std"])[0] if return_steps else []
     return Inpainted(restore_size(prepared.original, prepared.hole, output, fit, paste), output, prepared.pixels,
                      steps)
 
@@ -641,6 +659,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encode-fill", choices=ENCODE_FILLS, default=Decoding.encode_fill,
                    help="what the VQGAN encoder sees in the hole: the gray of the input, or the nearest known "
                         "pixel, so the known tokens around the hole look less like a gray edge (default: %(default)s)")
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=Decoding.flip_average,
+                   help="also fill the mirror image and average the two results, mirrored back (twice the work; "
+                        "smoother, closer in PSNR) (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the transformer's matrix products: fp32, or bf16 autocast, faster on GPUs and on CPUs with "
                         "AVX512-BF16 or AMX, slower where bf16 is emulated (default: bf16 on CUDA, fp32 on the CPU)")
@@ -744,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
                         args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                        args.readout, args.encode_fill)
+                        args.readout, args.encode_fill, args.flip_average)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
 

@@ -167,15 +167,31 @@ def test_tokens_do_not_depend_on_batch_size(tiny):
     assert (together == alone).float().mean() >= 0.99
 
 
-@pytest.mark.parametrize("readout", ["sample", "mean"])
-def test_early_sweet_spots_equal_separate_runs(tiny, readout):
+def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny):
+    cfg = inpainting.load_config(tiny["config"])
+    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    images, holes, indices = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    decoding = inpainting.Decoding(total_iter=3, sweet_spot=3, readout="sample")
+    plain, tokens, _, _ = inpainting.decode_holes(model, images, holes, indices, decoding)
+    mirror = inpainting.decode_holes(model, images.flip(-1), holes.flip(-1), indices, decoding)[0].flip(-1)
+    averaged, averaged_tokens, _, histories = inpainting.decode_holes(
+        model, images, holes, indices, replace(decoding, flip_average=True), history=True)
+    torch.testing.assert_close(averaged, (plain + mirror) / 2)
+    assert torch.equal(averaged[~holes.expand_as(images)], images[~holes.expand_as(images)])  # known pixels kept
+    assert torch.equal(averaged_tokens, tokens) and len(histories) == 2
+    assert not torch.allclose(plain, mirror)  # the tiny model is not mirror-symmetric: the test has teeth
+
+
+@pytest.mark.parametrize("readout, flip_average", [("sample", False), ("mean", False), ("mean", True)])
+def test_early_sweet_spots_equal_separate_runs(tiny, readout, flip_average):
     """The sweep scores every sweet spot from one run; each must equal a run stopped there."""
     cfg = inpainting.load_config(tiny["config"])
     model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
     dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     mean, std = cfg["vqgan"]["mean"], cfg["vqgan"]["std"]
     gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, 16)
-    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6, readout=readout)
+    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6, readout=readout, flip_average=flip_average)
     full = inpainting.run_inpainting(dataset, model, decoding, mean, std, torch.device("cpu"), 4, gt=gt,
                                      progress=False, early_spots=[2, 5, 6])
     for spot in (2, 5):
