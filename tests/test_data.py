@@ -1,4 +1,5 @@
-"""Tests for data/: the Twemoji builder (on a small subset), masks, loaders and every bad-input path."""
+"""Tests for data/: the Twemoji builder (on a small subset), the OpenMoji one (on SVGs written here), masks,
+loaders and every bad-input path."""
 from __future__ import annotations
 
 import collections
@@ -32,7 +33,7 @@ from data import (
     read_gt_csv,
     to_uint8_image,
 )
-from data.prepare import SKIN_TONES, twemoji_folder
+from data.prepare import SKIN_TONES, is_private_use, openmoji_stem, twemoji_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -191,6 +192,76 @@ def test_prepare_from_a_source_folder_keeps_groups_together(tmp_path):
     assert sorted(split_of) == sorted(p.stem for p in picked)
     for base in ("1f44b", "1f44d"):
         assert len({s for stem, s in split_of.items() if stem.startswith(base)}) == 1
+
+
+# ---- OpenMoji -----------------------------------------------------------------------------------
+
+
+def write_svg(folder: Path, stem: str, fill: str = "#FCEA2B") -> None:
+    """An OpenMoji-like SVG: a 72x72 viewBox, transparent, a filled disc in the middle."""
+    (folder / f"{stem}.svg").write_text(
+        '<svg id="emoji" viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">\n'
+        f'  <circle cx="36" cy="36" r="23" fill="{fill}" stroke="#000000" stroke-width="2"/>\n</svg>\n')
+
+
+def test_openmoji_names_take_twemoji_form():
+    assert openmoji_stem("1F3C3-1F3FB-200D-2640-FE0F") == "1f3c3-1f3fb-200d-2640-fe0f"
+    assert openmoji_stem("00A9") == "a9" and openmoji_stem("0023-FE0F-20E3") == "23-fe0f-20e3"
+    assert group_key(openmoji_stem("1F469-1F3FD-200D-1F373")) == group_key("1f9d1-200d-1f373") == "1f373"
+    assert openmoji_stem("Smile") == "smile"  # not codepoints: only lowercased
+    assert is_private_use("e0ac-200d-2640-fe0f") and is_private_use("f8ff") and is_private_use("f0000")
+    assert not is_private_use("1f600") and not is_private_use("1f3f4-e0067-e0062-e0065-e006e-e0067-e007f")
+
+
+def test_prepare_openmoji_renders_svgs_and_keeps_variants_together(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "svg"
+    source.mkdir()
+    waving = ["1F44B", *(f"1F44B-{tone.upper()}" for tone in sorted(SKIN_TONES))]
+    for stem in waving:
+        write_svg(source, stem, "#F1B31C")
+    for i in range(10):
+        write_svg(source, f"1F60{i}")
+    for extra in ("E0AC", "E0AC-200D-2640-FE0F"):  # OpenMoji's private-use extras: skipped
+        write_svg(source, extra)
+    out = tmp_path / "openmoji"
+    args = ["--style", "openmoji", "--source", str(source), "--out", str(out)]
+    code, err = run_in_process(monkeypatch, capsys, data.prepare, *args)
+    assert code == 0 and "error" not in err, err
+    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    assert sorted(split_of) == sorted(openmoji_stem(s) for s in [*waving, *(f"1F60{i}" for i in range(10))])
+    assert len({split_of[openmoji_stem(s)] for s in waving}) == 1
+    counts = json.loads((out / "stats.json").read_text())["counts"]
+    assert counts == {"train": 12, "val": 2, "test": 2}
+    image = read(out / "train" / "1f44b-1f3fb.png")
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert image[0, 0].tolist() == [255, 255, 255]  # transparent corner composited on white
+    assert image[32, 32].tolist() == [0xF1, 0xB3, 0x1C]  # the disc's fill, inside its outline
+    # the outline: 2/72 wide at x = 13/72 of the width, pixels 10.7 to 12.4 of 64; white outside it
+    assert image[32, 11].tolist() == [0, 0, 0] and image[32, 6].tolist() == [255, 255, 255]
+    names = [p.name for p in list_images(out / "test")]
+    assert names == [p.name for p in list_images(out / "mask64")]
+    assert np.array_equal(read_gt_csv(out / "test_gt.csv"), np.stack([read(out / "test" / n) for n in names]))
+    credits = (out / "CREDITS.md").read_text()
+    assert "OpenMoji" in credits and "CC-BY-SA 4.0" in credits and "Twemoji" not in credits
+    params = json.loads((out / "MANIFEST.json").read_text())["params"]
+    assert params["style"] == "openmoji" and params["renderer"].startswith("resvg-py ")
+    again = prepare_dataset(tmp_path / "again", source, progress=False, style="openmoji")
+    assert tree_bytes(again) == tree_bytes(out)
+    prepare_dataset(out, source, progress=False, style="openmoji")
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_prepare_openmoji_names_a_broken_svg(tmp_path):
+    source = tmp_path / "svg"
+    source.mkdir()
+    for i in range(4):
+        write_svg(source, f"1F60{i}")
+    (source / "1F605.svg").write_text("<svg viewBox='0 0 72 72'")
+    with pytest.raises(UserError, match="1F605.svg"):
+        prepare_dataset(tmp_path / "out", source, progress=False, style="openmoji")
+    with pytest.raises(UserError, match="no SVG files"):
+        prepare_dataset(tmp_path / "out", tmp_path, progress=False, style="openmoji")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svg"]
 
 
 # ---- masks --------------------------------------------------------------------------------------
