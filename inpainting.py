@@ -96,7 +96,7 @@ class Decoding:
     ring: int = 0                             # also regenerate this many rings of tokens around the hole
     readout: str = "mean"                     # what the hole decodes: the sampled tokens or their mean (READOUTS)
     encode_fill: str = "nearest"              # what the encoder sees in the hole: ENCODE_FILLS
-    flip_average: bool = False                # average the decode with the mirror image's, mirrored back
+    flip_average: bool = True                 # average the decode with the mirror image's, mirrored back
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
