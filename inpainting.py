@@ -53,8 +53,8 @@ from data import (
     save_png,
     to_uint8_image,
 )
-from data.images import fit_box, fit_pil, to_rgb
-from data.masks import MaskSource, fit_hole, seeded_rng, unfit_hole, warn_if_inverted
+from data.images import fit_pil, to_rgb
+from data.masks import MaskSource, check_hole_kept, fit_hole, seeded_rng, unfit_hole, warn_if_inverted
 from models.config import load_maskgit_config
 from models.maskgit import PRECISIONS, READOUTS, Decoded, DecodeHistory, MaskGit, default_precision, load_maskgit
 from models.pretrained import is_exported, maskgit_config
@@ -225,10 +225,7 @@ def prepare_image(image: ImageSource, mask: MaskSource | None, size: int, *, fit
         raise UserError("the mask is entirely hole: there is nothing known to inpaint from")
     if mask is not None:
         warn_if_inverted(hole[None], ["the mask"], hole_white)
-    left, top, right, bottom = fit_box(width, height, fit)
-    if hole[top:bottom, left:right].sum() != hole.sum():
-        raise UserError(f"the hole reaches outside the centre square that --fit crop keeps of {name}; "
-                        "use --fit resize")
+    check_hole_kept(hole, fit, name)
     if not hole.any():
         warnings.warn("the mask has no hole (all known): the image comes back unchanged", stacklevel=2)
     if (width, height) != (size, size):

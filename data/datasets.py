@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from common import UserError
 from data.ground_truth import list_images
 from data.images import check_sizes, read_image
-from data.masks import read_hole, warn_if_inverted
+from data.masks import check_hole_kept, fit_hole, read_hole, warn_if_inverted
 
 Stats = float | Sequence[float]  # per-channel mean or std: one value or three
 
@@ -153,7 +153,12 @@ class InpaintingDataset(Dataset):
             )
         warn_unrelated_pairs(self.images.files, self.mask_files)
         check_sizes(self.mask_files, size, strict, mask_dir, fit)
-        holes = np.stack([read_hole(f, (size, size), hole_white, fit) for f in self.mask_files])  # (N, H, W)
+        holes = []
+        for f in self.mask_files:
+            hole = read_hole(f, hole_white=hole_white)  # at the mask's own size
+            check_hole_kept(hole, fit, f.name)
+            holes.append(fit_hole(hole, (size, size), fit))
+        holes = np.stack(holes)  # (N, H, W)
         all_hole = holes.all(axis=(1, 2))
         if all_hole.any():
             raise UserError(f"mask {self.mask_files[int(all_hole.argmax())]} is entirely hole (all black): "

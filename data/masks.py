@@ -194,6 +194,14 @@ def read_hole(mask: MaskSource, size: tuple[int, int] | None = None, hole_white:
     return hole if size is None else fit_hole(hole, size, fit)
 
 
+def check_hole_kept(hole: np.ndarray, fit: str, name: str) -> None:
+    """Refuse a hole (H, W) that `fit` would cut off: "crop" keeps only the centre square."""
+    left, top, right, bottom = fit_box(hole.shape[1], hole.shape[0], fit)
+    if hole[top:bottom, left:right].sum() != hole.sum():
+        raise UserError(f"the hole reaches outside the centre square that --fit crop keeps of {name}; "
+                        "use --fit resize")
+
+
 def fit_hole(hole: np.ndarray, size: tuple[int, int], fit: str = "resize") -> np.ndarray:
     """A bool hole (H, W) brought to `size` (width, height) through fit_box: hole wherever any hole
     pixel falls (box filter, > 0)."""

@@ -278,6 +278,12 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
         edge = np.full((16, 32), 255, dtype=np.uint8)
         edge[:, :4] = 0  # a hole outside the centre square
         Image.fromarray(edge).save(odd / "edge.png")
+    odd_folder = tiny["root"] / "odd_folder"
+    if not odd_folder.exists():
+        for name in ("masked", "masks"):
+            (odd_folder / name).mkdir(parents=True)
+        (odd_folder / "masked" / "a.png").write_bytes((odd / "a.png").read_bytes())
+        (odd_folder / "masks" / "edge.png").write_bytes((odd / "edge.png").read_bytes())
     few = tiny["root"] / "few_gt"
     if not few.exists():
         few.mkdir()
@@ -290,6 +296,9 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
         "mask count": (["--test-mask-path", str(short)], "7 masked images"),
         "hole outside crop": (["--image", str(odd / "a.png"), "--mask", str(odd / "edge.png"), "--fit", "crop"],
                               "the hole reaches outside the centre square"),
+        "folder hole outside crop": (["--test-maskedimage-path", str(odd_folder / "masked"), "--test-mask-path",
+                                      str(odd_folder / "masks"), "--fit", "crop"],
+                                     "the hole reaches outside the centre square that --fit crop keeps of edge.png"),
         "mask func": (["--mask-func", "nope"], "valid: linear, cosine"),
         "mask kind": (["--image", str(data / "clean" / "00.png"), "--mask-kind", "blob"], "freeform, box"),
         "cuda": (["--device", "cuda"], "CUDA is not available"),
