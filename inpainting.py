@@ -291,16 +291,20 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     history of each view). With decoding.flip_average the mirror image is decoded too and the two
     decodes averaged (mirrored back); the tokens and token mask are then those of the image itself."""
     views = [(images, holes)] + ([(images.flip(-1), holes.flip(-1))] if decoding.flip_average else [])
-    decodes, results = [], []
-    for mirrored, (view, hole) in enumerate(views):
-        token_mask = pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.ring)  # (B, N)
+    token_masks, results = [], []
+    for view, hole in views:
+        token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.ring))  # (B, N)
         _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
-        results.append(fill_tokens(model, z, token_mask, indices, decoding, decoding.sweet_spot, history))
-        decode = model.decode_tokens(results[-1].tokens, results[-1].probs)
-        decodes.append(decode.flip(-1) if mirrored else decode)
-    token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution, decoding.ring)
+        results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.sweet_spot, history))
+    decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs) for r in results])
     steps = [r.history for r in results] if history else None
-    return _paste(torch.stack(decodes).mean(0), images, holes, decoding.paste), results[0].tokens, token_mask, steps
+    return _paste(decoded, images, holes, decoding.paste), results[0].tokens, token_masks[0], steps
+
+
+def mean_of_views(decodes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean of the decodes (B, 3, H, W) of decode_holes' views: the image's, then its mirror
+    image's, which is mirrored back first."""
+    return torch.stack([d.flip(-1) if mirrored else d for mirrored, d in enumerate(decodes)]).mean(0)
 
 
 @dataclass
@@ -319,11 +323,10 @@ class Step:
 def decode_step(model: MaskGit, histories: Sequence[DecodeHistory], t: int, device: torch.device) -> torch.Tensor:
     """The image (B, 3, H, W) a sweet spot of t+1 gives, with the run's readout and views (decode_holes)."""
     decodes = []
-    for mirrored, history in enumerate(histories):
+    for history in histories:
         tokens, probs = history.readout(t)
-        decode = model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device))
-        decodes.append(decode.flip(-1) if mirrored else decode)
-    return torch.stack(decodes).mean(0)
+        decodes.append(model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device)))
+    return mean_of_views(decodes)
 
 
 def decode_steps(model: MaskGit, histories: Sequence[DecodeHistory], images: torch.Tensor, holes: torch.Tensor,
