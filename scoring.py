@@ -28,6 +28,13 @@ def psnr_from_mse(mse: float) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
 
 
+def hole_psnr(output: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> float:
+    """PSNR (dB) of uint8 (H, W, 3) `output` against `gt` over the pixels of `hole` (H, W) only:
+    scikit-image has no masked PSNR, so the MSE over the hole is converted to dB the same way."""
+    diff = output[hole].astype(np.float64) - gt[hole]  # (P, 3)
+    return psnr_from_mse(float(np.mean(diff ** 2)))
+
+
 def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray) -> dict:
     """Means over the images that have a hole (uint8 (N, H, W, 3) outputs and ground truth, (N, H, W)
     holes): PSNR of the whole image and of the hole only (dB, capped at PSNR_CAP), SSIM, and L1 in
@@ -43,10 +50,8 @@ def compute_metrics(outputs: np.ndarray, gt: np.ndarray, holes: np.ndarray) -> d
         with np.errstate(divide="ignore"):  # identical images: skimage divides by an MSE of 0
             psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(ref, out, data_range=255))))
         ssim.append(float(structural_similarity(ref, out, channel_axis=-1, data_range=255)))
-        # scikit-image has no masked PSNR: MSE over the hole pixels only, converted to dB the same way
-        diff = out[holes[i]].astype(np.float64) - ref[holes[i]]  # (P, 3)
-        psnr_hole.append(psnr_from_mse(float(np.mean(diff ** 2))))
-        l1_hole.append(float(np.mean(np.abs(diff))) / 255)
+        psnr_hole.append(hole_psnr(out, ref, holes[i]))
+        l1_hole.append(float(np.mean(np.abs(out[holes[i]].astype(np.float64) - ref[holes[i]]))) / 255)
     return {"psnr": float(np.mean(psnr)), "psnr_hole": float(np.mean(psnr_hole)), "ssim": float(np.mean(ssim)),
             "l1_hole": float(np.mean(l1_hole)), "scored_images": len(scored)}
 

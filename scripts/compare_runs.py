@@ -20,7 +20,7 @@ import numpy as np
 from common import UserError, run_cli
 from data import load_ground_truth, read_image
 from inpainting import DEFAULT_MASKED, DEFAULT_MASKS, painted
-from scoring import psnr_from_mse
+from scoring import hole_psnr
 
 
 def read_run(folder: Path, count: int, size: int) -> np.ndarray:
@@ -31,11 +31,6 @@ def read_run(folder: Path, count: int, size: int) -> np.ndarray:
         raise UserError(f"{folder}: {len(missing)} of {count} results missing (e.g. {missing[0]}); "
                         "compare runs over the whole set")
     return np.stack([read_image(f, "RGB", size) for f in files])
-
-
-def hole_psnr(output: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> float:
-    diff = output[hole].astype(np.float64) - gt[hole]
-    return psnr_from_mse(float(np.mean(diff ** 2)))
 
 
 def main(argv: list[str] | None = None) -> None:
