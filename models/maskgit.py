@@ -84,7 +84,7 @@ PRECISIONS = ("fp32", "bf16")  # how the transformer's matrix products run at in
 
 def default_precision(device: torch.device | str) -> str:
     """bf16 on CUDA; fp32 elsewhere: CPUs without AVX512-BF16 or AMX emulate bf16 matrix products
-    (2.6x slower on this project's AVX2 machine, BENCHMARKS.md)."""
+    (3.0x slower on this project's AVX2 machine, BENCHMARKS.md)."""
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
