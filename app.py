@@ -23,7 +23,7 @@ import numpy as np
 
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
-from inpainting import Decoding, Inpainted, inpaint, steps_figure
+from inpainting import BLENDS, Decoding, Inpainted, inpaint, steps_figure
 from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
@@ -52,7 +52,8 @@ def to_editor(image: np.ndarray | None) -> dict | None:
 
 def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_iter: int, sweet_spot: int, mask_func: str,
         choice_temperature: float, sample_temperature: float, seed: int, readout: str = Decoding.readout,
-        flip_average: bool = Decoding.flip_average) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        flip_average: bool = Decoding.flip_average, blend: str = Decoding.blend
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """One press of the button: (result at the image's size, the hole as read, the figure of every
     step, a status line ending with the last step's label). A UserError is shown as one message."""
     if image is None:
@@ -67,7 +68,8 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_ite
         result: Inpainted = inpaint(image, mask, model, total_iter=int(total_iter), sweet_spot=int(sweet_spot),
                                     mask_func=mask_func, choice_temperature=float(choice_temperature),
                                     sample_temperature=float(sample_temperature), seed=int(seed),
-                                    return_steps=True, readout=readout, flip_average=bool(flip_average))
+                                    return_steps=True, readout=readout, flip_average=bool(flip_average),
+                                    blend=blend)
     notes += [str(w.message) for w in caught]
     hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
     figure = steps_figure(result.steps, title=f"{mask_func}, T = {total_iter}, sweet spot {sweet_spot}")
@@ -116,6 +118,8 @@ def build(model: MaskGit, test_images: list[Path]):
                 readout = gr.Dropdown(list(READOUTS), value=Decoding.readout,
                                       label="readout: the mean code vector of each prediction, or the sampled token")
                 flip_average = gr.Checkbox(Decoding.flip_average, label="average with the mirror image's result")
+                blend = gr.Dropdown(list(BLENDS), value=Decoding.blend,
+                                    label="blend: Poisson (no colour seam at the hole's edge) or none")
                 seed = gr.Number(0, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
@@ -126,7 +130,7 @@ def build(model: MaskGit, test_images: list[Path]):
                           elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
         settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
-                    flip_average]
+                    flip_average, blend]
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

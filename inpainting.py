@@ -59,7 +59,7 @@ from models.config import load_maskgit_config
 from models.maskgit import PRECISIONS, READOUTS, Decoded, DecodeHistory, MaskGit, default_precision, load_maskgit
 from models.pretrained import is_exported, maskgit_config
 from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
-from scoring import BASELINES, compute_metrics, fill_baseline, nearest_known
+from scoring import BASELINES, compute_metrics, fill_baseline, harmonic_fill, nearest_known
 
 DEFAULT_CONFIG = "configs/small/MaskGit.yml"  # for a plain .pt transformer given without --MaskGitConfig
 DEFAULT_TRANSFORMER = "checkpoints/transformer_small"
@@ -74,6 +74,7 @@ OVERVIEW_IMAGES = 16
 # what the VQGAN encoder sees in the hole: the input as given (gray), or each hole pixel's nearest
 # known pixel, so that the known tokens next to the hole are encoded from something like the image
 ENCODE_FILLS = ("gray", "nearest")
+BLENDS = ("poisson", "none")  # how a pasted decode meets the known pixels: poisson_blend, or as it is
 OUTPUTS = ("test_results", "inpainted", "steps", "mask_scheduling", "imga", "overview.png",
            "metrics.json")  # what a run writes
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
@@ -97,6 +98,7 @@ class Decoding:
     readout: str = "mean"                     # what the hole decodes: the sampled tokens or their mean (READOUTS)
     encode_fill: str = "nearest"              # what the encoder sees in the hole: ENCODE_FILLS
     flip_average: bool = True                 # average the decode with the mirror image's, mirrored back
+    blend: str = "poisson"                    # with paste: how the hole meets the known pixels (BLENDS)
 
     def settings(self) -> dict:
         """The fields that matter for this method, for metrics.json and the sweep's CSV."""
@@ -267,9 +269,29 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
                          readout=decoding.readout)
 
 
-def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, paste: bool) -> torch.Tensor:
-    """The decode (B, 3, H, W) with the known pixels of `images` pasted back where `holes` is False."""
-    return torch.where(holes, decoded.float(), images) if paste else decoded.float()
+def _paste(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor, decoding: Decoding) -> torch.Tensor:
+    """The decode (B, 3, H, W) with the known pixels of `images` pasted back where `holes` is False,
+    its hole first Poisson-blended when decoding.blend says so; as it is without decoding.paste."""
+    decoded = decoded.float()
+    if not decoding.paste:
+        return decoded
+    if decoding.blend == "poisson":
+        decoded = poisson_blend(decoded, images, holes)
+    return torch.where(holes, decoded, images)
+
+
+def poisson_blend(decoded: torch.Tensor, images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    """Poisson blending (Perez et al., 2003) of the decode (B, 3, H, W) into the known pixels of
+    `images`: in each hole (B, 1, H, W) the decode keeps its gradients but meets the known pixels
+    at the hole's edge, so the VQGAN's colour error there does not leave a seam. The correction is
+    the harmonic function that equals known - decoded on the known pixels next to the hole."""
+    blended = decoded.clone()
+    for b, hole in enumerate(holes[:, 0].cpu().numpy()):
+        if hole.any() and not hole.all():
+            error = (images[b] - decoded[b]).permute(1, 2, 0).double().cpu().numpy()  # (H, W, 3)
+            correction = torch.from_numpy(harmonic_fill(error, hole)).permute(2, 0, 1).to(decoded)
+            blended[b] = torch.where(holes[b], decoded[b] + correction, decoded[b])
+    return blended
 
 
 def nearest_filled(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
@@ -298,7 +320,7 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
         results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.sweet_spot, history))
     decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs) for r in results])
     steps = [r.history for r in results] if history else None
-    return _paste(decoded, images, holes, decoding.paste), results[0].tokens, token_masks[0], steps
+    return _paste(decoded, images, holes, decoding), results[0].tokens, token_masks[0], steps
 
 
 def mean_of_views(decodes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -330,11 +352,11 @@ def decode_step(model: MaskGit, histories: Sequence[DecodeHistory], t: int, devi
 
 
 def decode_steps(model: MaskGit, histories: Sequence[DecodeHistory], images: torch.Tensor, holes: torch.Tensor,
-                 paste: bool, mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
+                 decoding: Decoding, mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
     """Per image of the batch, its Steps: the input (hole gray), then the image after each step (the
     token masks are those of the image itself, not of its mirror image)."""
-    frames = [to_uint8_image(_paste(decode_step(model, histories, t, images.device), images, holes, paste), mean, std)
-              for t in range(len(histories[0].tokens))]  # S x (B, H, W, 3)
+    frames = [to_uint8_image(_paste(decode_step(model, histories, t, images.device), images, holes, decoding),
+                             mean, std) for t in range(len(histories[0].tokens))]  # S x (B, H, W, 3)
     frames.insert(0, painted(to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy()))
     masks = torch.stack(histories[0].masks, 1).numpy()  # (B, S+1, N)
     side = math.isqrt(masks.shape[-1])
@@ -482,7 +504,7 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                 count += int(token_mask.sum())
             for spot in early_spots:
                 early_outputs[spot].append(to_uint8_image(
-                    _paste(decode_step(model, histories, spot - 1, device), images, holes, decoding.paste), mean, std))
+                    _paste(decode_step(model, histories, spot - 1, device), images, holes, decoding), mean, std))
                 if gt_tokens is not None:
                     early_hits[spot] += int((histories[0].tokens[spot - 1].to(device) == gt_tokens)[token_mask].sum())
             outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)
@@ -491,7 +513,7 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                 save_png(pixels, out_dir / "test_results" / f"image_{i:03d}.png")
             if save_history:
                 save_history_pictures(out_dir, indices.tolist(),
-                                      decode_steps(model, histories, images, holes, decoding.paste, mean, std), gt)
+                                      decode_steps(model, histories, images, holes, decoding, mean, std), gt)
         collected["indices"].append(indices.numpy())
         collected["holes"].append(holes[:, 0].cpu().numpy())
         collected["inputs"].append(painted(to_uint8_image(images, mean, std), collected["holes"][-1]))
@@ -522,24 +544,26 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
             choice_temperature: float | None = None, sample_temperature: float = Decoding.sample_temperature,
             seed: int = 0, paste: bool = True, fit: str = "resize", hole_white: bool = False,
             return_steps: bool = False, readout: str = Decoding.readout,
-            flip_average: bool = Decoding.flip_average) -> Inpainted:
+            flip_average: bool = Decoding.flip_average, blend: str = Decoding.blend) -> Inpainted:
     """Fill the hole of one image (a file, PIL image or uint8 array of any size) with MaskGIT.
 
     `mask` marks the hole (data.masks.read_hole: a bool array True = hole, a black-hole mask, white
     with `hole_white`, or a painted RGBA layer). `model` defaults to the shipped one
     (MaskGit.from_pretrained()). The image is resized (`fit` "resize") or centre-cropped ("crop") to
     the model's size, decoded in `total_iter` steps stopped after `sweet_spot` with the `readout`
-    (READOUTS), averaged with its mirror image's decode with `flip_average`, and given back at its
-    own size; `return_steps` adds every step. Same settings, same
+    (READOUTS), averaged with its mirror image's decode with `flip_average`, blended into the known
+    pixels as `blend` says (BLENDS) and given back at its own size; `return_steps` adds every step. Same settings, same
     result as inpainting.py --image. Bad input raises one UserError."""
     model = model if model is not None else MaskGit.from_pretrained()
     check_temperatures(choice_temperature, sample_temperature)
     mask_func = mask_func or model.mask_func
     if readout not in READOUTS:
         raise UserError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+    if blend not in BLENDS:
+        raise UserError(f"unknown blend {blend!r}; valid: {', '.join(BLENDS)}")
     decoding = Decoding("maskgit", total_iter, check_decoding(total_iter, sweet_spot, mask_func), mask_func,
                         choice_temperature, sample_temperature, seed, paste, readout=readout,
-                        flip_average=flip_average)
+                        flip_average=flip_average, blend=blend)
     vq = model.vqgan.cfg
     name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
     prepared = prepare_image(image, mask, vq["img_resolution"], fit=fit, hole_white=hole_white, name=name)
@@ -548,7 +572,7 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
     holes = torch.from_numpy(prepared.model_hole)[None, None].to(device)
     outputs, _, _, histories = decode_holes(model, images, holes, [0], decoding, return_steps)
     output = to_uint8_image(outputs, vq["mean"], vq["std"])[0]
-    steps = decode_steps(model, histories, images, holes, paste, vq["mean"], vq["std"])[0] if return_steps else []
+    steps = decode_steps(model, histories, images, holes, decoding, vq["mean"], vq["std"])[0] if return_steps else []
     return Inpainted(restore_size(prepared.original, prepared.hole, output, fit, paste), output, prepared.pixels,
                      steps)
 
@@ -665,8 +689,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the transformer's matrix products: fp32, or bf16 autocast, faster on GPUs and on CPUs with "
                         "AVX512-BF16 or AMX, slower where bf16 is emulated (default: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--blend", choices=BLENDS, default=Decoding.blend,
+                   help="how the decoded hole meets the pasted known pixels: Poisson blending (the decode's "
+                        "gradients, no colour seam at the hole's edge) or none (default: %(default)s)")
     p.add_argument("--no-paste", action="store_true",
-                   help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back")
+                   help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels back "
+                        "(nothing is blended)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -765,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
     decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
                         cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
                         args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                        args.readout, args.encode_fill, args.flip_average)
+                        args.readout, args.encode_fill, args.flip_average, args.blend)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
 

@@ -5,6 +5,8 @@ baselines fill the holes of uint8 pictures from their known pixels only:
 
 - `mean-fill`: the mean colour of the known pixels;
 - `nearest`: the nearest known pixel (Euclidean distance transform, scipy);
+- `harmonic`: the smoothest fill that meets the known pixels at the hole's edge (Laplace's equation,
+  solved exactly with scipy's sparse solver);
 - `telea`, `ns`: OpenCV's inpainting (Telea's fast marching, Navier-Stokes), radius 3, what people
   reach for instead of a learned model.
 """
@@ -17,7 +19,7 @@ import numpy as np
 from common import UserError
 
 PSNR_CAP = 100.0  # dB: an exact match has infinite PSNR, which neither a mean nor JSON can hold
-BASELINES = ("mean-fill", "nearest", "telea", "ns")
+BASELINES = ("mean-fill", "nearest", "harmonic", "telea", "ns")
 OPENCV_RADIUS = 3  # pixels around the hole OpenCV looks at (the value people use at 64x64)
 
 
@@ -77,6 +79,42 @@ def _nearest(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return image[rows, cols]
 
 
+def harmonic_fill(values: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`values` (H, W, C) float with the pixels of `hole` (H, W) replaced by the harmonic function
+    that equals `values` on the known pixels next to the hole: each hole pixel is the mean of its
+    4 neighbours (fewer at the image border, where the slope across the border is zero). Used by
+    the `harmonic` baseline and by Poisson blending (inpainting.poisson_blend)."""
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    height, width = hole.shape
+    ys, xs = np.nonzero(hole)
+    index = np.full(hole.shape, -1)
+    index[ys, xs] = np.arange(len(ys))
+    degree = np.zeros(len(ys))
+    rhs = np.zeros((len(ys), values.shape[-1]))   # (P, C): the known neighbours' values
+    rows, cols = [], []                            # -1 entries: neighbour pairs inside the hole
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        degree += inside
+        pixel, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+        in_hole = hole[ny, nx]
+        rows.append(pixel[in_hole])
+        cols.append(index[ny[in_hole], nx[in_hole]])
+        np.add.at(rhs, pixel[~in_hole], values[ny[~in_hole], nx[~in_hole]])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    laplacian = scipy.sparse.csc_matrix((np.full(len(rows), -1.0), (rows, cols)), shape=(len(ys), len(ys)))
+    laplacian = laplacian + scipy.sparse.diags(degree, format="csc")
+    filled = values.astype(np.float64, copy=True)
+    filled[ys, xs] = scipy.sparse.linalg.spsolve(laplacian, rhs).reshape(len(ys), -1)
+    return filled
+
+
+def _harmonic(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(harmonic_fill(image.astype(np.float64), hole)), 0, 255).astype(np.uint8)
+
+
 def _opencv(flag_name: str):
     def fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
         try:
@@ -88,7 +126,7 @@ def _opencv(flag_name: str):
     return fill
 
 
-_FILLS = {"mean-fill": _mean_fill, "nearest": _nearest, "telea": _opencv("INPAINT_TELEA"),
+_FILLS = {"mean-fill": _mean_fill, "nearest": _nearest, "harmonic": _harmonic, "telea": _opencv("INPAINT_TELEA"),
           "ns": _opencv("INPAINT_NS")}
 
 

@@ -100,9 +100,11 @@ def prepare(variant: str, config: str, images: int, batch_size: int, device: tor
     model.transformer.set_attention("manual" if variant == "lab-style" else "sdpa")
     dataset = open_dataset(DEFAULT_MASKED, DEFAULT_MASKS, cfg)
     items = [dataset[i] for i in range(min(images, len(dataset)))]
-    # the lab's T = 8 with sampled tokens, for both variants, so the figures compare across versions
+    # the lab's decoding for both variants (T = 8, sampled tokens, one view, plain paste), so the
+    # figures compare across versions: the defaults' mirror view and blending are not the lab's
     decoding = Decoding(total_iter=8, sweet_spot=8, mask_func=cfg["gamma_type"],
-                        choice_temperature=cfg["choice_temperature"], readout="sample", encode_fill="gray")
+                        choice_temperature=cfg["choice_temperature"], readout="sample", encode_fill="gray",
+                        flip_average=False, blend="none")
     if variant == "lab-style":
         return model, items, lambda batch: lab_style_inpainting(model, batch, decoding, cfg, device)
     model.set_precision(precision)

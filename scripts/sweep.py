@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
         decoding = Decoding("maskgit", total_iter, spots[-1], mask_func, choice_temperature,
                             args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                            args.readout, args.encode_fill, args.flip_average)
+                            args.readout, args.encode_fill, args.flip_average, args.blend)
         run = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size,
                              args.num_workers, gt=gt, progress=False, early_spots=spots)
         for sweet_spot in spots:

@@ -129,7 +129,25 @@ def test_paste_keeps_known_pixels_and_no_paste_differs(tiny, default_run):
     known = np.stack([read(p)[..., 0] >= 128 for p in sorted((tiny["data"] / "mask64").iterdir())])
     assert np.array_equal(pasted[known], inputs[known])
     assert not np.array_equal(raw[known], inputs[known])
-    assert np.array_equal(raw[~known], pasted[~known])  # same seed, same tokens, same decode in the hole
+    plain = results(run(tiny, tiny["root"] / "plain", "--total-iter", "4", "--sweet-spot", "3", "--blend", "none"))
+    assert np.array_equal(plain[known], inputs[known])
+    assert np.array_equal(raw[~known], plain[~known])  # same seed, same tokens, same decode in the hole
+    assert not np.array_equal(pasted[~known], plain[~known])  # the default blends it into the known pixels
+
+
+def test_poisson_blend_removes_a_smooth_colour_error():
+    """A decode that is the image plus a harmonic error (a constant per channel and a ramp) is
+    brought back exactly to the image in the hole; known pixels are not touched by the blend."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    ramp = torch.linspace(-0.5, 0.5, 12, dtype=torch.float64)
+    decoded = images + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)[:, None, None] + ramp[None, :, None]
+    holes = torch.zeros(2, 1, 12, 12, dtype=torch.bool)
+    holes[0, :, 3:9, 2:6] = True
+    holes[1, :, 3:9, 0:5] = True  # against the left border, along which the ramp runs
+    blended = inpainting.poisson_blend(decoded, images, holes)
+    assert torch.allclose(blended.where(holes, images), images)
+    assert torch.equal(blended[~holes.expand_as(blended)], decoded[~holes.expand_as(decoded)])
 
 
 def test_metrics_are_finite(default_run):

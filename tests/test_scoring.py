@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from common import UserError
-from scoring import BASELINES, compute_metrics, fill_baseline, psnr_from_mse
+from scoring import BASELINES, compute_metrics, fill_baseline, harmonic_fill, psnr_from_mse
 
 
 def two_colour_picture() -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +38,29 @@ def test_nearest_copies_the_closest_known_pixel():
     hole[0, 3, 2:6] = True  # columns 2, 3 are nearer the dark side's known pixels above/below
     out = fill_baseline("nearest", image, hole)
     assert (out[0, 3, 2:4] == 50).all() and (out[0, 3, 4:6] == 250).all()
+
+
+def test_harmonic_fill_reproduces_a_linear_ramp():
+    """A linear function is harmonic, so the fill must give it back exactly, also where the hole
+    touches the image border (zero slope across it); nearest or OpenCV fills would not."""
+    ys, xs = np.mgrid[0:12, 0:10].astype(float)
+    values = np.stack([3 * ys + 2 * xs + 5, 40 - 4 * ys], axis=-1)  # (12, 10, 2)
+    hole = np.zeros((12, 10), bool)
+    hole[3:8, 2:7] = True                # inside the picture: both channels
+    filled = harmonic_fill(np.where(hole[..., None], -99.0, values), hole)
+    assert np.allclose(filled, values)
+    hole[:] = False
+    hole[4:9, 0:3] = True                # against the left border: a ramp along the border only
+    filled = harmonic_fill(np.where(hole[..., None], -99.0, values[..., 1:]), hole)
+    assert np.allclose(filled, values[..., 1:])
+
+
+def test_harmonic_baseline_is_the_average_of_its_neighbours():
+    image = np.zeros((1, 9, 9, 3), np.uint8)
+    image[0, :, 5:] = 240
+    hole = np.zeros((1, 9, 9), bool)
+    hole[0, 4, 4] = True  # one pixel: the mean of its 4 known neighbours, 1 of them bright
+    assert (fill_baseline("harmonic", image, hole)[0, 4, 4] == 60).all()
 
 
 def test_unknown_baseline_and_all_hole():
