@@ -5,7 +5,7 @@ decoding, and score the results against the ground truth.
     python inpainting.py --total-iter 12 --sweet-spot 8 --mask-func linear --save-history
     python inpainting.py --image photo.jpg --mask-kind center --output-dir outputs/one
     python inpainting.py --image photo.jpg --mask hole.png --mask-hole-white --fit crop
-    python inpainting.py --baseline ns                     # OpenCV Navier-Stokes (or telea, nearest, mean-fill)
+    python inpainting.py --baseline ns         # OpenCV Navier-Stokes (or telea, harmonic, nearest, mean-fill)
 
 Outputs in --output-dir, with the lab's names: test_results/image_000.png, ... (one per input, in
 input order, at the model's size), inpainted/<input name>.png (at the input's size, known pixels
