@@ -28,6 +28,7 @@ if CHROMIUM is None or DRIVER is None:
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +88,8 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
     Image.fromarray(image).save(tmp_path / "gradient.png")
     wait = WebDriverWait(page, 120)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+    # a busy machine renders the page's parts one by one: wait for the button too
+    wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run")))
 
     page.find_element(By.CSS_SELECTOR, "#run").click()  # nothing uploaded: one message, no traceback
     wait.until(lambda d: "upload an image or pick a test image first" in d.page_source)
