@@ -89,9 +89,9 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
     wait = WebDriverWait(page, 120)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
     # a busy machine renders the page's parts one by one: wait for the button too
-    wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run")))
+    run = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run")))
 
-    page.find_element(By.CSS_SELECTOR, "#run").click()  # nothing uploaded: one message, no traceback
+    run.click()  # nothing uploaded: one message, no traceback
     wait.until(lambda d: "upload an image or pick a test image first" in d.page_source)
     assert "Traceback" not in page.page_source
 
