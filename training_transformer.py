@@ -46,7 +46,7 @@ from common import (
     seed_everything,
 )
 from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
-from data.masks import dataset_mask, token_hole_bank
+from data.masks import dataset_mask, pixel_hole_bank, token_holes
 from inpainting import Decoding, result_metrics, run_inpainting
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
@@ -59,7 +59,7 @@ from models.pretrained import (
     weights_digest,
     weights_file,
 )
-from scoring import compute_metrics, fill_baseline
+from scoring import compute_metrics, fill_baseline, nearest_known
 from training import ResumableSampler, RunLog, check_finite
 
 CACHE_VERSION = 1
@@ -304,20 +304,62 @@ class Stage2:
         return {"model": self.model.transformer, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
 
-def hole_regions(hole_bank: torch.Tensor | None, share: float, batch: int) -> torch.Tensor | None:
+def hole_regions(hole_bank: torch.Tensor | None, share: float, batch: int
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Where each sample's training mask may fall (B, h*w) bool: with probability `share` inside a
-    hole drawn from `hole_bank` (K, h*w), else anywhere. None when there is no bank."""
+    hole drawn from `hole_bank` (K, h*w), else anywhere; and the bank index of each sample's hole
+    (B,), -1 for anywhere. (None, None) when there is no bank."""
     if hole_bank is None:
-        return None
-    holes = hole_bank[torch.randint(len(hole_bank), (batch,))]
-    return torch.where(torch.rand(batch, 1) < share, holes, True)
+        return None, None
+    picks = torch.randint(len(hole_bank), (batch,))
+    inside = torch.rand(batch) < share
+    return torch.where(inside[:, None], hole_bank[picks], True), torch.where(inside, picks, -1)
+
+
+class HoleContext:
+    """The tokens decoding shows the transformer around a hole: each training image (a view of it)
+    with a bank hole pre-filled by its nearest known pixels, encoded by the frozen VQGAN. Training
+    on them (hole_context: prefilled) teaches the transformer the codes it will see at inference,
+    which the hole changes near its edge, while the targets stay the clean image's tokens."""
+
+    def __init__(self, images: torch.Tensor, pixel_bank: np.ndarray, mean: list[float], std: list[float]):
+        self.images = images  # (N, 3, H, W) uint8
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        nearest = [nearest_known(hole) for hole in pixel_bank]
+        width = pixel_bank.shape[-1]
+        self.sources = torch.from_numpy(np.stack([(r * width + c).reshape(-1) for r, c in nearest])
+                                        .astype(np.int32))  # (K, H*W): the pixel each pixel is filled from
+
+    @torch.no_grad()
+    def tokens(self, model: MaskGit, z: torch.Tensor, idx: torch.Tensor, views: torch.Tensor, picks: torch.Tensor
+               ) -> torch.Tensor:
+        """`z` (B, N) with the rows whose pick is a hole (>= 0) replaced by the tokens of image
+        `idx`, view `views` (1 = mirrored), pre-filled around bank hole `picks`."""
+        rows = (picks >= 0).nonzero().flatten()
+        if len(rows) == 0:
+            return z
+        images = self.images[idx[rows]].float() / 255  # (R, 3, H, W)
+        images = torch.where(views[rows].view(-1, 1, 1, 1) == 1, images.flip(-1), images)
+        src = self.sources[picks[rows]].long()[:, None].expand(-1, 3, -1)  # (R, 3, H*W)
+        filled = images.flatten(2).gather(2, src).view_as(images)
+        device = z.device
+        _, context = model.encode_to_z(((filled - self.mean) / self.std).to(device))  # (R, N)
+        return z.index_copy(0, rows.to(device), context.to(z.dtype))
+
+
+def load_uint8_images(dataset: ImageFolderDataset) -> torch.Tensor:
+    """Every image of `dataset` as (N, 3, H, W) uint8, for on-the-fly pre-filled encodings."""
+    return torch.stack([torch.from_numpy(read_image(f, "RGB", dataset.size, dataset.fit)).permute(2, 0, 1)
+                        for f in tqdm(dataset.files, desc="reading training images", unit="img", dynamic_ncols=True)])
 
 
 def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcfg: dict, label_smoothing: float,
-               step: int, last_path: Path, world: int, hole_bank: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
+               step: int, last_path: Path, world: int, hole_bank: torch.Tensor | None = None,
+               hole_context: HoleContext | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
-    random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions).
+    random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions), shown
+    with the pre-filled context of `hole_context` around the hole when given.
     The objective is the cross-entropy plus, with `latent_loss_weight`, the mean code vector's error.
     Returns the cross-entropy (mean over micro-batches and ranks), the masked-token accuracy and the
     gradient norm before clipping."""
@@ -326,10 +368,11 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
     for i, idx in enumerate(micro_batches):
         views = torch.randint(tokens.shape[1], (len(idx),))
         z = tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
-        within = hole_regions(hole_bank, tcfg["hole_mask_share"], len(idx))
+        within, picks = hole_regions(hole_bank, tcfg["hole_mask_share"], len(idx))
+        context = None if hole_context is None else hole_context.tokens(s.model, z, idx, views, picks)
         with s.ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
             with autocast(device):
-                logits, targets, mask = s.ddp(z, within=within)  # logits (B, h*w, vocab)
+                logits, targets, mask = s.ddp(z, within=within, context=context)  # logits (B, h*w, vocab)
             losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
             loss = losses.mean()
             if tcfg["latent_loss_weight"]:
@@ -397,10 +440,12 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         elif tcfg["embedding_init"] == "codebook" and source is None:
             model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
                                                    torch.Generator().manual_seed(args.random_seed))
-        hole_bank = None
+        hole_bank = hole_context = None
         if tcfg["hole_mask_share"] > 0:
-            hole_bank = torch.from_numpy(token_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"],
-                                                         vq["latent_resolution"], args.random_seed))
+            pixel_bank = pixel_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"], args.random_seed)
+            hole_bank = torch.from_numpy(token_holes(pixel_bank, vq["latent_resolution"]))
+            if tcfg["hole_context"] == "prefilled":
+                hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"])
         inpaint_items, inpaint_gt, ns_scores = [], None, {}
         if is_main and args.val_inpaint:
             inpaint_items, inpaint_gt = val_inpainting_set(val_set, args.val_inpaint)
@@ -448,7 +493,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                        total=steps_per_epoch, dynamic_ncols=True)
             for micro_batches in bar:
                 out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world,
-                                 hole_bank)
+                                 hole_bank, hole_context)
                 step += 1
 
                 loss, acc, lr = out["loss"].item(), out["acc"].item(), s.scheduler.get_last_lr()[0]

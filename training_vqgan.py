@@ -12,6 +12,7 @@ and reconstruction grids.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,21 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 import training
-from common import UserError, autocast, load_checkpoint, load_weights, resolve_device, run_cli, seed_everything
+from common import (
+    UserError,
+    atomic_write,
+    autocast,
+    load_checkpoint,
+    load_weights,
+    resolve_device,
+    run_cli,
+    seed_everything,
+)
 from data import ImageFolderDataset, denormalize
 from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
 from models.perceptual import PerceptualLoss
+from token_diagnostics import format_report, token_report
 from training import ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],
@@ -118,6 +129,14 @@ def evaluate(cfg: dict, weights: str | Path, folder: str, args: argparse.Namespa
     usage, perplexity = codebook_health(counts)
     print(f"{folder}: {len(dataset)} images, reconstruction PSNR {psnr:.2f} dB, codebook use {usage:.1%} "
           f"({int((counts > 0).sum())} of {len(counts)} codes), perplexity {perplexity:.0f}; grid: {grid}")
+    report = token_report(vqgan, loader, [f.stem for f in dataset.files], cfg["mean"], cfg["std"], device)
+    print(format_report(report))
+    report |= {"folder": str(folder), "images": len(dataset), "psnr": psnr, "codes_used": int((counts > 0).sum()),
+               "num_codes": len(counts), "perplexity": perplexity}
+    path = Path(args.run_dir) / f"tokens_{Path(folder).name}.json"
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"token report: {path}")
 
 
 @dataclass

@@ -129,21 +129,30 @@ TRAINING_HOLE_KINDS = {"freeform": 0.65, "box": 0.25, "center": 0.04, "border": 
 TRAINING_HOLE_RANGE = (0.05, 0.6)  # wider than the test masks' spread, so no one hole size is learned
 
 
-def token_hole_bank(count: int, size: int, latent_size: int, seed: int = 0,
-                    kinds: dict[str, float] = TRAINING_HOLE_KINDS,
+def pixel_hole_bank(count: int, size: int, seed: int = 0, kinds: dict[str, float] = TRAINING_HOLE_KINDS,
                     hole_range: tuple[float, float] = TRAINING_HOLE_RANGE) -> np.ndarray:
-    """`count` generated holes at token level, (count, latent_size**2) bool in row-major order, True
-    where any pixel of the token's patch is hole. Kinds are drawn with the probabilities `kinds`.
-    Stage-2 training masks tokens inside such holes, the shape of what it must fill at test time."""
+    """`count` generated holes (count, size, size) bool, True = hole. Kinds are drawn with the
+    probabilities `kinds`. Stage-2 training masks tokens inside such holes, the shape of what it must
+    fill at test time."""
     rng = np.random.default_rng(seed)
     names, weights = list(kinds), np.array(list(kinds.values()), dtype=np.float64)
-    patch = size // latent_size
-    bank = np.empty((count, latent_size * latent_size), dtype=bool)
+    bank = np.empty((count, size, size), dtype=bool)
     for i in range(count):
-        mask = generate_mask(str(rng.choice(names, p=weights / weights.sum())), size, rng, hole_range)
-        hole = mask.reshape(latent_size, patch, latent_size, patch).min(axis=(1, 3)) < 128  # (L, L)
-        bank[i] = hole.reshape(-1)
+        bank[i] = generate_mask(str(rng.choice(names, p=weights / weights.sum())), size, rng, hole_range) < 128
     return bank
+
+
+def token_holes(holes: np.ndarray, latent_size: int) -> np.ndarray:
+    """Pixel holes (K, H, W) bool -> (K, latent_size**2) bool in row-major token order, True where
+    any pixel of the token's patch is hole."""
+    k, size = holes.shape[0], holes.shape[-1]
+    patch = size // latent_size
+    return holes.reshape(k, latent_size, patch, latent_size, patch).any(axis=(2, 4)).reshape(k, -1)
+
+
+def token_hole_bank(count: int, size: int, latent_size: int, seed: int = 0) -> np.ndarray:
+    """pixel_hole_bank at token level: (count, latent_size**2) bool."""
+    return token_holes(pixel_hole_bank(count, size, seed), latent_size)
 
 
 # ----------------------------------------------------------------------------- reading a user's mask

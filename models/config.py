@@ -154,6 +154,10 @@ VQGAN_PARAM = {
     "latent_resolution": Key(integer()),
     "num_codebook_vectors": Key(integer()),
     "beta": Key(number(), 0.25),                     # commitment loss weight
+    # global: the lab's encoder (attention and GroupNorm see the whole image); local: each code sees
+    # only its patch and 2 pixels around it (models.vqgan.LocalEncoder), so a hole leaves the codes
+    # of tokens two or more away from it unchanged
+    "encoder": Key(choice(("global", "local")), "global"),
     "enc_res_blocks": Key(integer(), 2),             # residual blocks per channel stage (the lab's values)
     "dec_res_blocks": Key(integer(), 3),
     # A VQGAN config without mean/std is most likely the lab's own VQGAN.yml, which goes with its
@@ -220,6 +224,9 @@ MASKGIT_TRAIN = {
     "flip": Key(boolean, True),                      # the tokens of the image or of its mirror image, at random
     "embedding_init": Key(choice(("random", "codebook")), "random"),  # codebook: start from the VQGAN's codes
     "hole_mask_share": Key(number(0.0, below=1.0), 0.0),  # samples masked inside a generated hole, not anywhere
+    # what such a sample shows around its hole: the clean image's tokens, or (prefilled) the tokens of
+    # the image with the hole pre-filled by the nearest known pixel, which is what decoding encodes
+    "hole_context": Key(choice(("clean", "prefilled")), "clean"),
     # weight of the squared error of the predicted mean code vector (what --readout mean decodes), added to the CE
     "latent_loss_weight": Key(number(0.0), 0.0),
 }

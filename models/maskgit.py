@@ -182,11 +182,16 @@ class MaskGit(nn.Module):
         return (ranks < n_masked[:, None]).to(device)
 
     def forward(self, z_indices: torch.Tensor, generator: torch.Generator | None = None,
-                within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                within: torch.Tensor | None = None, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training step input: token ids (B, N) -> (logits (B, N, vocab), targets (B, N), mask (B, N)).
-        `within` (B, N) bool restricts each sample's mask to a region (see random_mask)."""
+        `within` (B, N) bool restricts each sample's mask to a region (see random_mask). `context`
+        (B, N), when given, is what the transformer sees outside that region instead of the targets:
+        the tokens of the image with its hole pre-filled, as decoding encodes them."""
         mask = self.random_mask(z_indices.shape[0], z_indices.device, generator, within)
-        return self.transformer(self.masked(z_indices, mask)), z_indices, mask
+        shown = z_indices if context is None or within is None else torch.where(within.to(mask.device), z_indices,
+                                                                                 context)
+        return self.transformer(self.masked(shown, mask)), z_indices, mask
 
     def masked(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`tokens` (B, N) with the mask token wherever `mask` (B, N) is True."""

@@ -132,6 +132,55 @@ class Encoder(nn.Module):
         return self.model(x)
 
 
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each position: unlike GroupNorm it pools no statistics over
+    the image, so a hole elsewhere cannot change a position's features."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PointwiseBlock(nn.Module):
+    """A residual block of 1x1 convolutions: mixes channels, never positions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(ChannelNorm(channels), Swish(), nn.Conv2d(channels, channels, 1),
+                                   ChannelNorm(channels), Swish(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class LocalEncoder(nn.Module):
+    """An encoder whose code at each position depends only on that token's patch and the
+    LOCAL_MARGIN pixels around it: two 3x3 convolutions on the pixels, the patch folded into
+    channels (pixel unshuffle), then 1x1 blocks with per-position norms. A hole therefore cannot
+    change the code of a token more than one token away from it, whatever fills it."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        pixel, top = cfg["enc_channels"][0], cfg["enc_channels"][-1]
+        patch = cfg["img_resolution"] // cfg["latent_resolution"]
+        layers: list[nn.Module] = [nn.Conv2d(cfg["image_channels"], pixel, 3, 1, 1), Swish(),
+                                   nn.Conv2d(pixel, pixel, 3, 1, 1), Swish(),
+                                   nn.PixelUnshuffle(patch),  # (B, pixel * patch^2, h, w)
+                                   nn.Conv2d(pixel * patch * patch, top, 1)]
+        layers += [PointwiseBlock(top) for _ in range(cfg["enc_res_blocks"] + 2)]
+        layers += [ChannelNorm(top), Swish(), nn.Conv2d(top, cfg["latent_dim"], 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+LOCAL_MARGIN = 2  # pixels beyond its patch that a LocalEncoder code sees (its two 3x3 convolutions)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
@@ -198,7 +247,7 @@ class VQGAN(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         self.cfg = dict(cfg)
-        self.encoder = Encoder(cfg)
+        self.encoder = LocalEncoder(cfg) if cfg.get("encoder", "global") == "local" else Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.codebook = Codebook(cfg)
         self.quant_conv = nn.Conv2d(cfg["latent_dim"], cfg["latent_dim"], 1)

@@ -675,3 +675,58 @@ def test_run_log_drops_a_truncated_last_line_and_refuses_a_damaged_one(ws, tmp_p
     with pytest.raises(UserError, match=r"log\.jsonl line 2 is not a JSON record"):
         RunLog(run)
     assert (run / "log.jsonl").read_text() == damaged
+
+
+def test_hole_context_is_what_decoding_encodes(ws):
+    """The pre-filled context of a training sample equals decoding's encoding of the same view with
+    the same hole pre-filled by the nearest known pixels; samples without a hole keep their tokens."""
+    from data.masks import pixel_hole_bank
+    from inpainting import nearest_filled
+
+    model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
+    train_set = ImageFolderDataset(ws.train, model.vqgan.cfg["mean"], model.vqgan.cfg["std"], size=16)
+    bank = pixel_hole_bank(8, 16, seed=5)
+    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, train_set.mean, train_set.std)
+    idx, views, picks = torch.tensor([3, 5, 7]), torch.tensor([1, 0, 0]), torch.tensor([2, -1, 6])
+    z = torch.full((3, 16), 99, dtype=torch.long)
+    got = context.tokens(model, z, idx, views, picks)
+    assert got[1].tolist() == [99] * 16  # no hole: the clean tokens stay
+    for row in (0, 2):
+        view = train_set[int(idx[row])][None]
+        view = view.flip(-1) if views[row] else view
+        hole = torch.from_numpy(bank[int(picks[row])])[None, None]
+        expected = model.encode_to_z(nearest_filled(view, hole))[1][0]
+        assert torch.equal(got[row], expected)
+    assert not torch.equal(got[0], model.encode_to_z(train_set[3][None].flip(-1))[1][0])  # the hole shows
+
+
+def test_prefilled_context_is_shown_outside_the_hole_and_the_clean_tokens_inside(ws, monkeypatch):
+    model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
+    seen = {}
+    monkeypatch.setattr(model.transformer, "forward", lambda tokens: seen.setdefault("input", tokens))
+    z, context = torch.arange(16).repeat(2, 1), torch.full((2, 16), 15)
+    within = torch.zeros(2, 16, dtype=torch.bool)
+    within[:, :6] = True
+    _, targets, mask = model(z, within=within, context=context)
+    shown = seen["input"]
+    assert torch.equal(targets, z)
+    assert (shown[mask] == model.mask_token_id).all() and mask[:, 6:].sum() == 0
+    assert torch.equal(shown[:, 6:], context[:, 6:])  # outside the hole: the pre-filled context
+    assert torch.equal(shown[~mask & within], z[~mask & within])  # inside, not masked: the clean tokens
+
+
+def test_stage2_prefilled_context_resumes_exactly(ws, tmp_path):
+    config = tmp_path / "maskgit_prefilled.yml"
+    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  hole_context: prefilled")
+    config.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
+    flags = ("--MaskGitConfig", str(config), "--save-every", "100")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stage2(ws, straight, *flags, "--max-steps", "4")
+    run_stage2(ws, resumed, *flags, "--max-steps", "2")
+    run_stage2(ws, resumed, *flags, "--max-steps", "4", "--resume")
+    assert_same_weights(load_checkpoint(straight / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"])
+    clean = tmp_path / "clean"
+    config.write_text(config.read_text().replace("hole_context: prefilled", "hole_context: clean"))
+    run_stage2(ws, clean, *flags, "--max-steps", "4")
+    assert not torch.equal(load_checkpoint(clean / "last.pt")["model"]["tok_emb.weight"],
+                           load_checkpoint(straight / "last.pt")["model"]["tok_emb.weight"])
