@@ -126,9 +126,41 @@ def resolve_device(name: str | torch.device | None = None, cpu_fallback: bool = 
     return device
 
 
+_told_no_bf16: set[str] = set()  # the devices native_bf16 has said so for
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` is a GPU with bf16 arithmetic in hardware (compute capability 8.0 on,
+    e.g. not a T4 or V100, where bf16 is emulated and slow); said once per device when not."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    if not torch.cuda.is_available() or torch.cuda.is_bf16_supported(including_emulation=False):
+        return True  # without CUDA there is no GPU to ask, and using the device fails anyway
+    if str(device) not in _told_no_bf16:
+        _told_no_bf16.add(str(device))
+        print(f"note: {torch.cuda.get_device_name(device)} has no native bf16: running in fp32 instead",
+              file=sys.stderr)
+    return False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op context on the CPU, where training stays fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast on CUDA GPUs with native bf16 (native_bf16); a no-op context elsewhere, where
+    training stays fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and native_bf16(device))
+
+
+def numerics(device: torch.device | str) -> dict:
+    """What, besides inputs and weights, changes fp32 results slightly on `device`, for cache keys:
+    the device type, TF32 matrix products and convolutions on CUDA, a lower fp32 matmul precision
+    anywhere. Empty on a CPU at full precision, so that keys made before this stay valid there."""
+    device = torch.device(device)
+    facts: dict = {} if device.type == "cpu" else {"device": device.type}
+    if torch.get_float32_matmul_precision() != "highest":
+        facts["matmul_precision"] = torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        facts |= {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    return facts
 
 
 def seed_everything(seed: int) -> None:

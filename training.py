@@ -11,6 +11,7 @@ import random
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,19 +76,28 @@ def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir
 
 # ----------------------------------------------------------------------------- RNG state
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """The random states a resume restores: Python's, NumPy's, torch's CPU generator and, on a CUDA
+    `device`, that device's generator only (each rank saves its own: a resume on another number of
+    GPUs then finds one state per rank, not a list of all the GPUs the old machine had)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore rng_state()'s states; the CUDA one only on a CUDA `device` and when the run saved one.
+    An older checkpoint's list of every GPU's state gives the device its own entry, else the first."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        index = (device.index or 0) if device is not None else 0
+        cuda = (cuda[index] if index < len(cuda) else cuda[0]) if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def gather_per_rank(obj: object, world_size: int) -> list:
@@ -100,9 +110,9 @@ def gather_per_rank(obj: object, world_size: int) -> list:
     return objects
 
 
-def restore_rng_state(states: list[dict], rank: int) -> None:
+def restore_rng_state(states: list[dict], rank: int, device: torch.device | None = None) -> None:
     """Set this rank's RNG states from a checkpoint's list (rank 0's if the run had fewer ranks)."""
-    set_rng_state(states[rank] if rank < len(states) else states[0])
+    set_rng_state(states[rank] if rank < len(states) else states[0], device)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -121,7 +131,25 @@ def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
     else:
         device = resolve_device("cpu")
     dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    global _slow_group
+    _slow_group = dist.new_group(backend="gloo", timeout=SLOW_WAIT)
     return rank, world, device
+
+
+# how long the other ranks wait for rank 0's slow one-off work (building a token cache: minutes on
+# a CPU); the main group keeps its default timeout, so that a real hang is caught in minutes
+SLOW_WAIT = timedelta(hours=2)
+_slow_group: dist.ProcessGroup | None = None  # a gloo group with the SLOW_WAIT timeout (setup_distributed)
+
+
+def broadcast_from_main(obj: object, world: int) -> object:
+    """Rank 0's `obj` (any picklable object, e.g. CPU tensors) on every rank; the others may wait
+    up to SLOW_WAIT for it. A collective under DDP: every rank must call it."""
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_slow_group)
+    return box[0]
 
 
 @contextmanager
@@ -131,7 +159,7 @@ def distributed(device_name: str | None) -> Iterator[tuple[int, int, torch.devic
         yield setup_distributed(device_name)
     finally:
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # and _slow_group
 
 
 # ----------------------------------------------------------------------------- schedule and data order
@@ -178,10 +206,26 @@ def restart_hint(last_path: str | os.PathLike) -> str:
     return "no checkpoint was written yet: start again with a lower --learning-rate"
 
 
-def check_finite(loss: torch.Tensor, step: int, last_path: str | os.PathLike) -> None:
-    """Stop the run on a NaN or inf loss, before the optimizer step; last.pt stays as it is."""
-    if not torch.isfinite(loss).all():
-        raise UserError(f"loss is {loss.item()} at step {step}; stopping. {restart_hint(last_path)}")
+def check_finite(loss: torch.Tensor, step: int, last_path: str | os.PathLike, world: int = 1) -> None:
+    """Stop the run on a NaN or inf loss, before the optimizer step; last.pt stays as it is. Under
+    DDP (`world` > 1) the ranks first agree, so that every rank stops at the same step instead of
+    the others hanging in the next collective: rank 0 raises the UserError, the others exit quietly
+    with its exit code (2)."""
+    bad = ~torch.isfinite(loss.detach()).all()
+    if world == 1:
+        if bad:
+            raise UserError(f"loss is {loss.item()} at step {step}; stopping. {restart_hint(last_path)}")
+        return
+    flags = torch.zeros(world, device=loss.device)
+    flags[dist.get_rank()] = bad.float()
+    dist.all_reduce(flags)  # (world,) 1 where that rank's loss is NaN or inf
+    ranks = flags.nonzero().flatten().tolist()
+    if not ranks:
+        return
+    if dist.get_rank() != 0:
+        raise SystemExit(2)
+    raise UserError(f"loss is NaN or infinite at step {step} on rank(s) {', '.join(map(str, ranks))} of {world}; "
+                    f"every rank stops. {restart_hint(last_path)}")
 
 
 def first_nonfinite(obj: object, name: str = "") -> str | None:
@@ -279,7 +323,7 @@ def reschedule(parts: dict[str, Stateful], old_lr: float, new_lr: float) -> list
 
 
 def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike, *,
-            tcfg: dict, total_steps: int, stop_at: int) -> None:
+            tcfg: dict, total_steps: int, stop_at: int, device: torch.device | None = None) -> None:
     """Load a training checkpoint's entries into `parts` ({checkpoint key: module, optimizer or
     scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError. This
     run's train_param (`tcfg`) applies from here: a new learning_rate, epochs or warmup_steps puts
@@ -298,7 +342,7 @@ def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, co
         raise UserError(f"{source} is not a checkpoint of this script (no {err} entry)") from None
     except (RuntimeError, ValueError) as err:
         raise UserError(f"{source} does not match {config}: {' '.join(str(err).split())[:300]}") from None
-    restore_rng_state(state["rng"], rank)
+    restore_rng_state(state["rng"], rank, device)
     old_lr = state.get("train_param", {}).get("learning_rate", tcfg["learning_rate"])
     lrs = reschedule(parts, old_lr, tcfg["learning_rate"])
     if lrs:
@@ -308,8 +352,10 @@ def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, co
         print(f"resuming with changes: {'; '.join(changes)}")
 
 
-def run_state(parts: dict[str, Stateful], world: int, run_dir: Path, **extra: object) -> dict:
-    """A resumable checkpoint: every part's state, every rank's RNG state and `extra`. Weights or
+def run_state(parts: dict[str, Stateful], world: int, run_dir: Path, *, device: torch.device | None = None,
+              **extra: object) -> dict:
+    """A resumable checkpoint: every part's state, every rank's RNG states (rng_state of its
+    `device`) and `extra`. Weights or
     optimizer state with a NaN or inf stop the run (a UserError), so that no save overwrites
     RUN_DIR/last.pt with them. A collective under DDP: every rank calls it, rank 0 saves it."""
     state = {key: part.state_dict() for key, part in parts.items()}
@@ -317,7 +363,7 @@ def run_state(parts: dict[str, Stateful], world: int, run_dir: Path, **extra: ob
     if bad:
         raise UserError(f"{bad} is NaN or infinite at step {extra.get('step')}; stopping without saving. "
                         + restart_hint(run_dir / "last.pt"))
-    return {**state, "rng": gather_per_rank(rng_state(), world), **extra}
+    return {**state, "rng": gather_per_rank(rng_state(device), world), **extra}
 
 
 def save_run(run_dir: Path, state: dict, weights: tuple[str, nn.Module], improved: bool,

@@ -41,6 +41,7 @@ from common import (
     file_sha256,
     load_checkpoint,
     load_weights,
+    numerics,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -96,12 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- token cache
 
-def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool) -> str:
+def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool, device: torch.device) -> str:
     """Hash of everything the tokens depend on: VQGAN weights and config, the image files (name,
-    size, modification time) and whether mirror images are encoded too."""
+    size, modification time), whether mirror images are encoded too, and the device's numerics
+    (TF32 on CUDA changes a few tokens)."""
     listing = [(f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     blob = json.dumps({"version": CACHE_VERSION, "vqgan": vqgan_digest, "config": vqgan_cfg,
-                       "files": listing, "flip": flip}, sort_keys=True)
+                       "files": listing, "flip": flip, **({"numerics": n} if (n := numerics(device)) else {})},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -127,7 +130,7 @@ def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_d
     then sent to the other ranks (no shared file system needed)."""
     tokens = None
     if rank == 0:
-        key = cache_key(vqgan_digest, model.vqgan.cfg, dataset.files, flip)
+        key = cache_key(vqgan_digest, model.vqgan.cfg, dataset.files, flip, device)
         path = cache_dir / f"{split}-{key[:16]}.pt"
         if path.is_file():
             try:
@@ -143,11 +146,7 @@ def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_d
             print(f"token cache written: {path}")
         else:
             print(f"token cache reused: {path}")
-    if world > 1:
-        box = [tokens]
-        dist.broadcast_object_list(box, src=0)
-        tokens = box[0]
-    return tokens
+    return training.broadcast_from_main(tokens, world)  # the others wait while rank 0 encodes
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -383,7 +382,7 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
     if world > 1:
         dist.all_reduce(stats)
     loss = stats[0] / (accum * world)
-    check_finite(loss, step, last_path)
+    check_finite(loss, step, last_path, world)
     grad_norm = torch.nn.utils.clip_grad_norm_(s.model.transformer.parameters(), tcfg["grad_clip"])
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
@@ -460,7 +459,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             check_trained_on(state, source, vqgan_ckpt)
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at)
+                             stop_at=stop_at, device=device)
             step, best_val_loss = state["step"], state["best_val_loss"]
             best = state.get("best", {"by": "val_loss", "score": -best_val_loss})  # runs before best_score
             if is_main:
@@ -522,9 +521,10 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                                    + (" (best)" if improved else "") + inpainting_summary(metrics))
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
-                        s.parts(), world, run_dir, step=step, epoch=step / steps_per_epoch, best_val_loss=best_val_loss,
-                        best=best, steps_per_epoch=steps_per_epoch, vqgan_digest=vqgan_digest, config=cfg,
-                        train_param=tcfg, train_path=[str(p) for p in args.train_path])
+                        s.parts(), world, run_dir, device=device, step=step, epoch=step / steps_per_epoch,
+                        best_val_loss=best_val_loss, best=best, steps_per_epoch=steps_per_epoch,
+                        vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg,
+                        train_path=[str(p) for p in args.train_path])
                     snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
                         training.save_run(run_dir, state, ("transformer.pt", model.transformer), improved,

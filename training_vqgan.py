@@ -91,7 +91,7 @@ def reinit_dead_codes(vqgan: VQGAN, counts: torch.Tensor, recent_latents: torch.
     dead = (counts == 0).nonzero().flatten()
     if len(dead) == 0 or len(recent_latents) == 0:
         return 0
-    picks = torch.randint(len(recent_latents), (len(dead),), generator=generator)
+    picks = torch.randint(len(recent_latents), (len(dead),), generator=generator).to(recent_latents.device)
     vqgan.codebook.embedding.weight.data[dead.to(recent_latents.device)] = recent_latents[picks]
     return len(dead)
 
@@ -179,7 +179,8 @@ def random_flip(images: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def train_step(s: Stage1, images: torch.Tensor, step: int, tcfg: dict, last_path: Path) -> dict[str, torch.Tensor]:
+def train_step(s: Stage1, images: torch.Tensor, step: int, tcfg: dict, last_path: Path, world: int = 1
+               ) -> dict[str, torch.Tensor]:
     """One optimizer step of the VQGAN and, once the GAN is on, of the discriminator, on images
     (B, 3, H, W). Returns the losses and the chosen code indices (B*h*w,)."""
     device = images.device
@@ -199,7 +200,7 @@ def train_step(s: Stage1, images: torch.Tensor, step: int, tcfg: dict, last_path
             s.disc.requires_grad_(True)
             weight = adaptive_weight(rec_loss, g_loss, s.vqgan.last_layer_weight())
             loss = loss + tcfg["disc_weight"] * weight * g_loss
-    check_finite(loss, step, last_path)
+    check_finite(loss, step, last_path, world)  # every rank stops together
     s.opt_vq.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(s.vqgan.parameters(), tcfg["grad_clip"])
@@ -221,8 +222,10 @@ def renew_dead_codes(vqgan: VQGAN, counts: torch.Tensor, images: torch.Tensor, c
                      is_main: bool, world: int) -> int:
     """Every `reinit_every` steps: rank 0 moves the codes no rank used since the last time onto
     encoder outputs of its batch, and sends the codebook to the others. Resets `counts`."""
-    if world > 1:
-        torch.distributed.all_reduce(counts)
+    if world > 1:  # on the devices' backend (NCCL reduces CUDA tensors only)
+        reduced = counts.to(images.device)
+        torch.distributed.all_reduce(reduced)
+        counts.copy_(reduced.cpu())
     renewed = 0
     if is_main:
         with torch.no_grad():
@@ -265,7 +268,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at)
+                             stop_at=stop_at, device=device)
             step, best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
                 counts, epoch_counts = state["code_counts"][rank]
@@ -291,7 +294,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                 images = images.to(device, non_blocking=True)
                 if tcfg["flip"]:
                     images = random_flip(images)
-                out = train_step(s, images, step, tcfg, last_path)
+                out = train_step(s, images, step, tcfg, last_path, world)
                 step += 1
 
                 used = torch.bincount(out["indices"].cpu(), minlength=len(counts))
@@ -324,7 +327,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                                    f"(val {val_usage:.1%}), perplexity {perplexity:.0f}")
                 if epoch_end or finished or step % args.save_every == 0:
                     state = training.run_state(
-                        s.parts(), world, run_dir, step=step, best_psnr=best_psnr,
+                        s.parts(), world, run_dir, device=device, step=step, best_psnr=best_psnr,
                         code_counts=training.gather_per_rank([counts, epoch_counts], world),
                         code_rng=code_rng.get_state(), config=cfg, train_param=tcfg,
                         train_path=[str(p) for p in args.train_path])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from collections import Counter
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common import UserError, check_minimum, resolve_device, run_cli
+from common import UserError, check_minimum, numerics, resolve_device, run_cli
 from data.ground_truth import list_images, read_gt_csv
 from data.images import image_size, read_image
 from fid.inception import DIMS, FIDInceptionV3, load_inception
@@ -169,11 +170,15 @@ def cached_statistics(
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`compute_statistics` of the folder or CSV at `path` (opened as `images`), through a cache in
-    `cache_dir` (default `default_cache_dir()`) keyed by the content, dims and weights hash."""
+    `cache_dir` (default `default_cache_dir()`) keyed by the content, dims, weights hash and the
+    device's numerics (TF32 on CUDA changes the features slightly)."""
     if model.weights_sha256 is None:  # random weights: nothing worth caching
         return compute_statistics(images, model, batch_size, num_workers, progress)
     path = Path(path)
     key = f"{_content_hash(path)} {model.dims} {model.weights_sha256} {STATS_VERSION}"
+    facts = numerics(next(model.parameters()).device)
+    if facts:
+        key += " " + json.dumps(facts, sort_keys=True)
     name = f"{path.name}-{model.dims}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     file = Path(cache_dir or default_cache_dir()) / name
     if file.is_file():

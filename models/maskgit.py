@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, load_state, load_weights
+from common import UserError, load_state, load_weights, native_bf16
 from models.config import load_maskgit_config
 from models.pretrained import (
     DEFAULT_MODEL,
@@ -83,9 +83,9 @@ PRECISIONS = ("fp32", "bf16")  # how the transformer's matrix products run at in
 
 
 def default_precision(device: torch.device | str) -> str:
-    """bf16 on CUDA; fp32 elsewhere: CPUs without AVX512-BF16 or AMX emulate bf16 matrix products
-    (3.0x slower on this project's AVX2 machine, BENCHMARKS.md)."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    """bf16 on CUDA GPUs with native bf16; fp32 elsewhere: older GPUs and CPUs without AVX512-BF16
+    or AMX emulate bf16 matrix products (3.0x slower on this project's AVX2 machine, BENCHMARKS.md)."""
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 READOUTS = ("sample", "mean")  # what the final image decodes in the hole: the sampled tokens, or their mean

@@ -125,8 +125,10 @@ class BidirectionalTransformer(nn.Module):
         if d > dim:
             raise ValueError(f"codebook vectors ({d}) are wider than the transformer ({dim})")
         centred = codebook.float() - codebook.float().mean(0)
-        projection, _ = torch.linalg.qr(torch.randn(dim, d, generator=generator))  # (dim, d), orthonormal columns
-        embedding = centred @ projection.T  # (K, dim)
+        # drawn on the generator's device (the CPU's by default), so that every device starts the same
+        noise = torch.randn(dim, d, generator=generator, device=generator.device if generator else "cpu")
+        projection, _ = torch.linalg.qr(noise)  # (dim, d), orthonormal columns
+        embedding = centred @ projection.to(centred.device).T  # (K, dim)
         self.tok_emb.weight[:k] = embedding * (INIT_STD / embedding.std())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

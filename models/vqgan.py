@@ -7,6 +7,7 @@ resolutions and block counts come from the `model_param` dict of a YAML config.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -223,9 +224,12 @@ class Codebook(nn.Module):
         """(B, C, h, w) latents -> (B, h, w) indices of the nearest codes by squared L2 distance."""
         b, c, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
-        codes = self.embedding.weight
-        distances = (flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)
-                     - 2 * flat @ codes.t())  # (B*h*w, K)
+        # in fp32 even inside autocast: bf16 products pick other codes for a large share of the latents
+        with torch.autocast(z.device.type, enabled=False) if torch.amp.is_autocast_available(z.device.type) \
+                else nullcontext():
+            flat, codes = flat.float(), self.embedding.weight.float()
+            distances = (flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)
+                         - 2 * flat @ codes.t())  # (B*h*w, K)
         return distances.argmin(dim=1).reshape(b, h, w)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
