@@ -40,7 +40,8 @@ from common import (
     autocast,
     file_sha256,
     load_checkpoint,
-    load_weights,
+    load_state,
+    read_weights,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -52,13 +53,13 @@ from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
 from models.pretrained import (
-    checked_vqgan_digest,
     read_description,
     read_vqgan_weights,
     vqgan_file_digests,
     weights_digest,
     weights_file,
 )
+from models.refit import map_vocabulary, refit_parent
 from scoring import compute_metrics, fill_baseline, nearest_known
 from training import ResumableSampler, RunLog, check_finite
 
@@ -260,17 +261,30 @@ def check_trained_on(checkpoint: dict, source: str | Path, vqgan_ckpt: str | Pat
                         "the one it was trained on")
 
 
-def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
-    """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` (checked when the
-    file says which VQGAN it was trained on: a run checkpoint or an exported folder)."""
+def trained_on(path: Path, vqgan_ckpt: str | Path) -> bool:
+    """Whether the --init-from weights at `path` may come from the tokens of `vqgan_ckpt`: False when
+    they record another VQGAN (a run checkpoint or an exported folder does), else True."""
     if path.is_dir():
         expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
-        checked_vqgan_digest(vqgan_ckpt, read_vqgan_weights(vqgan_ckpt), expected, path, "--vqgan-ckpt")
-    elif path.suffix != ".safetensors":
-        checkpoint = load_checkpoint(path)
-        if "vqgan_digest" in checkpoint:  # plain weights (transformer.pt) do not say
-            check_trained_on(checkpoint, f"--init-from {path}", vqgan_ckpt)
-    load_weights(model.transformer, path, key="model")
+        return expected is None or weights_digest(read_vqgan_weights(vqgan_ckpt)) == expected
+    if path.suffix == ".safetensors":
+        return True
+    checkpoint = load_checkpoint(path)  # plain weights (transformer.pt) do not say
+    return "vqgan_digest" not in checkpoint or checkpoint["vqgan_digest"] in vqgan_file_digests(vqgan_ckpt)
+
+
+def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
+    """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` or, when that is a
+    codebook refit, of the VQGAN it was refit from, with the vocabulary mapped onto the refit's codes."""
+    state = read_weights(path, key="model")
+    if not trained_on(path, vqgan_ckpt):
+        parent = refit_parent(vqgan_ckpt)
+        if parent is None or not trained_on(path, parent.path):
+            raise UserError(f"{path} was trained on another VQGAN than {vqgan_ckpt}; pass the VQGAN it was trained "
+                            "on, or a codebook refit of it (--vqgan-ckpt)")
+        state, note = map_vocabulary(state, parent.codebook, model.vqgan.codebook.embedding.weight.cpu())
+        print(f"--init-from {path}: {note}")
+    load_state(model.transformer, state, path)
 
 
 def check_flags(args: argparse.Namespace) -> None:
