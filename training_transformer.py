@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="restart from the epochNNN.pt snapshot written after epoch N (see --save-per-epoch)")
     p.add_argument("--init-from", metavar="WEIGHTS", default=None,
                    help="start a new run from these transformer weights (a run's best.pt or last.pt, "
-                        "transformer.pt or an exported folder), with a fresh optimizer and schedule: fine-tuning")
+                        "transformer.pt or an exported folder), with a fresh optimizer and schedule: fine-tuning. "
+                        "Weights of the VQGAN that --vqgan-ckpt is a codebook refit of are mapped onto its codes")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
     p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")

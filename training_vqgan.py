@@ -3,11 +3,13 @@
     python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small
     python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small --resume
     torchrun --nproc_per_node 4 training_vqgan.py --config configs/VQGAN.yml --run-dir runs/vqgan_lab
+    python training_vqgan.py --refit-codebook 256 --weights checkpoints/vqgan_small --export runs/refit256
 
 Hyper-parameters come from the config's `train_param` section (defaults in models/config.py);
 flags override them. The run folder holds last.pt (resumable), best.pt (best validation PSNR),
 vqgan.pt (plain weights of the best model, loadable like the lab's VQGAN.pt), log.jsonl, curves.png
-and reconstruction grids.
+and reconstruction grids. --refit-codebook K exports a trained VQGAN with a K-code k-means codebook of
+its training latents (models/refit.py), which stage 2 --init-from can map a transformer onto.
 """
 from __future__ import annotations
 
@@ -161,7 +163,8 @@ def training_latents(vqgan: VQGAN, dataset: ImageFolderDataset, flip: bool, devi
 def finetune_decoder(vqgan: VQGAN, dataset: ImageFolderDataset, steps: int, tcfg: dict, seed: int,
                      device: torch.device) -> None:
     """`steps` steps of the decoder and post_quant_conv on the codes of the frozen encoder and
-    codebook, with the config's reconstruction loss (L1 + l2_weight * L2) and learning rate."""
+    codebook, with the config's reconstruction loss (L1 + l2_weight * L2), batch size and learning
+    rate (--batch-size and --learning-rate override them)."""
     opt = torch.optim.Adam([*vqgan.decoder.parameters(), *vqgan.post_quant_conv.parameters()],
                            lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
     loader = DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
@@ -182,7 +185,9 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     """--refit-codebook K: the VQGAN --weights with its codebook replaced by the k-means centroids of
     its training latents, the decoder optionally fine-tuned on the new codes, exported at --export
     with a record of its parent; the val reconstruction PSNR before and after."""
-    cfg, tcfg, k = config.model, config.train, args.refit_codebook
+    cfg, k = config.model, args.refit_codebook
+    tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
+                                                       "learning_rate": args.learning_rate})
     if not args.weights or not args.export:
         raise UserError("--refit-codebook needs --weights (the trained VQGAN) and --export (the new folder)")
     check_minimum(args, 1, "--refit-codebook")

@@ -7,14 +7,6 @@ import torch
 from models.kmeans import kmeans, kmeans_plus_plus, lloyd, nearest
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blobs(centers: torch.Tensor, per_cluster: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points around each of `centers` (K, C), shuffled, and the index of the center of each."""
     g = torch.Generator().manual_seed(seed)
