@@ -61,7 +61,7 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int = 30, tol: flo
         if len(empty):
             centroids[empty] = x[d2.topk(len(empty)).indices].float()
         inertia = d2.sum().item()
-        if len(empty) == 0 and previous - inertia <= tol * previous:
+        if len(empty) == 0 and inertia >= (1 - tol) * previous:
             break
         previous = inertia
     return KMeans(centroids, nearest(x, centroids, chunk)[1].sum().item(), iterations)

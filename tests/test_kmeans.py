@@ -48,6 +48,14 @@ def test_one_lloyd_step_is_the_mean_of_the_nearest_points():
     assert fit.iterations == 1
 
 
+def test_lloyd_iterates_until_the_assignment_settles():
+    """From these seeds the optimum takes three moves: [0, 5.4], [1, 8], [1.5, 10.5]."""
+    points = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]])
+    fit = lloyd(points, torch.tensor([[0.0], [1.0]]))
+    torch.testing.assert_close(fit.centroids, torch.tensor([[1.5], [10.5]]))
+    assert 3 <= fit.iterations < 30  # stopped by convergence, not by the cap
+
+
 def test_kmeans_plus_plus_seeds_are_distinct_points_and_the_fit_is_seeded():
     points, _ = blobs(10 * torch.eye(4), 20, 0.1, seed=0)
     seeds = kmeans_plus_plus(points, 4, torch.Generator().manual_seed(0))
