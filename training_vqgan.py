@@ -201,6 +201,8 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
                           for path in (args.train_path, args.val_path))
     latents = training_latents(parent, train_set, tcfg["flip"], device)
+    if k > len(latents):
+        raise UserError(f"--refit-codebook {k}: the training images have only {len(latents)} latents")
     fit = kmeans(latents, k, seed=args.random_seed)
     print(f"k-means of {len(latents)} training latents into {k} codes: {fit.iterations} iterations, "
           f"mean squared error {fit.inertia / latents.numel():.4f} per latent dimension")
