@@ -40,8 +40,9 @@ from common import (
     autocast,
     file_sha256,
     load_checkpoint,
-    load_weights,
+    load_state,
     numerics,
+    read_weights,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -53,13 +54,13 @@ from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
 from models.pretrained import (
-    checked_vqgan_digest,
     read_description,
     read_vqgan_weights,
     vqgan_file_digests,
     weights_digest,
     weights_file,
 )
+from models.refit import map_vocabulary, refit_parent
 from scoring import compute_metrics, fill_baseline, nearest_known
 from training import ResumableSampler, RunLog, check_finite
 
@@ -85,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="restart from the epochNNN.pt snapshot written after epoch N (see --save-per-epoch)")
     p.add_argument("--init-from", metavar="WEIGHTS", default=None,
                    help="start a new run from these transformer weights (a run's best.pt or last.pt, "
-                        "transformer.pt or an exported folder), with a fresh optimizer and schedule: fine-tuning")
+                        "transformer.pt or an exported folder), with a fresh optimizer and schedule: fine-tuning. "
+                        "Weights of the VQGAN that --vqgan-ckpt is a codebook refit of are mapped onto its codes")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vqgan-ckpt", default=None, help="stage-1 weights (default: the config's VQ_CKPT_path)")
     p.add_argument("--cache-dir", default="runs/token_cache", help="folder of the token caches, shared by runs")
@@ -259,17 +261,30 @@ def check_trained_on(checkpoint: dict, source: str | Path, vqgan_ckpt: str | Pat
                         "the one it was trained on")
 
 
-def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
-    """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` (checked when the
-    file says which VQGAN it was trained on: a run checkpoint or an exported folder)."""
+def trained_on(path: Path, vqgan_ckpt: str | Path) -> bool:
+    """Whether the --init-from weights at `path` may come from the tokens of `vqgan_ckpt`: False when
+    they record another VQGAN (a run checkpoint or an exported folder does), else True."""
     if path.is_dir():
         expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
-        checked_vqgan_digest(vqgan_ckpt, read_vqgan_weights(vqgan_ckpt), expected, path, "--vqgan-ckpt")
-    elif path.suffix != ".safetensors":
-        checkpoint = load_checkpoint(path)
-        if "vqgan_digest" in checkpoint:  # plain weights (transformer.pt) do not say
-            check_trained_on(checkpoint, f"--init-from {path}", vqgan_ckpt)
-    load_weights(model.transformer, path, key="model")
+        return expected is None or weights_digest(read_vqgan_weights(vqgan_ckpt)) == expected
+    if path.suffix == ".safetensors":
+        return True
+    checkpoint = load_checkpoint(path)  # plain weights (transformer.pt) do not say
+    return "vqgan_digest" not in checkpoint or checkpoint["vqgan_digest"] in vqgan_file_digests(vqgan_ckpt)
+
+
+def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
+    """--init-from: load transformer weights trained on the tokens of `vqgan_ckpt` or, when that is a
+    codebook refit, of the VQGAN it was refit from, with the vocabulary mapped onto the refit's codes."""
+    state = read_weights(path, key="model")
+    if not trained_on(path, vqgan_ckpt):
+        parent = refit_parent(vqgan_ckpt)
+        if parent is None or not trained_on(path, parent.path):
+            raise UserError(f"{path} was trained on another VQGAN than {vqgan_ckpt}; pass the VQGAN it was trained "
+                            "on, or a codebook refit of it (--vqgan-ckpt)")
+        state, note = map_vocabulary(state, parent.codebook, model.vqgan.codebook.embedding.weight.cpu())
+        print(f"--init-from {path}: {note}")
+    load_state(model.transformer, state, path)
 
 
 def check_flags(args: argparse.Namespace) -> None:

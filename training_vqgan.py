@@ -3,11 +3,13 @@
     python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small
     python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small --resume
     torchrun --nproc_per_node 4 training_vqgan.py --config configs/VQGAN.yml --run-dir runs/vqgan_lab
+    python training_vqgan.py --refit-codebook 256 --weights checkpoints/vqgan_small --export runs/refit256
 
 Hyper-parameters come from the config's `train_param` section (defaults in models/config.py);
 flags override them. The run folder holds last.pt (resumable), best.pt (best validation PSNR),
 vqgan.pt (plain weights of the best model, loadable like the lab's VQGAN.pt), log.jsonl, curves.png
-and reconstruction grids.
+and reconstruction grids. --refit-codebook K exports a trained VQGAN with a K-code k-means codebook of
+its training latents (models/refit.py), which stage 2 --init-from can map a transformer onto.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from common import (
     UserError,
     atomic_write,
     autocast,
+    check_minimum,
     load_checkpoint,
     load_weights,
     resolve_device,
@@ -39,7 +42,10 @@ from common import (
 from data import ImageFolderDataset, denormalize
 from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
+from models.kmeans import kmeans
 from models.perceptual import PerceptualLoss
+from models.pretrained import read_vqgan_weights, weights_digest
+from models.refit import check_refit_dest, refit_record, with_codebook
 from token_diagnostics import format_report, token_report
 from training import ResumableSampler, RunLog, check_finite
 
@@ -54,8 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
                    "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
-    p.add_argument("--weights",
-                   help="with --evaluate: VQGAN weights (exported folder, training checkpoint or plain weights)")
+    p.add_argument("--weights", help="with --evaluate or --refit-codebook: VQGAN weights (exported folder, training "
+                   "checkpoint or plain weights)")
+    p.add_argument("--refit-codebook", type=int, metavar="K",
+                   help="k-means the training latents of --weights into K codes and export that VQGAN at --export")
+    p.add_argument("--refit-decoder-steps", type=int, default=0, metavar="N",
+                   help="with --refit-codebook: fine-tune the decoder on the new codes for N steps (default: 0)")
     return p.parse_args(argv)
 
 
@@ -137,6 +147,76 @@ def evaluate(cfg: dict, weights: str | Path, folder: str, args: argparse.Namespa
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"token report: {path}")
+
+
+@torch.no_grad()
+def training_latents(vqgan: VQGAN, dataset: ImageFolderDataset, flip: bool, device: torch.device) -> torch.Tensor:
+    """The continuous latents (N * views * h * w, C) of every image, and of its mirror image when `flip`."""
+    latents = []
+    for images in DataLoader(dataset, batch_size=64):
+        images = images.to(device)
+        for view in [images, images.flip(-1)] if flip else [images]:
+            latents.append(vqgan.encode_latents(view).permute(0, 2, 3, 1).flatten(0, 2))  # (B*h*w, C)
+    return torch.cat(latents)
+
+
+def finetune_decoder(vqgan: VQGAN, dataset: ImageFolderDataset, steps: int, tcfg: dict, seed: int,
+                     device: torch.device) -> None:
+    """`steps` steps of the decoder and post_quant_conv on the codes of the frozen encoder and
+    codebook, with the config's reconstruction loss (L1 + l2_weight * L2), batch size and learning
+    rate (--batch-size and --learning-rate override them)."""
+    opt = torch.optim.Adam([*vqgan.decoder.parameters(), *vqgan.post_quant_conv.parameters()],
+                           lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
+    loader = DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    batches = (images for _ in range(steps) for images in loader)  # as many epochs as needed
+    for _, images in zip(range(steps), batches):
+        images = random_flip(images.to(device)) if tcfg["flip"] else images.to(device)
+        with torch.no_grad():
+            z_q = vqgan.encode(images)[0]
+        decoded = vqgan.decode(z_q)
+        loss = (images - decoded).abs().mean() + tcfg["l2_weight"] * ((images - decoded) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def refit(config: Config, args: argparse.Namespace) -> None:
+    """--refit-codebook K: the VQGAN --weights with its codebook replaced by the k-means centroids of
+    its training latents, the decoder optionally fine-tuned on the new codes, exported at --export
+    with a record of its parent; the val reconstruction PSNR before and after."""
+    cfg, k = config.model, args.refit_codebook
+    tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
+                                                       "learning_rate": args.learning_rate})
+    if not args.weights or not args.export:
+        raise UserError("--refit-codebook needs --weights (the trained VQGAN) and --export (the new folder)")
+    check_minimum(args, 1, "--refit-codebook")
+    check_minimum(args, 0, "--refit-decoder-steps")
+    parent_digest = weights_digest(read_vqgan_weights(args.weights))
+    check_refit_dest(args.export, parent_digest)
+    device = resolve_device(args.device)
+    seed_everything(args.random_seed)
+    parent = VQGAN(cfg).to(device)
+    load_weights(parent, args.weights, key="vqgan")
+    train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
+                          for path in (args.train_path, args.val_path))
+    latents = training_latents(parent, train_set, tcfg["flip"], device)
+    if k > len(latents):
+        raise UserError(f"--refit-codebook {k}: the training images have only {len(latents)} latents")
+    fit = kmeans(latents, k, seed=args.random_seed)
+    print(f"k-means of {len(latents)} training latents into {k} codes: {fit.iterations} iterations, "
+          f"mean squared error {fit.inertia / latents.numel():.4f} per latent dimension")
+    vqgan = with_codebook(parent, fit.centroids.to(device))
+    val_psnr = lambda model: validate(model, DataLoader(val_set, batch_size=64), device, cfg["mean"], cfg["std"],
+                                      None)[0]
+    line = (f"{args.val_path}: reconstruction PSNR {val_psnr(parent):.2f} dB with the {cfg['num_codebook_vectors']} "
+            f"codes of {args.weights}, {val_psnr(vqgan):.2f} dB with the {k} refit codes")
+    if args.refit_decoder_steps:
+        finetune_decoder(vqgan, train_set, args.refit_decoder_steps, tcfg, args.random_seed, device)
+        line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
+    print(line)
+    training.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
+                    refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
 
 
 @dataclass
@@ -343,7 +423,9 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_vqgan_file(args.config)
-    if args.export:
+    if args.refit_codebook is not None:
+        refit(config, args)
+    elif args.export:
         best = training.best_checkpoint(args.run_dir, "vqgan")
         cfg = best.get("config", config.model)
         training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path)

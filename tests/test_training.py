@@ -22,9 +22,11 @@ import training_vqgan as stage1
 from common import UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
 from data import ImageFolderDataset
 from models import VQGAN, BidirectionalTransformer
-from models.config import load_maskgit_config, load_vqgan_config
+from models.config import load_maskgit_config, load_vqgan_config, transformer_param
+from models.kmeans import kmeans
 from models.maskgit import MaskGit, load_maskgit
 from models.pretrained import read_safetensors, weights_digest
+from models.refit import CODEBOOK, map_vocabulary
 from training import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -499,6 +501,132 @@ def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path,
     run_stage2(ws, tmp_path / "from_folder", *flags, "--init-from", str(exported))  # its own VQGAN: accepted
     with pytest.raises(UserError, match="--init-from starts a new run"):
         run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"), "--resume")
+
+
+def refit_argv(ws: SimpleNamespace, weights: Path, dest: Path, k: int, *extra: str) -> list[str]:
+    return ["--config", str(ws.vq_config), "--train-path", str(ws.train), "--val-path", str(ws.val), "--device", "cpu",
+            "--refit-codebook", str(k), "--weights", str(weights), "--export", str(dest), *extra]
+
+
+def test_refit_codebook_exports_the_kmeans_codes_and_names_its_parent(ws, tmp_path, capsys):
+    dest = tmp_path / "refit4"
+    stage1.main(refit_argv(ws, ws.vq_ckpt, dest, 4))
+    out = capsys.readouterr().out
+    assert "k-means of 512 training latents into 4 codes" in out  # 16 images and their mirror images x 4x4 tokens
+    assert "dB with the 16 codes of" in out and "dB with the 4 refit codes" in out and "decoder steps" not in out
+    meta = json.loads((dest / "config.json").read_text())
+    parent_state = torch.load(ws.vq_ckpt, weights_only=True)
+    assert meta["config"]["num_codebook_vectors"] == 4
+    assert meta["refit"]["from_digest"] == weights_digest(parent_state) and meta["refit"]["num_codes"] == 4
+    assert (dest / meta["refit"]["from_path"]).resolve() == ws.vq_ckpt.resolve()
+    # the parent's encoder and decoder, and the k-means centroids of its training latents as the codebook
+    parent = VQGAN(load_vqgan_config(ws.vq_config))
+    parent.load_state_dict(parent_state)
+    latents = stage1.training_latents(parent, ImageFolderDataset(ws.train, parent.cfg["mean"], parent.cfg["std"],
+                                                                 size=16), True, torch.device("cpu"))
+    refit = read_safetensors(dest)
+    codebook = refit.pop(CODEBOOK)
+    torch.testing.assert_close(codebook.float(), kmeans(latents, 4).centroids, atol=1e-3, rtol=1e-3)
+    assert_same_weights(refit, {k: v.half() for k, v in parent_state.items() if k != CODEBOOK})
+
+    # a fine-tune changes the decoder and post_quant_conv only, and may replace an earlier refit of the parent
+    stage1.main(refit_argv(ws, ws.vq_ckpt, dest, 4, "--refit-decoder-steps", "3"))
+    assert "after 3 decoder steps" in capsys.readouterr().out
+    assert json.loads((dest / "config.json").read_text())["refit"]["decoder_steps"] == 3
+    tuned = read_safetensors(dest)
+    assert torch.equal(tuned[CODEBOOK], codebook)
+    for key, value in refit.items():
+        changed = not torch.equal(tuned[key], value)
+        assert changed == key.startswith(("decoder.", "post_quant_conv.")), key
+    # a folder of other files, or a refit of another VQGAN, is never overwritten
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    for weights, occupied in ((ws.vq_ckpt, taken), (bad_vqgan_checkpoint(ws, tmp_path, same_shape=True), dest)):
+        with pytest.raises(UserError, match="exists and is not an earlier refit of the same VQGAN"):
+            stage1.main(refit_argv(ws, weights, occupied, 4))
+    with pytest.raises(UserError, match="--refit-codebook 513: the training images have only 512 latents"):
+        stage1.main(refit_argv(ws, ws.vq_ckpt, tmp_path / "too_many", 513))
+    assert (taken / "notes.txt").read_text() == "mine" and torch.equal(read_safetensors(dest)[CODEBOOK],
+                                                                      tuned[CODEBOOK])
+
+
+def test_vocabulary_map_onto_a_refit_sums_the_probabilities_of_merged_codes():
+    """An old transformer whose codes that map to one new code share an embedding row: the mapped
+    transformer gives each new code exactly the summed probability of its old codes."""
+    torch.manual_seed(0)
+    new_codebook = 10 * torch.randn(4, 8)
+    group = torch.arange(16) % 4  # old code c is a near copy of new code c % 4
+    old_codebook = new_codebook[group] + 0.1 * torch.randn(16, 8)
+    tcfg = transformer_param(num_image_tokens=16, num_codebook_vectors=16, dim=32, n_layers=2, hidden_dim=64,
+                             num_heads=4, dropout=0.0)
+    old = BidirectionalTransformer(tcfg).eval()
+    with torch.no_grad():
+        old.tok_emb.weight[:16] = old.tok_emb.weight[group]  # rows of codes merged together are equal
+        old.bias.normal_(0, 2)
+    state, note = map_vocabulary(old.state_dict(), old_codebook, new_codebook)
+    assert note.startswith("mapped the transformer's 16 codes onto the 4 of the refit") and "0 take none" in note
+    new = BidirectionalTransformer({**tcfg, "num_codebook_vectors": 4}).eval()
+    new.load_state_dict(state)
+
+    tokens = torch.randint(16, (3, 16))
+    masked = torch.rand(3, 16) < 0.5
+    old_in = torch.where(masked, 16, tokens)
+    new_in = torch.where(masked, 4, group[tokens])
+    with torch.no_grad():
+        old_probs = old(old_in)[..., :-1].softmax(-1)  # (B, N, 16), the mask token left out as in training
+        new_probs = new(new_in)[..., :-1].softmax(-1)  # (B, N, 4)
+    summed = torch.zeros_like(new_probs).index_add_(2, group, old_probs)
+    torch.testing.assert_close(new_probs, summed, atol=1e-6, rtol=1e-5)
+
+    # a new code no old code is nearest to starts as a copy of the old code nearest to it
+    far = torch.cat([new_codebook, new_codebook[1:2] + 3.0])  # 3 from code 1, whose old codes are about 0.3 from it
+    state, note = map_vocabulary(old.state_dict(), old_codebook, far)
+    assert "1 take none" in note
+    source = int(torch.cdist(far[4:], old_codebook).argmin())
+    assert group[source] == 1
+    assert torch.equal(state["tok_emb.weight"][4], old.tok_emb.weight[source])
+    assert torch.equal(state["bias"][:, 4], old.bias[:, source])
+    assert torch.equal(state["tok_emb.weight"][5], old.tok_emb.weight[16])  # the mask token's row
+
+
+def write_tiny_configs(folder: Path, num_codes: int, vqgan: Path) -> Path:
+    """The tiny VQGAN and MaskGit configs with `num_codes` codes in `folder`, the MaskGit's on the
+    VQGAN weights `vqgan`; returns the MaskGit config."""
+    folder.mkdir(parents=True)
+    codes = ("num_codebook_vectors: 16", f"num_codebook_vectors: {num_codes}")
+    (folder / "vqgan.yml").write_text(TINY_VQGAN.replace(*codes))
+    (folder / "maskgit.yml").write_text(TINY_MASKGIT.replace(*codes).replace("vqgan.pt", str(vqgan)))
+    return folder / "maskgit.yml"
+
+
+def test_init_from_a_transformer_of_the_parent_maps_it_onto_a_refit(ws, tmp_path, capsys):
+    parent = tmp_path / "parent.pt"
+    parent.write_bytes(ws.vq_ckpt.read_bytes())
+    source = tmp_path / "source"
+    run_stage2(ws, source, "--max-steps", "2", "--val-inpaint", "0", "--vqgan-ckpt", str(parent))
+    refit = tmp_path / "refit4"
+    stage1.main(refit_argv(ws, parent, refit, 4))
+    config = write_tiny_configs(tmp_path / "configs", 4, refit)
+    flags = ("--MaskGitConfig", str(config), "--val-inpaint", "0", "--max-steps", "1", "--learning-rate", "1e-12")
+    capsys.readouterr()
+    model, _ = run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"))
+    assert "mapped the transformer's 16 codes onto the 4 of the refit" in capsys.readouterr().out
+    old_codebook, new_codebook = torch.load(parent, weights_only=True)[CODEBOOK], read_safetensors(refit)[CODEBOOK]
+    expected, _ = map_vocabulary(load_checkpoint(source / "last.pt")["model"], old_codebook, new_codebook.float())
+    torch.testing.assert_close(model.transformer.state_dict(), expected, atol=1e-6, rtol=0)
+    # an exported transformer of the parent maps too; one of another VQGAN, or a parent that changed, is refused
+    exported = tmp_path / "exported"
+    stage2.main(stage2_argv(ws, source, "--export", str(exported), "--vqgan-ckpt", str(parent)))
+    run_stage2(ws, tmp_path / "from_folder", *flags, "--init-from", str(exported))
+    other = tmp_path / "other"
+    run_stage2(ws, other, "--max-steps", "1", "--val-inpaint", "0", "--vqgan-ckpt",
+               str(bad_vqgan_checkpoint(ws, tmp_path, same_shape=True)))
+    with pytest.raises(UserError, match=r"another VQGAN than .*refit4; .* or a codebook refit of it \(--vqgan-ckpt\)"):
+        run_stage2(ws, tmp_path / "refused", *flags, "--init-from", str(other / "last.pt"))
+    save_checkpoint(VQGAN(load_vqgan_config(ws.vq_config)).state_dict(), parent)
+    with pytest.raises(UserError, match="is a refit of other weights than those now at"):
+        run_stage2(ws, tmp_path / "refused_parent", *flags, "--init-from", str(source / "last.pt"))
 
 
 # ----------------------------------------------------------------------------- interrupted and changed runs
