@@ -5,7 +5,7 @@ decoding settings, and see the result beside a labelled figure of every step.
     python app.py                       # http://127.0.0.1:7860, offline, the shipped model
     python app.py --model checkpoints/transformer_small --vqgan checkpoints/vqgan_small --port 7861
 
-The page calls inpainting.inpaint(), the function the CLI's single-image mode matches: the painted
+The page calls maskgit_inpaint.inpaint(), the function the CLI's single-image mode matches: the painted
 layer is the mask (opaque = hole, data.masks.read_hole's rule for RGBA masks), and the result
 keeps every unpainted pixel of the image exactly. It serves on 127.0.0.1 only and loads nothing
 from the network.
@@ -23,7 +23,9 @@ import numpy as np
 
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
-from inpainting import BLENDS, Decoding, Inpainted, inpaint, steps_figure
+from maskgit_inpaint import Decoding, Inpainted, inpaint
+from maskgit_inpaint.figures import steps_figure
+from maskgit_inpaint.settings import BLENDS
 from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS

@@ -48,7 +48,10 @@ from common import (
 )
 from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
 from data.masks import dataset_mask, pixel_hole_bank, token_holes
-from inpainting import Decoding, result_metrics, run_inpainting
+from maskgit_inpaint import Decoding, run_inpainting
+from maskgit_inpaint.baselines import fill_baseline
+from maskgit_inpaint.metrics import compute_metrics, result_metrics
+from maskgit_inpaint.blending import nearest_known
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
@@ -60,7 +63,6 @@ from models.pretrained import (
     weights_digest,
     weights_file,
 )
-from scoring import compute_metrics, fill_baseline, nearest_known
 from training import ResumableSampler, RunLog, check_finite
 
 CACHE_VERSION = 1

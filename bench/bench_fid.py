@@ -52,7 +52,7 @@ from bench.harness import (
 )
 from common import resolve_device, run_cli
 from fid import FIDInceptionV3, extract_features, frechet_distance
-from fid.fid_score_gpu import lower_congruence, pivoted_cholesky
+from fid.frechet import lower_congruence, pivoted_cholesky
 
 GOAL = {"cpu": 10.0}
 FEATURES = "features"

@@ -8,7 +8,7 @@ same test images, measured side by side.
 lab-style (the baseline, written here): one image at a time, the hand-written attention core, fp32,
 and the VQGAN decode of the image after every decoding step, as the lab's loop does (the tokens of
 each step come from MaskGit.inpaint's step history).
-project: inpainting.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
+project: maskgit_inpaint.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
 attention, the transformer at --precision (default: bf16 on CUDA, fp32 on the CPU), one decode per
 image at the end.
 
@@ -51,16 +51,10 @@ from bench.harness import (
 )
 from common import resolve_device, resolve_path, run_cli, seed_everything
 from data import list_images, pixel_to_token_mask, to_uint8_image
-from inpainting import (
-    DEFAULT_MASKED,
-    DEFAULT_MASKS,
-    Decoding,
-    default_batch_size,
-    load_config,
-    make_generators,
-    open_dataset,
-    run_inpainting,
-)
+from maskgit_inpaint import Decoding, load_config, run_inpainting
+from maskgit_inpaint.decoding import make_generators
+from maskgit_inpaint.preparation import open_dataset
+from maskgit_inpaint.settings import DEFAULT_MASKED, DEFAULT_MASKS, default_batch_size
 from models.maskgit import PRECISIONS, MaskGit, default_precision
 
 GOAL = {"cpu": 3.0, "cuda": 10.0}

@@ -19,8 +19,9 @@ import numpy as np
 
 from common import UserError, run_cli
 from data import load_ground_truth, read_image
-from inpainting import DEFAULT_MASKED, DEFAULT_MASKS, painted
-from scoring import hole_psnr
+from maskgit_inpaint.metrics import hole_psnr
+from maskgit_inpaint.preparation import painted
+from maskgit_inpaint.settings import DEFAULT_MASKED, DEFAULT_MASKS
 
 
 def read_run(folder: Path, count: int, size: int) -> np.ndarray:

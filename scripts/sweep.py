@@ -6,7 +6,7 @@ spots, with the inpainting metrics, and FID when the Inception weights are on th
 
 Writes OUT_DIR/sweep.csv (one row per setting, rewritten after each one) and OUT_DIR/sweep.png
 (each metric vs sweet spot, one line per mask function and T). The model and the data are loaded
-once; the runs go through inpainting.py's decode path (decode_holes, as inpaint() and app.py do)
+once; the runs go through maskgit_inpaint's decode path (decode_holes, as inpaint() and app.py do)
 in this process.
 """
 from __future__ import annotations
@@ -24,23 +24,18 @@ from tqdm import tqdm
 from common import UserError, check_output_dir, resolve_device, run_cli, write_csv
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
-from inpainting import (
+from maskgit_inpaint import Decoding, load_model, model_config, run_inpainting
+from maskgit_inpaint.cli import (
     ArgumentParser,
-    Decoding,
     add_common_arguments,
     check_common_arguments,
-    check_decoding,
-    default_batch_size,
     default_gt_path,
     input_paths,
-    load_model,
-    model_config,
-    open_dataset,
-    open_ground_truth,
-    result_metrics,
-    run_inpainting,
-    save_results,
 )
+from maskgit_inpaint.metrics import result_metrics
+from maskgit_inpaint.outputs import save_results
+from maskgit_inpaint.preparation import open_dataset, open_ground_truth
+from maskgit_inpaint.settings import check_decoding, default_batch_size
 from models.schedules import GAMMA_FUNCTIONS
 
 PLOT_METRICS = ("psnr_hole", "ssim", "l1_hole", "masked_token_accuracy", "fid")

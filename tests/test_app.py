@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inpainting import Decoding
+from maskgit_inpaint import Decoding
 
 pytest.importorskip("gradio")
 webdriver = pytest.importorskip("selenium.webdriver")
