@@ -126,6 +126,9 @@ def resolve_device(name: str | torch.device | None = None, cpu_fallback: bool = 
     return device
 
 
+DEFAULT_NUM_WORKERS = min(4, (os.cpu_count() or 2) // 2)  # image loader processes of inference and FID
+
+
 _told_no_bf16: set[str] = set()  # the devices native_bf16 has said so for
 
 

@@ -28,11 +28,13 @@ from torch.utils.data import Subset
 
 from common import UserError, check_output_dir, resolve_device, resolve_path, run_cli
 from data import MASK_KINDS, normalize
-from maskgit_inpaint.baselines import BASELINES
 from maskgit_inpaint.cli import (
+    SCHEDULE_FIELDS,
     ArgumentParser,
     add_common_arguments,
+    add_decoding_arguments,
     check_common_arguments,
+    decoding_from_args,
     default_gt_path,
     input_paths,
 )
@@ -42,26 +44,18 @@ from maskgit_inpaint.metrics import result_metrics
 from maskgit_inpaint.outputs import OUTPUTS, clear_outputs, folder_originals, save_named
 from maskgit_inpaint.pipeline import run_inpainting
 from maskgit_inpaint.preparation import open_dataset, open_ground_truth, prepare_image
-from maskgit_inpaint.settings import DEFAULT_CONFIG, Decoding, check_decoding, default_batch_size
-from models.schedules import GAMMA_FUNCTIONS
+from maskgit_inpaint.settings import DEFAULT_CONFIG, default_batch_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
-    p.add_argument("--total-iter", type=int, default=Decoding.total_iter,
-                   help="T: steps of the mask schedule (default: %(default)s)")
-    p.add_argument("--sweet-spot", type=int, default=None,
-                   help="S: run the first S steps of the T-step schedule and fill what is still masked with "
-                        "that step's choices (default: T)")
-    p.add_argument("--mask-func", default=None,
-                   help=f"mask schedule: {', '.join(GAMMA_FUNCTIONS)} (default: the config's gamma_type)")
+    add_decoding_arguments(p, only=SCHEDULE_FIELDS)
     p.add_argument("--output-dir", default="outputs/inpainting",
                    help="where test_results/ etc. go (default: %(default)s)")
     p.add_argument("--save-history", action="store_true",
                    help="also write steps/test_{i}.png (a labelled figure of every step), mask_scheduling/test_{i}.png "
                         "and imga/test_{i}.png (slower)")
-    p.add_argument("--baseline", choices=BASELINES, help="fill holes without the model, for the results table")
     p.add_argument("--image", help="single-image mode: the image to inpaint")
     p.add_argument("--mask", help="with --image: its mask (black = hole; see --mask-hole-white)")
     p.add_argument("--mask-kind", help=f"with --image (a clean one): generate a mask: {', '.join(MASK_KINDS)}")
@@ -71,30 +65,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_common_arguments(args)
+    baseline = None if args.method == "maskgit" else args.method
     if args.image is None and (args.mask or args.mask_kind):
         raise UserError("--mask and --mask-kind go with --image")
     if args.image is not None and (args.mask is None) == (args.mask_kind is None):
         raise UserError("--image needs exactly one of --mask FILE or --mask-kind KIND")
-    if args.baseline and args.save_history:
+    if baseline and args.save_history:
         raise UserError("--save-history shows MaskGIT's steps; the baseline has none")
     out_dir = check_output_dir(args.output_dir, "--output-dir", OUTPUTS, input_paths(args))
-    if args.baseline and not resolve_path(args.load_transformer_ckpt_path).exists():
+    if baseline and not resolve_path(args.load_transformer_ckpt_path).exists():
         cfg = load_config(args.MaskGitConfig or DEFAULT_CONFIG)  # the baseline needs only the image size
     else:
         cfg = model_config(args.load_transformer_ckpt_path, args.MaskGitConfig)
-    mask_func = args.mask_func or cfg["gamma_type"]
-    sweet_spot = check_decoding(args.total_iter, args.sweet_spot, mask_func)
-    decoding = Decoding(args.baseline or "maskgit", args.total_iter, sweet_spot, mask_func,
-                        cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature,
-                        args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                        args.readout, args.encode_fill, args.flip_average, args.blend)
+    decoding, note = decoding_from_args(args).resolved(cfg["gamma_type"], cfg["choice_temperature"])
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     device = resolve_device(args.device, args.cpu_fallback)
     vq = cfg["vqgan"]
 
     if args.image is not None:
         prepared = prepare_image(resolve_path(args.image), None if args.mask is None else resolve_path(args.mask),
                                  vq["img_resolution"], fit=args.fit, hole_white=args.mask_hole_white,
-                                 mask_kind=args.mask_kind, seed=args.random_seed, name=Path(args.image).name)
+                                 mask_kind=args.mask_kind, seed=args.seed, name=Path(args.image).name)
         dataset = [(normalize(prepared.pixels, vq["mean"], vq["std"]), torch.from_numpy(prepared.model_hole)[None], 0)]
         gt = None if prepared.clean is None else prepared.clean[None]
         gt_path = None if args.gt_path is None else resolve_path(args.gt_path)
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     if gt_path is not None:
         gt = open_ground_truth(gt_path, total, vq["img_resolution"])
 
-    model = None if args.baseline else load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan,
+    model = None if baseline else load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan,
                                                   args.precision)
     removed = clear_outputs(out_dir)
     if removed:
@@ -121,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         names, originals = [Path(args.image).name], [(prepared.original, prepared.hole)]
     else:
         names, originals = folder_originals(dataset, result.indices.tolist(), args.mask_hole_white)
-    save_named(out_dir, names, originals, result.outputs, args.fit, not args.no_paste)
+    save_named(out_dir, names, originals, result.outputs, args.fit, decoding.paste)
 
-    title = f"{args.baseline} baseline" if args.baseline else f"{mask_func} T={args.total_iter} S={sweet_spot}"
+    title = (f"{baseline} baseline" if baseline
+             else f"{decoding.mask_func} T={decoding.total_iter} S={decoding.sweet_spot}")
     save_overview(out_dir / "overview.png", result.inputs, result.outputs,
                   None if gt is None else gt[result.indices], title)
     n = len(result.indices)
@@ -136,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         record = {**metrics, "images": n, "seconds": result.seconds, "settings": {
             **decoding.settings(), **inputs, "gt_path": None if gt_path is None else str(gt_path),
             "config": args.MaskGitConfig,
-            "transformer_ckpt": None if args.baseline else args.load_transformer_ckpt_path,
-            "vqgan_ckpt": None if args.baseline else args.vqgan or cfg.get("VQ_Configs", {}).get("VQ_CKPT_path"),
+            "transformer_ckpt": None if baseline else args.load_transformer_ckpt_path,
+            "vqgan_ckpt": None if baseline else args.vqgan or cfg.get("VQ_Configs", {}).get("VQ_CKPT_path"),
             "device": str(device), "batch_size": batch_size, "precision": model and model.precision}}
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         written.append("metrics.json")

@@ -229,7 +229,7 @@ def score_inpainting(model: MaskGit, items: list, gt: np.ndarray, device: torch.
     vq = model.vqgan.cfg
     model.eval()
     with torch.random.fork_rng(devices=[]):  # the loader draws a seed: keep the training's random stream
-        result = run_inpainting(items, model, Decoding(choice_temperature=model.choice_temperature), vq["mean"],
+        result = run_inpainting(items, model, Decoding(), vq["mean"],
                                 vq["std"], device, batch_size, gt=gt, progress=False)
     model.train()
     metrics = result_metrics(result, gt)

@@ -75,10 +75,11 @@ def lab_style_inpainting(model: MaskGit, items: Items, decoding: Decoding, cfg: 
         images, holes = image[None].to(device), hole[None].to(device)  # (1, 3, H, W), (1, 1, H, W)
         token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)
         _, z = model.encode_to_z(images)
-        history = model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=decoding.sweet_spot,
+        history = model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=decoding.steps,
                                 mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
-                                sample_temperature=decoding.sample_temperature,
-                                generators=make_generators(decoding.seed, [index]), return_history=True).history
+                                sample_temperature=decoding.sample_temperature, readout=decoding.readout,
+                                scheduler=decoding.scheduler, generators=make_generators(decoding.seed, [index]),
+                                return_history=True).history
         steps = [model.decode_tokens(tokens.to(device)) for tokens in history.tokens]  # (1, 3, H, W) each
         outputs.append(to_uint8_image(torch.where(holes, steps[-1], images), vq["mean"], vq["std"]))
     return np.concatenate(outputs)

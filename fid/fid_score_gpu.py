@@ -10,9 +10,8 @@ computes them once. From Python: `from fid import compute_fid`.
 from __future__ import annotations
 
 import argparse
-import os
 
-from common import UserError, check_minimum, resolve_device, run_cli
+from common import DEFAULT_NUM_WORKERS, UserError, check_minimum, resolve_device, run_cli
 from fid.inception import DIMS
 from fid.score import compute_fid
 
@@ -25,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--cpu-fallback", action="store_true", help="run on the CPU when CUDA is asked for but missing")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default: 50)")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="data loading processes for image folders (default: CPU cores, at most 8)")
+    parser.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
+                        help="data loading processes for image folders (default: %(default)s)")
     parser.add_argument("--dims", type=int, default=2048, choices=DIMS, help="which Inception features")
     parser.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                         "(default: $FID_INCEPTION_WEIGHTS, then torch's hub cache)")

@@ -45,7 +45,7 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     for view, hole in views:
         token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.ring))  # (B, N)
         _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
-        results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.sweet_spot, history))
+        results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.steps, history))
     decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs) for r in results])
     steps = [r.history for r in results] if history else None
     return paste_known(decoded, images, holes, decoding), results[0].tokens, token_masks[0], steps

@@ -140,6 +140,41 @@ def test_cli_single_image_matches_the_api_and_keeps_the_name(tiny, tmp_path):
     assert read(out / "imga" / "test_0.png").shape == (SIZE + 4, 5 * (SIZE + 2) + 2, 3)
 
 
+@pytest.mark.parametrize("flags, options", [
+    (["--scheduler", "halton", "--encode-fill", "gray", "--no-flip-average", "--sample-temperature", "0"],
+     {"scheduler": "halton", "encode_fill": "gray", "flip_average": False, "sample_temperature": 0.0}),
+    (["--baseline", "harmonic"], {"method": "harmonic"}),
+])
+def test_inpaint_takes_every_option_the_cli_does(tiny, tmp_path, flags, options):
+    """inpaint()'s keyword arguments are the fields of Decoding, the same settings as the CLI's flags."""
+    out = tmp_path / "one"
+    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
+                     str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
+                     "--total-iter", "3", "--output-dir", str(out), "--device", "cpu", "--no-progress",
+                     "--num_workers", "0", *flags])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*resized to 16x16")
+        api = inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"], total_iter=3,
+                      **options)
+        default = inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"], total_iter=3)
+    assert np.array_equal(read(out / "inpainted" / "photo.png"), api.image)
+    assert not np.array_equal(api.image, default.image)  # the options did change the result
+    with pytest.raises(UserError, match="unknown inpaint\\(\\) option\\(s\\) rings"):
+        inpaint(tiny["photo"], tiny["hole"], tiny["model"], rings=1)
+
+
+def test_sweet_spot_follows_t_unless_set_and_is_clamped_once(tiny):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*resized to 16x16")
+        follows = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=5, return_steps=True)
+        assert follows.steps[-1].step == 5
+        with pytest.warns(UserWarning, match="--sweet-spot 9 is larger than --total-iter 3; using 3"):
+            clamped = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=3, sweet_spot=9,
+                              return_steps=True)
+    assert clamped.steps[-1].step == 3
+    assert Decoding(total_iter=4).steps == 4 and Decoding(total_iter=4, sweet_spot=2).steps == 2
+
+
 def test_folder_mode_keeps_file_names_at_their_size(tiny, tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
