@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from common import UserError, check_output_dir, resolve_device, resolve_path, run_cli
+from common import ArgumentParser, UserError, check_output_dir, resolve_device, resolve_path, run_cli
 from data import MASK_KINDS, normalize
 from maskgit_inpaint.cli import (
     SCHEDULE_FIELDS,
-    ArgumentParser,
     add_common_arguments,
     add_decoding_arguments,
     check_common_arguments,

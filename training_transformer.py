@@ -50,8 +50,8 @@ from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8
 from data.masks import dataset_mask, pixel_hole_bank, token_holes
 from maskgit_inpaint import Decoding, run_inpainting
 from maskgit_inpaint.baselines import fill_baseline
-from maskgit_inpaint.metrics import compute_metrics, result_metrics
 from maskgit_inpaint.blending import nearest_known
+from maskgit_inpaint.metrics import compute_metrics, result_metrics
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit

@@ -1,9 +1,9 @@
 """Inpainting throughput: this project's batched decoding against the lab-style loop, same weights,
 same test images, measured side by side.
 
-    python bench/bench_inpainting.py --device cpu --images 8 --repeats 3 --threads 1
-    python bench/bench_inpainting.py --device cuda --config configs/MaskGit.yml --write
-    python bench/bench_inpainting.py --device cpu --images 2 --profile
+    python -m bench.bench_inpainting --device cpu --images 8 --repeats 3 --threads 1
+    python -m bench.bench_inpainting --device cuda --config configs/MaskGit.yml --write
+    python -m bench.bench_inpainting --device cpu --images 2 --profile
 
 lab-style (the baseline, written here): one image at a time, the hand-written attention core, fp32,
 and the VQGAN decode of the image after every decoding step, as the lab's loop does (the tokens of
@@ -21,12 +21,9 @@ at a time: the timed passes alternate between the variants, and the peak RSS is 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import numpy as np
 import torch
@@ -144,7 +141,7 @@ def command_line(args: argparse.Namespace, device: torch.device) -> str:
     flags = [f"--device {device.type}", f"--config {args.config}", f"--images {args.images}",
              f"--batch-size {args.batch_size}", f"--repeats {args.repeats}", f"--precision {args.precision}"]
     flags += [f"--threads {args.threads}"] if args.threads else []
-    return "python bench/bench_inpainting.py " + " ".join(flags)
+    return "python -m bench.bench_inpainting " + " ".join(flags)
 
 
 def benchmark(args: argparse.Namespace, device: torch.device) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
-from common import DEFAULT_NUM_WORKERS, UserError, check_minimum, resolve_path
+from common import DEFAULT_NUM_WORKERS, check_minimum, resolve_path
 from data import FITS
 from maskgit_inpaint.settings import (
     BATCH_SIZE,
@@ -20,13 +20,6 @@ from maskgit_inpaint.settings import (
 from models.maskgit import PRECISIONS
 
 SCHEDULE_FIELDS = ("method", "total_iter", "sweet_spot", "mask_func")  # inpainting.py's; the sweep has grids instead
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are UserErrors: one line and exit code 2, like every bad input."""
-
-    def error(self, message: str):
-        raise UserError(message)
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser, skip: Collection[str] = (),

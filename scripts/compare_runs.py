@@ -10,10 +10,7 @@ input with its hole gray | each run | ground truth, with each run's hole PSNR on
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import numpy as np
 

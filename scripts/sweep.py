@@ -16,17 +16,14 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
-
 import torch
 from tqdm import tqdm
 
-from common import UserError, check_output_dir, resolve_device, run_cli, write_csv
+from common import ArgumentParser, UserError, check_output_dir, resolve_device, run_cli, write_csv
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
 from maskgit_inpaint import load_model, model_config, run_inpainting
 from maskgit_inpaint.cli import (
-    ArgumentParser,
     add_common_arguments,
     check_common_arguments,
     decoding_from_args,

@@ -15,14 +15,14 @@ from PIL import Image
 from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
 import inpainting
-from common import UserError, load_checkpoint, run_cli
+from common import UserError, load_checkpoint, read_safetensors, run_cli
 from data import normalize
 from data.masks import fit_hole, read_hole
 from maskgit_inpaint import Decoding, inpaint, run_inpainting
 from maskgit_inpaint.figures import steps_figure
 from maskgit_inpaint.preparation import prepare_image
 from models.maskgit import MaskGit
-from models.pretrained import DEFAULT_MODEL, read_description, read_safetensors, weights_digest
+from models.pretrained import DEFAULT_MODEL, read_description, weights_digest
 from scripts.convert_weights import convert
 
 

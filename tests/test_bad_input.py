@@ -329,7 +329,6 @@ def test_prepare_force_names_the_files_it_deletes(world, tmp_path, capsys):
 
 WRITER = """
 import sys, torch
-sys.path.insert(0, sys.argv[2])
 from common import save_checkpoint
 big = torch.zeros(4_000_000)
 for version in range(1, 10_000):

@@ -19,12 +19,12 @@ from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 import training
 import training_transformer as stage2
 import training_vqgan as stage1
-from common import UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
+from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
 from data import ImageFolderDataset
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config
 from models.maskgit import MaskGit, load_maskgit
-from models.pretrained import read_safetensors, weights_digest
+from models.pretrained import weights_digest
 from training import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,12 +313,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(ws, tmp_path, monkeypatch):
 
 
 DDP_WORKER = """
-import os, sys
+import os, runpy, sys
 import torch
-sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from training_transformer import parse_args, train
-model, step = train(parse_args(sys.argv[1:]))
+script = runpy.run_path(os.path.join({root!r}, "training_transformer.py"))  # a script, not a package module
+model, step = script["train"](script["parse_args"](sys.argv[1:]))
 out = os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt")
 torch.save({{"step": step, "model": model.transformer.state_dict()}}, out)
 """
