@@ -31,6 +31,25 @@ def run_cli(main: Callable[[], object]) -> None:
 
 
 
+# The lab's spellings of this repository's flags, the one table of them: every CLI that has one of
+# these flags takes both (spelled(flag) gives the pair to argparse).
+LAB_SPELLINGS = {
+    "--config": "--MaskGitConfig",
+    "--train-path": "--train_d_path",
+    "--val-path": "--val_d_path",
+    "--run-dir": "--checkpoint-path",
+    "--save-every": "--ckpt-interval",
+    "--num-workers": "--num_workers",
+    "--vqgan": "--vqgan-ckpt",
+    "--gt-path": "--gtcsv-path",
+}
+
+
+def spelled(flag: str) -> tuple[str, ...]:
+    """`flag` and, when the lab spells it otherwise, the lab's spelling (LAB_SPELLINGS)."""
+    return (flag, LAB_SPELLINGS[flag]) if flag in LAB_SPELLINGS else (flag,)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are UserErrors: one line and exit code 2, like every bad input."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import DEFAULT_NUM_WORKERS, UserError, check_minimum, resolve_device, run_cli
+from common import DEFAULT_NUM_WORKERS, UserError, check_minimum, resolve_device, run_cli, spelled
 from fid.inception import DIMS
 from fid.score import compute_fid
 
@@ -19,7 +19,7 @@ from fid.score import compute_fid
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predicted-path", help="generated images: folder, CSV or .npz of statistics")
-    parser.add_argument("--gt-path", "--gtcsv-path", dest="gt_path", required=True,
+    parser.add_argument(*spelled("--gt-path"), dest="gt_path", required=True,
                         help="ground truth: folder, lab CSV (--gtcsv-path is the lab's name) or .npz of statistics")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--cpu-fallback", action="store_true", help="run on the CPU when CUDA is asked for but missing")

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
-from common import DEFAULT_NUM_WORKERS, check_minimum, resolve_path
+from common import DEFAULT_NUM_WORKERS, check_minimum, resolve_path, spelled
 from data import FITS
 from maskgit_inpaint.settings import (
     BATCH_SIZE,
@@ -48,7 +48,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"images per batch (default: {BATCH_SIZE['cuda']} on CUDA, {BATCH_SIZE['cpu']} on the CPU)")
     p.add_argument("--partial", type=float, default=1.0, help="fraction of the test set to use (the first ones)")
-    p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=DEFAULT_NUM_WORKERS,
+    p.add_argument(*spelled("--num-workers"), dest="num_workers", type=int, default=DEFAULT_NUM_WORKERS,
                    help="data loading processes (default: %(default)s)")
     p.add_argument("--load-transformer-ckpt-path", default=DEFAULT_TRANSFORMER,
                    help="transformer: an exported folder, which carries its config and names its VQGAN, or a plain "
@@ -56,7 +56,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--MaskGitConfig", default=None,
                    help=f"with a plain .pt transformer: its MaskGit YAML config, which names the VQGAN files "
                         f"(default: {DEFAULT_CONFIG})")
-    p.add_argument("--vqgan", "--vqgan-ckpt", dest="vqgan", default=None,
+    p.add_argument(*spelled("--vqgan"), dest="vqgan", default=None,
                    help="VQGAN weights (exported folder or .pt, e.g. the lab's VQGAN.pt; default: the one the "
                         "transformer names); one the transformer was not trained on is refused")
     p.add_argument("--test-maskedimage-path", default=DEFAULT_MASKED,

@@ -57,9 +57,6 @@ class Decoding:
     scheduler: str = option("confidence", "--scheduler", choices=SCHEDULERS,
                             help="which tokens each step keeps: the most confident (MaskGIT) or the next ones in a "
                                  "2-D Halton order (Halton-MaskGIT) (default: %(default)s)")
-    ring: int = option(0, "--ring", type=int,
-                       help="also regenerate this many rings of known tokens around the hole, whose encoding saw "
-                            "the gray hole (known pixels are still pasted back) (default: %(default)s)")
     readout: str = option("mean", "--readout", choices=READOUTS,
                           help="what the hole decodes: the sampled tokens, or for each the code vector its predicted "
                                "distribution expects (smoother, closer in PSNR) (default: %(default)s)")
@@ -83,8 +80,6 @@ class Decoding:
             raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {self.sample_temperature}")
         if self.choice_temperature is not None and self.choice_temperature < 0:
             raise UserError(f"--choice-temperature must be >= 0, got {self.choice_temperature}")
-        if self.ring < 0:
-            raise UserError(f"--ring must be at least 0, got {self.ring}")
         for name, valid in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in valid:

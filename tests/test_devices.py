@@ -113,7 +113,7 @@ def test_stage2_training_step_keeps_its_tensors_on_the_models_device(tmp_path, m
     s = stage2.Stage2(model, model, optimizer, training.lr_scheduler(optimizer, 10, 2))
     tokens = torch.randint(0, 16, (8, 2, 16), dtype=torch.int16)  # the token cache lives on the CPU
     hole_bank = torch.rand(5, 16) < 0.5
-    tcfg = {**defaults(MASKGIT_TRAIN), "hole_mask_share": 0.5, "latent_loss_weight": 0.1}
+    tcfg = {**defaults(MASKGIT_TRAIN), "hole_mask_share": 0.5}
     with OneDevice():
         out = stage2.train_step(s, tokens, torch.arange(8).view(2, 4), tcfg, 0.1, 0, tmp_path / "last.pt", 1,
                                 hole_bank)

@@ -56,7 +56,7 @@ def test_attention_paths_agree_for_same_weights():
 def test_manual_attention_matches_explicit_formula():
     torch.manual_seed(1)
     cfg = {"num_image_tokens": 8, "num_codebook_vectors": 4, "dim": 16, "n_layers": 1, "hidden_dim": 32,
-           "num_heads": 4}
+           "num_heads": 4, "attention": "manual"}
     attn = BidirectionalTransformer(transformer_param(**cfg)).blocks[0].attention.eval()
     x = torch.randn(2, 8, 16)
     q, k, v = attn.query(x), attn.key(x), attn.value(x)
