@@ -246,7 +246,7 @@ def test_fid_statistics_cache_is_per_device(tmp_path, monkeypatch):
         computed.append(next(model.parameters()).device.type)
         return np.zeros(4), np.eye(4)
 
-    monkeypatch.setattr(fsg, "compute_statistics", compute)
+    monkeypatch.setattr(feature_stats, "compute_statistics", compute)
     (tmp_path / "gt.csv").write_text("x")
     models = {d: SimpleNamespace(dims=4, weights_sha256="w", parameters=lambda d=d: iter([torch.zeros(1, device=d)]))
               for d in ("cpu", "meta")}
