@@ -267,7 +267,7 @@ def two_ranks(tmp_path: Path, script: str, *args: str, timeout: float = 120) -> 
     """Run `script` as ranks 0 and 1 of a gloo group (the environment torchrun sets), each its own
     process, so that each rank's exit code and output can be checked; a hang fails at `timeout`."""
     worker = tmp_path / "worker.py"
-    worker.write_text("import torch\ntorch.set_num_threads(1)\n" + textwrap.dedent(script))
+    worker.write_text("import sys\nimport torch\ntorch.set_num_threads(1)\n" + textwrap.dedent(script))
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # the workers import the training scripts
     procs = [subprocess.Popen([sys.executable, str(worker), *args], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
