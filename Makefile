@@ -7,10 +7,13 @@ PY := $(VENV)/bin/python
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# the pinned environment, then the project itself, editable (pyproject.toml): scripts, tests and
+# benches import its packages from any folder; rerun when either file changes
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 # gradio and selenium, for the page and its browser test

@@ -5,7 +5,7 @@ decoding settings, and see the result beside a labelled figure of every step.
     python app.py                       # http://127.0.0.1:7860, offline, the shipped model
     python app.py --model checkpoints/transformer_small --vqgan checkpoints/vqgan_small --port 7861
 
-The page calls inpainting.inpaint(), the function the CLI's single-image mode matches: the painted
+The page calls maskgit_inpaint.inpaint(), the function the CLI's single-image mode matches: the painted
 layer is the mask (opaque = hole, data.masks.read_hole's rule for RGBA masks), and the result
 keeps every unpainted pixel of the image exactly. It serves on 127.0.0.1 only and loads nothing
 from the network.
@@ -23,7 +23,9 @@ import numpy as np
 
 from common import UserError, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
-from inpainting import BLENDS, Decoding, Inpainted, inpaint, steps_figure
+from maskgit_inpaint import Decoding, Inpainted, inpaint
+from maskgit_inpaint.figures import steps_figure
+from maskgit_inpaint.settings import BLENDS
 from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
@@ -50,29 +52,30 @@ def to_editor(image: np.ndarray | None) -> dict | None:
     return None if image is None else {"background": image, "layers": [], "composite": image}
 
 
-def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, total_iter: int, sweet_spot: int, mask_func: str,
-        choice_temperature: float, sample_temperature: float, seed: int, readout: str = Decoding.readout,
-        flip_average: bool = Decoding.flip_average, blend: str = Decoding.blend
+# the page's widgets, in order: the Decoding fields they set (the rest keep Decoding's defaults)
+WIDGET_FIELDS = ("total_iter", "sweet_spot", "mask_func", "choice_temperature", "sample_temperature", "seed",
+                 "readout", "flip_average", "blend")
+CASTS = {"total_iter": int, "seed": int, "choice_temperature": float, "sample_temperature": float,
+         "flip_average": bool, "sweet_spot": lambda s: int(s) or None}  # a sweet spot of 0: follow T
+
+
+def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, *values: object
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """One press of the button: (result at the image's size, the hole as read, the figure of every
-    step, a status line ending with the last step's label). A UserError is shown as one message."""
+    """One press of the button, with the widgets' `values` (WIDGET_FIELDS): (result at the image's
+    size, the hole as read, the figure of every step, a status line ending with the last step's
+    label). A UserError is shown as one message."""
     if image is None:
         raise UserError("upload an image or pick a test image first")
     mask = painted_mask(editor)
-    notes = []
-    if sweet_spot > total_iter:
-        notes.append(f"sweet spot {sweet_spot} is larger than T = {total_iter}; using {total_iter}")
-        sweet_spot = total_iter
+    settings = {name: CASTS.get(name, lambda v: v)(value) for name, value in zip(WIDGET_FIELDS, values)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result: Inpainted = inpaint(image, mask, model, total_iter=int(total_iter), sweet_spot=int(sweet_spot),
-                                    mask_func=mask_func, choice_temperature=float(choice_temperature),
-                                    sample_temperature=float(sample_temperature), seed=int(seed),
-                                    return_steps=True, readout=readout, flip_average=bool(flip_average),
-                                    blend=blend)
-    notes += [str(w.message) for w in caught]
+        result: Inpainted = inpaint(image, mask, model, return_steps=True, **settings)
+    notes = [str(w.message) for w in caught]
     hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
-    figure = steps_figure(result.steps, title=f"{mask_func}, T = {total_iter}, sweet spot {sweet_spot}")
+    decoding = Decoding(**settings)
+    title = f"{decoding.mask_func or model.mask_func}, T = {decoding.total_iter}, sweet spot {decoding.steps}"
+    figure = steps_figure(result.steps, title=title)
     status = "\n\n".join([*(f"note: {n}" for n in notes), f"done: {result.steps[-1].label}"])
     return result.image, hole, figure, status
 
@@ -108,8 +111,8 @@ def build(model: MaskGit, test_images: list[Path]):
             with gr.Column():
                 total_iter = gr.Slider(1, MAX_STEPS, value=Decoding.total_iter, step=1,
                                        label="T (steps of the mask schedule)")
-                sweet_spot = gr.Slider(1, MAX_STEPS, value=Decoding.sweet_spot, step=1,
-                                       label="sweet spot S (steps run, at most T)")
+                sweet_spot = gr.Slider(0, MAX_STEPS, value=Decoding.sweet_spot or 0, step=1,
+                                       label="sweet spot S (steps run, at most T; 0: S = T)")
                 mask_func = gr.Dropdown(list(GAMMA_FUNCTIONS), value=model.mask_func, label="mask schedule")
                 choice_temperature = gr.Slider(0, 10, value=model.choice_temperature, step=0.5,
                                                label="choice temperature (Gumbel noise when choosing tokens to keep)")
@@ -120,7 +123,7 @@ def build(model: MaskGit, test_images: list[Path]):
                 flip_average = gr.Checkbox(Decoding.flip_average, label="average with the mirror image's result")
                 blend = gr.Dropdown(list(BLENDS), value=Decoding.blend,
                                     label="blend: Poisson (no colour seam at the hole's edge) or none")
-                seed = gr.Number(0, precision=0, label="seed")
+                seed = gr.Number(Decoding.seed, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
             result = gr.Image(label="result", format="png", type="numpy", elem_id="result", interactive=False)
@@ -130,7 +133,7 @@ def build(model: MaskGit, test_images: list[Path]):
                           elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
         settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
-                    flip_average, blend]
+                    flip_average, blend]  # as WIDGET_FIELDS
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

@@ -12,7 +12,7 @@ from scipy.ndimage import distance_transform_cdt
 
 from data import denormalize, pixel_to_token_mask
 from data.masks import HOLE_GRAY, dataset_mask
-from inpainting import nearest_filled
+from maskgit_inpaint.blending import nearest_filled
 from models import VQGAN
 
 DISTANCES = (1, 2, 3, 4)  # token rings around a hole; the last bucket is "4 or more"

@@ -30,6 +30,7 @@ from common import (
     remove_orphaned_temp_files,
     resolve_device,
     save_checkpoint,
+    spelled,
 )
 from models.pretrained import write_exported
 
@@ -40,20 +41,20 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
                       log_every: int) -> None:
     """The flags both training scripts take, each under both spellings (this repository's and the
     lab's), with the script's defaults."""
-    p.add_argument("--config", "--MaskGitConfig", default=config, help="YAML config")
-    p.add_argument("--train-path", "--train_d_path", nargs="+", default=["datasets/twemoji/train"],
+    p.add_argument(*spelled("--config"), default=config, help="YAML config")
+    p.add_argument(*spelled("--train-path"), nargs="+", default=["datasets/twemoji/train"],
                    help="folder(s) of training images, e.g. two emoji styles (default: %(default)s)")
-    p.add_argument("--val-path", "--val_d_path", default="datasets/twemoji/val", help="folder of validation images")
-    p.add_argument("--run-dir", "--checkpoint-path", default=run_dir,
+    p.add_argument(*spelled("--val-path"), default="datasets/twemoji/val", help="folder of validation images")
+    p.add_argument(*spelled("--run-dir"), default=run_dir,
                    help="run folder: checkpoints, log, curves (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--num-workers", "--num_workers", type=int, default=2, help="image loader workers")
+    p.add_argument(*spelled("--num-workers"), type=int, default=2, help="image loader workers")
     p.add_argument("--batch-size", type=int, default=None, help="per process (overrides train_param)")
     p.add_argument("--epochs", type=int, default=None, help="overrides train_param")
     p.add_argument("--learning-rate", type=float, default=None, help="overrides train_param")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimizer steps in total (the LR schedule still spans --epochs)")
-    p.add_argument("--save-every", type=int, default=save_every,
+    p.add_argument(*spelled("--save-every"), type=int, default=save_every,
                    help="write last.pt every N steps (and at each epoch end; default: %(default)s)")
     p.add_argument("--log-every", type=int, default=log_every,
                    help="write the training losses to log.jsonl every N steps (default: %(default)s)")

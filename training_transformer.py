@@ -49,7 +49,10 @@ from common import (
 )
 from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
 from data.masks import dataset_mask, pixel_hole_bank, token_holes
-from inpainting import Decoding, result_metrics, run_inpainting
+from maskgit_inpaint import Decoding, run_inpainting
+from maskgit_inpaint.baselines import fill_baseline
+from maskgit_inpaint.blending import nearest_known
+from maskgit_inpaint.metrics import compute_metrics, result_metrics
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
@@ -61,7 +64,6 @@ from models.pretrained import (
     weights_file,
 )
 from models.refit import map_vocabulary, refit_parent
-from scoring import compute_metrics, fill_baseline, nearest_known
 from training import ResumableSampler, RunLog, check_finite
 
 CACHE_VERSION = 1
@@ -163,15 +165,6 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return losses, picked.argmax(-1) == targets
 
 
-def mean_code_error(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
-                    ) -> torch.Tensor:
-    """Squared distance per masked position (M,), per latent dimension, between the code vector the
-    predicted distribution expects and the target's: the error of the latent that
-    --readout mean decodes (MaskGit.decode_tokens with probs). codebook (num_codebook_vectors, C)."""
-    probs = F.softmax(logits[mask][:, :-1].float(), dim=-1)  # (M, num_codebook_vectors)
-    return (probs @ codebook - codebook[targets[mask]]).pow(2).mean(-1)
-
-
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on the weights of linear layers; none on biases, norms, embeddings."""
     decayed = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
@@ -229,7 +222,7 @@ def score_inpainting(model: MaskGit, items: list, gt: np.ndarray, device: torch.
     vq = model.vqgan.cfg
     model.eval()
     with torch.random.fork_rng(devices=[]):  # the loader draws a seed: keep the training's random stream
-        result = run_inpainting(items, model, Decoding(choice_temperature=model.choice_temperature), vq["mean"],
+        result = run_inpainting(items, model, Decoding(), vq["mean"],
                                 vq["std"], device, batch_size, gt=gt, progress=False)
     model.train()
     metrics = result_metrics(result, gt)
@@ -374,7 +367,6 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
     """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
     random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions), shown
     with the pre-filled context of `hole_context` around the hole when given.
-    The objective is the cross-entropy plus, with `latent_loss_weight`, the mean code vector's error.
     Returns the cross-entropy (mean over micro-batches and ranks), the masked-token accuracy and the
     gradient norm before clipping."""
     device, accum = next(s.model.transformer.parameters()).device, len(micro_batches)
@@ -389,9 +381,6 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
                 logits, targets, mask = s.ddp(z, within=within, context=context)  # logits (B, h*w, vocab)
             losses, correct = masked_token_loss(logits, targets, mask, label_smoothing)
             loss = losses.mean()
-            if tcfg["latent_loss_weight"]:
-                codebook = s.model.vqgan.codebook.embedding.weight
-                loss = loss + tcfg["latent_loss_weight"] * mean_code_error(logits, targets, mask, codebook).mean()
             (loss / accum).backward()
         stats += torch.stack([losses.mean().detach(), correct.sum(), mask.sum()]).float()
     if world > 1:

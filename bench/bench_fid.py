@@ -1,9 +1,9 @@
 """FID: the Frechet distance of this project against the pytorch-fid formula with scipy.linalg.sqrtm,
 on the same 2048-d statistics, measured side by side; and Inception feature extraction in images/s.
 
-    python bench/bench_fid.py --device cpu --threads 1 --write
-    python bench/bench_fid.py --device cuda --write
-    python bench/bench_fid.py --device cpu --profile
+    python -m bench.bench_fid --device cpu --threads 1 --write
+    python -m bench.bench_fid --device cuda --write
+    python -m bench.bench_fid --device cpu --profile
 
 lab-style (the baseline, written here): pytorch-fid's calculate_frechet_distance, a general matrix
 square root of S1 S2 with scipy.linalg.sqrtm (numpy, CPU, float64), retried with 1e-6 on the
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import numpy as np
 import scipy.linalg
@@ -52,7 +49,7 @@ from bench.harness import (
 )
 from common import resolve_device, run_cli
 from fid import FIDInceptionV3, extract_features, frechet_distance
-from fid.fid_score_gpu import lower_congruence, pivoted_cholesky
+from fid.frechet import lower_congruence, pivoted_cholesky
 
 GOAL = {"cpu": 10.0}
 FEATURES = "features"
@@ -170,7 +167,7 @@ def command_line(args: argparse.Namespace, device: torch.device) -> str:
     flags = [f"--device {device.type}", f"--dims {args.dims}", f"--images {args.images}", f"--batch-size "
              f"{args.batch_size}", f"--repeats {args.repeats}", f"--feature-repeats {args.feature_repeats}"]
     flags += [f"--threads {args.threads}"] if args.threads else []
-    return "python bench/bench_fid.py " + " ".join(flags)
+    return "python -m bench.bench_fid " + " ".join(flags)
 
 
 def distance_table(args: argparse.Namespace, device: torch.device, child_args: list[str]) -> tuple[list, str, dict]:

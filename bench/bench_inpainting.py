@@ -1,14 +1,14 @@
 """Inpainting throughput: this project's batched decoding against the lab-style loop, same weights,
 same test images, measured side by side.
 
-    python bench/bench_inpainting.py --device cpu --images 8 --repeats 3 --threads 1
-    python bench/bench_inpainting.py --device cuda --config configs/MaskGit.yml --write
-    python bench/bench_inpainting.py --device cpu --images 2 --profile
+    python -m bench.bench_inpainting --device cpu --images 8 --repeats 3 --threads 1
+    python -m bench.bench_inpainting --device cuda --config configs/MaskGit.yml --write
+    python -m bench.bench_inpainting --device cpu --images 2 --profile
 
 lab-style (the baseline, written here): one image at a time, the hand-written attention core, fp32,
 and the VQGAN decode of the image after every decoding step, as the lab's loop does (the tokens of
 each step come from MaskGit.inpaint's step history).
-project: inpainting.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
+project: maskgit_inpaint.run_inpainting, the code path of `python inpainting.py`: batches, fused (sdpa)
 attention, the transformer at --precision (default: bf16 on CUDA, fp32 on the CPU), one decode per
 image at the end.
 
@@ -21,12 +21,9 @@ at a time: the timed passes alternate between the variants, and the peak RSS is 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import numpy as np
 import torch
@@ -51,16 +48,10 @@ from bench.harness import (
 )
 from common import resolve_device, resolve_path, run_cli, seed_everything
 from data import list_images, pixel_to_token_mask, to_uint8_image
-from inpainting import (
-    DEFAULT_MASKED,
-    DEFAULT_MASKS,
-    Decoding,
-    default_batch_size,
-    load_config,
-    make_generators,
-    open_dataset,
-    run_inpainting,
-)
+from maskgit_inpaint import Decoding, load_config, run_inpainting
+from maskgit_inpaint.decoding import make_generators
+from maskgit_inpaint.preparation import open_dataset
+from maskgit_inpaint.settings import DEFAULT_MASKED, DEFAULT_MASKS, default_batch_size
 from models.maskgit import PRECISIONS, MaskGit, default_precision
 
 GOAL = {"cpu": 3.0, "cuda": 10.0}
@@ -81,10 +72,11 @@ def lab_style_inpainting(model: MaskGit, items: Items, decoding: Decoding, cfg: 
         images, holes = image[None].to(device), hole[None].to(device)  # (1, 3, H, W), (1, 1, H, W)
         token_mask = pixel_to_token_mask(holes, model.vqgan.latent_resolution)
         _, z = model.encode_to_z(images)
-        history = model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=decoding.sweet_spot,
+        history = model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=decoding.steps,
                                 mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
-                                sample_temperature=decoding.sample_temperature,
-                                generators=make_generators(decoding.seed, [index]), return_history=True).history
+                                sample_temperature=decoding.sample_temperature, readout=decoding.readout,
+                                scheduler=decoding.scheduler, generators=make_generators(decoding.seed, [index]),
+                                return_history=True).history
         steps = [model.decode_tokens(tokens.to(device)) for tokens in history.tokens]  # (1, 3, H, W) each
         outputs.append(to_uint8_image(torch.where(holes, steps[-1], images), vq["mean"], vq["std"]))
     return np.concatenate(outputs)
@@ -149,7 +141,7 @@ def command_line(args: argparse.Namespace, device: torch.device) -> str:
     flags = [f"--device {device.type}", f"--config {args.config}", f"--images {args.images}",
              f"--batch-size {args.batch_size}", f"--repeats {args.repeats}", f"--precision {args.precision}"]
     flags += [f"--threads {args.threads}"] if args.threads else []
-    return "python bench/bench_inpainting.py " + " ".join(flags)
+    return "python -m bench.bench_inpainting " + " ".join(flags)
 
 
 def benchmark(args: argparse.Namespace, device: torch.device) -> None:

@@ -1,9 +1,9 @@
 """Stage-2 training throughput: this project's training step on cached tokens against the
 lab-style step that encodes every batch with the VQGAN, same weights, same images, side by side.
 
-    python bench/bench_training.py --device cpu --steps 2 --batch-size 8 --repeats 3 --threads 1
-    python bench/bench_training.py --device cuda --config configs/MaskGit.yml --write
-    python bench/bench_training.py --device cpu --steps 1 --batch-size 4 --profile
+    python -m bench.bench_training --device cpu --steps 2 --batch-size 8 --repeats 3 --threads 1
+    python -m bench.bench_training --device cuda --config configs/MaskGit.yml --write
+    python -m bench.bench_training --device cpu --steps 1 --batch-size 4 --profile
 
 lab-style (the baseline, written here): every batch of images is encoded to tokens by the frozen
 VQGAN (fp32, mirror images at random as the project's `flip` does), then the transformer step in
@@ -24,11 +24,8 @@ variants, and the peak RSS is the variant's own.
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import torch
 
@@ -159,7 +156,7 @@ def command_line(args: argparse.Namespace, device: torch.device) -> str:
              f"--repeats {args.repeats}"]
     flags += [f"--batch-size {args.batch_size}"] if args.batch_size else []
     flags += [f"--threads {args.threads}"] if args.threads else []
-    return "python bench/bench_training.py " + " ".join(flags)
+    return "python -m bench.bench_training " + " ".join(flags)
 
 
 def summarize(runs: list[dict]) -> dict:

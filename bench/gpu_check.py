@@ -34,7 +34,6 @@ PY = sys.executable
 
 MAKE_LAB_VQGAN = """
 import sys, torch
-sys.path.insert(0, {root!r})
 from models import VQGAN
 from models.config import load_vqgan_config
 torch.manual_seed(0)
@@ -45,7 +44,6 @@ FID_ON_DEVICES = """
 import json, sys, time
 import numpy as np, torch
 from PIL import Image
-sys.path.insert(0, {root!r})
 from fid import compute_statistics, frechet_distance, open_images
 from fid.inception import FIDInceptionV3
 files = sorted(__import__("pathlib").Path({predicted!r}).glob("*.png"))[:{n}]
@@ -239,7 +237,7 @@ def benchmarks(c: Check, args) -> None:
             c.record(name, None, 0, f"{c.left():.0f} s of the budget left")
             continue
         start = time.monotonic()
-        rc, text = c.run(name, [PY, f"bench/bench_{kind}.py", "--device", args.device, "--config", config, *extra],
+        rc, text = c.run(name, [PY, "-m", f"bench.bench_{kind}", "--device", args.device, "--config", config, *extra],
                          limit)
         speedups = re.findall(r"Speed-up[^*]*\*\*([0-9.]+x)\*\*", text)
         c.record(name, rc == 0, time.monotonic() - start, f"exit {rc}; speed-up {', '.join(speedups) or '-'}")

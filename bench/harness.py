@@ -36,7 +36,8 @@ class Child:
     variant's own. The child side is serve()."""
 
     def __init__(self, script: str | os.PathLike, args: Sequence[str]):
-        self.command = [sys.executable, str(script), *args]
+        module = ".".join(Path(script).resolve().relative_to(REPO_ROOT).with_suffix("").parts)
+        self.command = [sys.executable, "-m", module, *args]  # from the repository root, as the bench was run
         self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
 

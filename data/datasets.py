@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import UserError
@@ -51,12 +50,10 @@ def to_uint8_image(x: torch.Tensor, mean: Stats, std: Stats) -> np.ndarray:
     return pixels.movedim(-3, -1).cpu().numpy()
 
 
-def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, ring: int = 0) -> torch.Tensor:
+def pixel_to_token_mask(hole: torch.Tensor, latent_size: int) -> torch.Tensor:
     """Pixel hole mask (B, 1, H, W) or (H, W), True = hole -> token mask (B, L*L) or (L*L,) with
     L = latent_size, in row-major token order. A token is masked when any hole pixel falls in its
-    patch of (H / L) x (W / L) pixels, so no token mixes known and unknown content. `ring` > 0 also
-    masks that many rings of tokens around the hole: the encoder saw the gray hole through its
-    receptive field when it made them, so they are not the tokens of the true image."""
+    patch of (H / L) x (W / L) pixels, so no token mixes known and unknown content."""
     squeeze = hole.dim() == 2
     if squeeze:
         hole = hole[None, None]
@@ -68,8 +65,6 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, ring: int = 0) -> 
     ph, pw = h // latent_size, w // latent_size
     patches = hole.bool().reshape(b, latent_size, ph, latent_size, pw)  # (B, L, ph, L, pw)
     tokens = patches.any(dim=4).any(dim=2)  # (B, L, L)
-    if ring > 0:
-        tokens = F.max_pool2d(tokens[:, None].float(), 2 * ring + 1, stride=1, padding=ring)[:, 0].bool()
     tokens = tokens.reshape(b, latent_size * latent_size)  # (B, L*L)
     return tokens[0] if squeeze else tokens
 

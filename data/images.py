@@ -12,7 +12,7 @@ from PIL import Image
 from common import UserError
 
 # What PIL raises for files that are not images, truncated or otherwise corrupt.
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # PIL modes of 16-bit grayscale PNGs (and 32-bit integer images), holding values up to 65535
 _WIDE_GRAY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -24,12 +24,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             size = im.size
             im.verify()  # reads every chunk: catches truncation and bad checksums (PNG)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     return size
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
+def to_8bit(im: Image.Image) -> Image.Image:
     """16-bit (and 32-bit integer) grayscale scaled to 8-bit "L": PIL's convert() would clip every
     value above 255 to white."""
     if im.mode not in _WIDE_GRAY:
@@ -47,7 +47,7 @@ def has_alpha(im: Image.Image) -> bool:
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image as RGB: 16-bit gray scaled to 8 bits, transparency composited on white."""
-    im = _to_8bit(im)
+    im = to_8bit(im)
     if has_alpha(im):
         im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     return im.convert("RGB")
@@ -81,11 +81,11 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | tuple[int
     size = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as im:
-            im = to_rgb(im) if mode == "RGB" else _to_8bit(im).convert(mode)
+            im = to_rgb(im) if mode == "RGB" else to_8bit(im).convert(mode)
             if size is not None:
                 im = fit_pil(im, size, fit, Image.NEAREST if mode == "L" else Image.BICUBIC)
             return np.asarray(im, dtype=np.uint8).copy()
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None
 
 

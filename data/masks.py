@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from common import UserError, check_output_dir, run_cli
 from data.ground_truth import list_images
-from data.images import _READ_ERRORS, _to_8bit, fit_box, has_alpha, image_size, read_image, save_png
+from data.images import READ_ERRORS, fit_box, has_alpha, image_size, read_image, save_png, to_8bit
 
 MASK_KINDS = ("freeform", "box", "center", "border", "half")
 WRITE_KINDS = (*MASK_KINDS, "dataset")  # what `python -m data.masks --kind` takes
@@ -169,14 +169,14 @@ def _mask_array(mask: MaskSource) -> np.ndarray:
             return mask.astype(np.uint8) if mask.dtype != np.uint8 else mask
         raise UserError(f"a mask array must be (H, W) or (H, W, 3 or 4), got shape {mask.shape}")
     if isinstance(mask, Image.Image):
-        im = _to_8bit(mask)
+        im = to_8bit(mask)
         return np.asarray(im.convert("RGBA") if has_alpha(im) else im.convert("L"))
     try:
         with Image.open(mask) as im:
             return _mask_array(im.copy())
     except FileNotFoundError:
         raise UserError(f"mask not found: {mask}") from None
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise UserError(f"cannot read image {mask}: {err}") from None
 
 

@@ -199,7 +199,7 @@ TRANSFORMER_PARAM = {
     "dropout": Key(number(0.0, below=1.0), 0.1),
     # attention-weight dropout, None: the same as `dropout`. 0 keeps the fused (sdpa) core fused
     "attn_dropout": Key(optional(number(0.0, below=1.0)), None),
-    "attention": Key(choice(ATTENTION_KINDS), "manual"),  # manual (hand-written core) or sdpa (fused)
+    "attention": Key(choice(ATTENTION_KINDS), "sdpa"),  # sdpa (fused) or manual (the hand-written core); same weights
 }
 
 MASKGIT_PARAM = {
@@ -227,8 +227,6 @@ MASKGIT_TRAIN = {
     # what such a sample shows around its hole: the clean image's tokens, or (prefilled) the tokens of
     # the image with the hole pre-filled by the nearest known pixel, which is what decoding encodes
     "hole_context": Key(choice(("clean", "prefilled")), "clean"),
-    # weight of the squared error of the predicted mean code vector (what --readout mean decodes), added to the CE
-    "latent_loss_weight": Key(number(0.0), 0.0),
 }
 
 

@@ -208,15 +208,14 @@ class MaskGit(nn.Module):
         return logits
 
     @torch.no_grad()
-    def inpaint(self, z_indices: torch.Tensor, token_mask: torch.Tensor, *, total_iter: int = 8,
-                sweet_spot: int | None = None, mask_func: str | None = None,
-                choice_temperature: float | None = None, sample_temperature: float = 1.0,
-                generators: Sequence[torch.Generator] | None = None, return_history: bool = False,
-                scheduler: str = "confidence", readout: str = "sample"
-                ) -> Decoded:
+    def inpaint(self, z_indices: torch.Tensor, token_mask: torch.Tensor, *, total_iter: int,
+                sample_temperature: float, readout: str, scheduler: str, sweet_spot: int | None = None,
+                mask_func: str | None = None, choice_temperature: float | None = None,
+                generators: Sequence[torch.Generator] | None = None, return_history: bool = False) -> Decoded:
         """Iterative decoding (MaskGIT, section 3.2): fill the tokens of `z_indices` (B, N) where
         `token_mask` (B, N) is True, in `total_iter` steps T; known tokens never change.
 
+        The decoding settings have no defaults here: maskgit_inpaint.Decoding owns them.
         `mask_func` and `choice_temperature` default to the config's; `sample_temperature` 0 takes
         the argmax. With `sweet_spot` S < T the loop stops after S steps and fills what is still
         masked with that step's choices. `generators` (one per sample) make a sample's result

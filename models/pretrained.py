@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common import REPO_ROOT, UserError, file_sha256, half_state_dict, read_weights
+from common import REPO_ROOT, WEIGHTS_FILE, UserError, file_sha256, half_state_dict, read_weights
 from models.config import check_maskgit_model, check_vqgan_model
 
 FORMAT = 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE = "config.json"
 KINDS = ("vqgan", "maskgit")
 DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
 
@@ -46,21 +46,6 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 def is_exported(path: str | os.PathLike) -> bool:
     """Whether `path` is an exported model folder (rather than a torch checkpoint file)."""
     return (Path(path) / CONFIG_FILE).is_file()
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of an exported folder's model.safetensors (or of a .safetensors file)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    file = path / WEIGHTS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"weights not found: {file}")
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"cannot read {file} (truncated or not safetensors): {str(err)[:200]}") from None
 
 
 def read_description(path: str | os.PathLike, kind: str) -> dict:

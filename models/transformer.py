@@ -23,7 +23,7 @@ class MultiHeadAttention(nn.Module):
     with torch's fused scaled_dot_product_attention; the parameters are the same for both paths.
     """
 
-    def __init__(self, dim: int = 768, num_heads: int = 16, attn_drop: float = 0.1, attention: str = "manual"):
+    def __init__(self, dim: int = 768, num_heads: int = 16, attn_drop: float = 0.1, attention: str = "sdpa"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")

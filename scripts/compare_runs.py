@@ -10,17 +10,15 @@ input with its hole gray | each run | ground truth, with each run's hole PSNR on
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 import numpy as np
 
 from common import UserError, run_cli
 from data import load_ground_truth, read_image
-from inpainting import DEFAULT_MASKED, DEFAULT_MASKS, painted
-from scoring import hole_psnr
+from maskgit_inpaint.metrics import hole_psnr
+from maskgit_inpaint.preparation import painted
+from maskgit_inpaint.settings import DEFAULT_MASKED, DEFAULT_MASKS
 
 
 def read_run(folder: Path, count: int, size: int) -> np.ndarray:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
 
 from common import UserError, file_sha256, load_weights, run_cli
 from models import VQGAN, BidirectionalTransformer

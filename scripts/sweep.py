@@ -6,7 +6,7 @@ spots, with the inpainting metrics, and FID when the Inception weights are on th
 
 Writes OUT_DIR/sweep.csv (one row per setting, rewritten after each one) and OUT_DIR/sweep.png
 (each metric vs sweet spot, one line per mask function and T). The model and the data are loaded
-once; the runs go through inpainting.py's decode path (decode_holes, as inpaint() and app.py do)
+once; the runs go through maskgit_inpaint's decode path (decode_holes, as inpaint() and app.py do)
 in this process.
 """
 from __future__ import annotations
@@ -16,31 +16,24 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import from the repo root
-
 import torch
 from tqdm import tqdm
 
-from common import UserError, check_output_dir, resolve_device, run_cli, write_csv
+from common import ArgumentParser, UserError, check_output_dir, resolve_device, run_cli, write_csv
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
-from inpainting import (
-    ArgumentParser,
-    Decoding,
+from maskgit_inpaint import load_model, model_config, run_inpainting
+from maskgit_inpaint.cli import (
     add_common_arguments,
     check_common_arguments,
-    check_decoding,
-    default_batch_size,
+    decoding_from_args,
     default_gt_path,
     input_paths,
-    load_model,
-    model_config,
-    open_dataset,
-    open_ground_truth,
-    result_metrics,
-    run_inpainting,
-    save_results,
 )
+from maskgit_inpaint.metrics import result_metrics
+from maskgit_inpaint.outputs import save_results
+from maskgit_inpaint.preparation import open_dataset, open_ground_truth
+from maskgit_inpaint.settings import default_batch_size
 from models.schedules import GAMMA_FUNCTIONS
 
 PLOT_METRICS = ("psnr_hole", "ssim", "l1_hole", "masked_token_accuracy", "fid")
@@ -107,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     grid = []  # (mask function, T, the sweet spots S <= T to score)
     for mask_func in args.mask_funcs:
         for total_iter in args.total_iters:
-            check_decoding(total_iter, None, mask_func)
+            decoding_from_args(args, total_iter=total_iter, mask_func=mask_func)  # checks both
             spots = sorted({s for s in args.sweet_spots or range(1, total_iter + 1) if s <= total_iter})
             if any(s < 1 for s in spots):
                 raise UserError(f"--sweet-spots must be at least 1, got {spots}")
@@ -135,15 +128,13 @@ def main(argv: list[str] | None = None) -> None:
               f"--inception-weights PATH or set ${WEIGHTS_ENV}", file=sys.stderr)
     model = load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan, args.precision)
     batch_size = args.batch_size or default_batch_size(device)
-    choice_temperature = cfg["choice_temperature"] if args.choice_temperature is None else args.choice_temperature
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
     for mask_func, total_iter, spots in tqdm(grid, desc="sweep", unit="schedule", disable=args.no_progress):
         # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
-        decoding = Decoding("maskgit", total_iter, spots[-1], mask_func, choice_temperature,
-                            args.sample_temperature, args.random_seed, not args.no_paste, args.scheduler, args.ring,
-                            args.readout, args.encode_fill, args.flip_average, args.blend)
+        decoding, _ = decoding_from_args(args, total_iter=total_iter, sweet_spot=spots[-1], mask_func=mask_func
+                                         ).resolved(mask_func, cfg["choice_temperature"])
         run = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size,
                              args.num_workers, gt=gt, progress=False, early_spots=spots)
         for sweet_spot in spots:

@@ -15,10 +15,14 @@ from PIL import Image
 from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
 import inpainting
-from common import UserError, load_checkpoint, run_cli
+from common import UserError, load_checkpoint, read_safetensors, run_cli
+from data import normalize
 from data.masks import fit_hole, read_hole
+from maskgit_inpaint import Decoding, inpaint, run_inpainting
+from maskgit_inpaint.figures import steps_figure
+from maskgit_inpaint.preparation import prepare_image
 from models.maskgit import MaskGit
-from models.pretrained import DEFAULT_MODEL, read_description, read_safetensors, weights_digest
+from models.pretrained import DEFAULT_MODEL, read_description, weights_digest
 from scripts.convert_weights import convert
 
 
@@ -71,12 +75,12 @@ def test_downscaled_hole_keeps_a_thin_stroke():
 def test_inverted_mask_warns(tiny, tmp_path):
     inverted = np.where(tiny["hole"], 255, 0).astype(np.uint8)  # white = hole, read as black = hole
     with pytest.warns(UserWarning, match="look inverted: the mask marks 89% of the image as hole; if white marks"):
-        inpainting.inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2)
+        inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message=".*resized to 16x16")
-        same = inpainting.inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2, hole_white=True)
-    expected = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=2)
+        same = inpaint(tiny["photo"], inverted, tiny["model"], total_iter=2, hole_white=True)
+    expected = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=2)
     assert np.array_equal(same.image, expected.image)
 
 
@@ -84,29 +88,29 @@ def test_inverted_mask_warns(tiny, tmp_path):
 
 def test_any_size_is_given_back_with_known_pixels_exact(tiny):
     with pytest.warns(UserWarning, match="40x24: resized to 16x16 for the model; the result is also given at 40x24"):
-        result = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4)
+        result = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4)
     hole = tiny["hole"]
     assert result.image.shape == (24, 40, 3) and result.model_image.shape == (SIZE, SIZE, 3)
     assert np.array_equal(result.image[~hole], tiny["photo"][~hole])
     assert (result.image[hole] != tiny["photo"][hole]).any(axis=-1).mean() > 0.5
-    raw = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4, paste=False)
+    raw = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=4, paste=False)
     assert not np.array_equal(raw.image[~hole], tiny["photo"][~hole])
 
 
 def test_crop_keeps_everything_outside_the_hole(tiny):
     hole = np.zeros((24, 40), dtype=bool)
     hole[10:14, 18:22] = True
-    result = inpainting.inpaint(tiny["photo"], hole, tiny["model"], total_iter=3, fit="crop")
+    result = inpaint(tiny["photo"], hole, tiny["model"], total_iter=3, fit="crop")
     assert np.array_equal(result.image[~hole], tiny["photo"][~hole])
     assert not np.array_equal(result.image[hole], tiny["photo"][hole])
     edge = np.zeros((24, 40), dtype=bool)
     edge[:, :3] = True  # outside the centre 24x24 square
     with pytest.raises(UserError, match="reaches outside the centre square"):
-        inpainting.inpaint(tiny["photo"], edge, tiny["model"], fit="crop")
+        inpaint(tiny["photo"], edge, tiny["model"], fit="crop")
 
 
 def test_steps_are_labelled_and_end_with_the_result(tiny):
-    result = inpainting.inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=6, sweet_spot=4,
+    result = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=6, sweet_spot=4,
                                 return_steps=True)
     masked = [s.masked for s in result.steps]
     assert [s.step for s in result.steps] == [0, 1, 2, 3, 4]
@@ -117,7 +121,7 @@ def test_steps_are_labelled_and_end_with_the_result(tiny):
     first = result.steps[0]  # the input, hole painted gray
     model_hole = fit_hole(tiny["hole"], (SIZE, SIZE))
     assert (first.image[model_hole] == 128).all()
-    figure = inpainting.steps_figure(result.steps, gt=result.model_image)
+    figure = steps_figure(result.steps, gt=result.model_image)
     assert figure.dtype == np.uint8 and figure.shape[1] > figure.shape[0] > 150
 
 
@@ -127,13 +131,48 @@ def test_cli_single_image_matches_the_api_and_keeps_the_name(tiny, tmp_path):
                      str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
                      "--total-iter", "4", "--output-dir", str(out), "--device", "cpu", "--no-progress",
                      "--save-history", "--num_workers", "0"])
-    api = inpainting.inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"],
+    api = inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"],
                              total_iter=4)
     assert np.array_equal(read(out / "test_results" / "image_000.png"), api.model_image)
     assert np.array_equal(read(out / "inpainted" / "photo.png"), api.image)
     figure = read(out / "steps" / "test_0.png")
     assert figure.shape[1] > 5 * SIZE  # 5 labelled columns, larger than the unlabelled strip
     assert read(out / "imga" / "test_0.png").shape == (SIZE + 4, 5 * (SIZE + 2) + 2, 3)
+
+
+@pytest.mark.parametrize("flags, options", [
+    (["--scheduler", "halton", "--encode-fill", "gray", "--no-flip-average", "--sample-temperature", "0"],
+     {"scheduler": "halton", "encode_fill": "gray", "flip_average": False, "sample_temperature": 0.0}),
+    (["--baseline", "harmonic"], {"method": "harmonic"}),
+])
+def test_inpaint_takes_every_option_the_cli_does(tiny, tmp_path, flags, options):
+    """inpaint()'s keyword arguments are the fields of Decoding, the same settings as the CLI's flags."""
+    out = tmp_path / "one"
+    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
+                     str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
+                     "--total-iter", "3", "--output-dir", str(out), "--device", "cpu", "--no-progress",
+                     "--num_workers", "0", *flags])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*resized to 16x16")
+        api = inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"], total_iter=3,
+                      **options)
+        default = inpaint(tiny["root"] / "photo.png", tiny["root"] / "photo_mask.png", tiny["model"], total_iter=3)
+    assert np.array_equal(read(out / "inpainted" / "photo.png"), api.image)
+    assert not np.array_equal(api.image, default.image)  # the options did change the result
+    with pytest.raises(UserError, match="unknown inpaint\\(\\) option\\(s\\) rings"):
+        inpaint(tiny["photo"], tiny["hole"], tiny["model"], rings=1)
+
+
+def test_sweet_spot_follows_t_unless_set_and_is_clamped_once(tiny):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*resized to 16x16")
+        follows = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=5, return_steps=True)
+        assert follows.steps[-1].step == 5
+        with pytest.warns(UserWarning, match="--sweet-spot 9 is larger than --total-iter 3; using 3"):
+            clamped = inpaint(tiny["photo"], tiny["hole"], tiny["model"], total_iter=3, sweet_spot=9,
+                              return_steps=True)
+    assert clamped.steps[-1].step == 3
+    assert Decoding(total_iter=4).steps == 4 and Decoding(total_iter=4, sweet_spot=2).steps == 2
 
 
 def test_folder_mode_keeps_file_names_at_their_size(tiny, tmp_path):
@@ -155,11 +194,11 @@ def test_folder_mode_keeps_file_names_at_their_size(tiny, tmp_path):
 
 
 def test_overview_input_shows_the_hole(tiny):
-    prepared = inpainting.prepare_image(tiny["root"] / "photo.png", tiny["hole"], SIZE)
-    item = [(inpainting.normalize(prepared.pixels, *(tiny["model"].vqgan.cfg[k] for k in ("mean", "std"))),
+    prepared = prepare_image(tiny["root"] / "photo.png", tiny["hole"], SIZE)
+    item = [(normalize(prepared.pixels, *(tiny["model"].vqgan.cfg[k] for k in ("mean", "std"))),
              torch.from_numpy(prepared.model_hole)[None], 0)]
     cfg = tiny["model"].vqgan.cfg
-    result = inpainting.run_inpainting(item, tiny["model"], inpainting.Decoding(total_iter=2, sweet_spot=2),
+    result = run_inpainting(item, tiny["model"], Decoding(total_iter=2, sweet_spot=2),
                                        cfg["mean"], cfg["std"], torch.device("cpu"), 1, progress=False)
     assert (result.inputs[0][prepared.model_hole] == 128).all()
 
@@ -173,7 +212,7 @@ def test_overview_input_shows_the_hole(tiny):
 ])
 def test_api_bad_input_is_one_user_error(tiny, image, mask, message):
     with pytest.raises(UserError, match=message):
-        inpainting.inpaint(tiny["photo"] if image is None else image, tiny["hole"] if mask is None else mask,
+        inpaint(tiny["photo"] if image is None else image, tiny["hole"] if mask is None else mask,
                            tiny["model"])
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inpainting import Decoding
+from maskgit_inpaint import Decoding
 
 pytest.importorskip("gradio")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -105,7 +105,7 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
     page.find_element(By.CSS_SELECTOR, "#run").click()
     wait.until(lambda d: "done:" in d.find_element(By.CSS_SELECTOR, "#status").text)
     status = page.find_element(By.CSS_SELECTOR, "#status").text
-    steps = Decoding.sweet_spot  # the page starts at the CLI's defaults
+    steps = Decoding().steps  # the page starts at the CLI's defaults: S follows T
     assert f"done: step {steps}: 0 tokens masked" in status and "96x80: resized to 64x64" in status
 
     result, hole = fetch(page, "#result"), fetch(page, "#hole")[..., 0] > 127

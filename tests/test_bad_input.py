@@ -33,6 +33,7 @@ import training_vqgan
 from common import load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
+from fid import open_images
 from scripts import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +256,7 @@ def test_16bit_grayscale_is_scaled_not_white(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "gray16" / "a.png", "L"), expected)
     np.testing.assert_array_equal(read_image(tmp_path / "gray16" / "a.png", "RGB"), np.stack([expected] * 3, -1))
     np.testing.assert_array_equal(load_ground_truth(tmp_path / "gray16")[0, ..., 1], expected)
-    images = fid_cli.open_images(tmp_path / "gray16")
+    images = open_images(tmp_path / "gray16")
     np.testing.assert_array_equal(images[1].numpy()[2], expected[::-1])
 
 
@@ -328,7 +329,6 @@ def test_prepare_force_names_the_files_it_deletes(world, tmp_path, capsys):
 
 WRITER = """
 import sys, torch
-sys.path.insert(0, sys.argv[2])
 from common import save_checkpoint
 big = torch.zeros(4_000_000)
 for version in range(1, 10_000):

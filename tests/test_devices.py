@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import common
-import fid.fid_score_gpu as fsg
+import fid.feature_stats as feature_stats
 import training
 import training_transformer as stage2
 import training_vqgan as stage1
@@ -113,7 +113,7 @@ def test_stage2_training_step_keeps_its_tensors_on_the_models_device(tmp_path, m
     s = stage2.Stage2(model, model, optimizer, training.lr_scheduler(optimizer, 10, 2))
     tokens = torch.randint(0, 16, (8, 2, 16), dtype=torch.int16)  # the token cache lives on the CPU
     hole_bank = torch.rand(5, 16) < 0.5
-    tcfg = {**defaults(MASKGIT_TRAIN), "hole_mask_share": 0.5, "latent_loss_weight": 0.1}
+    tcfg = {**defaults(MASKGIT_TRAIN), "hole_mask_share": 0.5}
     with OneDevice():
         out = stage2.train_step(s, tokens, torch.arange(8).view(2, 4), tcfg, 0.1, 0, tmp_path / "last.pt", 1,
                                 hole_bank)
@@ -158,8 +158,8 @@ def test_a_decode_step_keeps_its_tensors_on_the_models_device(tmp_path, monkeypa
     with OneDevice():
         for generators in (None, [torch.Generator().manual_seed(i) for i in range(2)]):
             for scheduler, readout in (("confidence", "sample"), ("halton", "mean")):
-                out = model.inpaint(z, mask, total_iter=3, generators=generators, scheduler=scheduler,
-                                    readout=readout, return_history=False)
+                out = model.inpaint(z, mask, total_iter=3, sample_temperature=1.0, generators=generators,
+                                    scheduler=scheduler, readout=readout, return_history=False)
                 images = model.decode_tokens(out.tokens, out.probs)
     assert images.shape == (2, 3, 16, 16) and images.device == META
 
@@ -190,7 +190,7 @@ def gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: fake.bf16)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: fake.name)
-    monkeypatch.setattr(common, "_told_no_bf16", set())
+    monkeypatch.setattr(common.devices, "_told_no_bf16", set())
     return fake
 
 
@@ -246,12 +246,12 @@ def test_fid_statistics_cache_is_per_device(tmp_path, monkeypatch):
         computed.append(next(model.parameters()).device.type)
         return np.zeros(4), np.eye(4)
 
-    monkeypatch.setattr(fsg, "compute_statistics", compute)
+    monkeypatch.setattr(feature_stats, "compute_statistics", compute)
     (tmp_path / "gt.csv").write_text("x")
     models = {d: SimpleNamespace(dims=4, weights_sha256="w", parameters=lambda d=d: iter([torch.zeros(1, device=d)]))
               for d in ("cpu", "meta")}
     for device in ("cpu", "cpu", "meta", "meta", "cpu"):
-        fsg.cached_statistics(tmp_path / "gt.csv", None, models[device], tmp_path / "cache", progress=False)
+        feature_stats.cached_statistics(tmp_path / "gt.csv", None, models[device], tmp_path / "cache", progress=False)
     assert computed == ["cpu", "meta"]
 
 
@@ -267,10 +267,9 @@ def two_ranks(tmp_path: Path, script: str, *args: str, timeout: float = 120) -> 
     """Run `script` as ranks 0 and 1 of a gloo group (the environment torchrun sets), each its own
     process, so that each rank's exit code and output can be checked; a hang fails at `timeout`."""
     worker = tmp_path / "worker.py"
-    worker.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport torch\ntorch.set_num_threads(1)\n"
-                      + textwrap.dedent(script))
+    worker.write_text("import sys\nimport torch\ntorch.set_num_threads(1)\n" + textwrap.dedent(script))
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # the workers import the training scripts
     procs = [subprocess.Popen([sys.executable, str(worker), *args], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
              for r in (0, 1)]

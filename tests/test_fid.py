@@ -14,7 +14,10 @@ import torch
 from PIL import Image
 from torchvision.models.inception import Inception3, InceptionA
 
+import fid.feature_stats as feature_stats
 import fid.fid_score_gpu as fsg
+import fid.frechet as frechet
+import fid.score as score
 from common import UserError
 from common import run_cli as cli_main
 from data.ground_truth import write_gt_csv
@@ -152,7 +155,7 @@ def test_pivoted_cholesky_of_singular_covariance():
     x[:, :4] = 1.0  # zero-variance features: plain Cholesky fails
     sigma = torch.from_numpy(np.cov(x, rowvar=False))
     assert torch.linalg.cholesky_ex(sigma)[1].item() != 0
-    factor = fsg.pivoted_cholesky(sigma)
+    factor = frechet.pivoted_cholesky(sigma)
     assert factor.shape == (32, 28)
     torch.testing.assert_close(factor @ factor.T, sigma, rtol=0, atol=1e-12)
     x2 = samples(200, 32, seed=6, shift=0.3)
@@ -163,7 +166,7 @@ def test_lower_congruence_is_the_lower_triangle_of_the_product():
     sigma = torch.from_numpy(stats(samples(200, 40, seed=10))[1])
     lower = torch.linalg.cholesky(torch.from_numpy(stats(samples(200, 40, seed=11))[1]))
     expected = (lower.T @ sigma @ lower).tril()
-    torch.testing.assert_close(fsg.lower_congruence(sigma, lower, block=16).tril(), expected)
+    torch.testing.assert_close(frechet.lower_congruence(sigma, lower, block=16).tril(), expected)
 
 
 def test_frechet_of_identical_statistics_is_zero():
@@ -290,13 +293,14 @@ def test_bad_inputs(tmp_path, capsys):
 
 def test_ground_truth_statistics_are_cached(tmp_path, model64, monkeypatch):
     calls = []
-    real = fsg.compute_statistics
+    real = feature_stats.compute_statistics
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fsg, "compute_statistics", counting)
+    monkeypatch.setattr(feature_stats, "compute_statistics", counting)  # the cache's
+    monkeypatch.setattr(score, "compute_statistics", counting)  # the predicted images'
     gt, pred = tmp_path / "gt.csv", save_pngs(random_images(3, seed=2), tmp_path / "pred")
     write_gt_csv(random_images(3, seed=3), gt)
     model = model64
@@ -312,7 +316,7 @@ def test_ground_truth_statistics_are_cached(tmp_path, model64, monkeypatch):
     third = compute_fid(pred, saved, model=model, device="cpu", progress=False)
     assert third == pytest.approx(compute_fid(pred, gt, model=model, device="cpu", cache=False, progress=False))
     with pytest.raises(UserError, match="64-d statistics, not 2048-d"):
-        fsg.load_statistics(saved, dims=2048)
+        feature_stats.load_statistics(saved, dims=2048)
 
 
 def test_cuda_asked_for_but_unavailable(monkeypatch):

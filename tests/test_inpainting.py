@@ -18,7 +18,11 @@ from PIL import Image
 
 import inpainting
 from common import UserError, run_cli, save_checkpoint
-from data import apply_mask, generate_mask, write_gt_csv
+from data import apply_mask, generate_mask, pixel_to_token_mask, write_gt_csv
+from maskgit_inpaint import Decoding, load_config, load_model, run_inpainting
+from maskgit_inpaint.blending import nearest_filled, poisson_blend
+from maskgit_inpaint.decoding import decode_holes, fill_tokens
+from maskgit_inpaint.preparation import open_dataset, open_ground_truth
 from models.maskgit import MaskGit
 from scripts import compare_runs, sweep
 
@@ -40,7 +44,7 @@ def write_configs(folder: Path, dim: int = 32) -> Path:
     (folder / "VQGAN.yml").write_text(yaml.safe_dump({"model_param": vq}))
     (folder / "MaskGit.yml").write_text(yaml.safe_dump({"model_param": maskgit}))
     torch.manual_seed(0)
-    cfg = inpainting.load_config(folder / "MaskGit.yml")
+    cfg = load_config(folder / "MaskGit.yml")
     model = MaskGit(cfg)
     save_checkpoint(model.vqgan.state_dict(), folder / "vqgan.pt")
     save_checkpoint({"model": model.transformer.state_dict()}, folder / "transformer.pt")
@@ -145,7 +149,7 @@ def test_poisson_blend_removes_a_smooth_colour_error():
     holes = torch.zeros(2, 1, 12, 12, dtype=torch.bool)
     holes[0, :, 3:9, 2:6] = True
     holes[1, :, 3:9, 0:5] = True  # against the left border, along which the ramp runs
-    blended = inpainting.poisson_blend(decoded, images, holes)
+    blended = poisson_blend(decoded, images, holes)
     assert torch.allclose(blended.where(holes, images), images)
     assert torch.equal(blended[~holes.expand_as(blended)], decoded[~holes.expand_as(decoded)])
 
@@ -172,28 +176,28 @@ def test_same_seed_same_outputs(tiny, default_run):
 
 
 def test_tokens_do_not_depend_on_batch_size(tiny):
-    cfg = inpainting.load_config(tiny["config"])
-    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
-    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    cfg = load_config(tiny["config"])
+    model = load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     images, holes, indices = (torch.utils.data.default_collate([dataset[i] for i in range(COUNT)]))
-    token_mask = inpainting.pixel_to_token_mask(holes, 4)
+    token_mask = pixel_to_token_mask(holes, 4)
     _, z = model.encode_to_z(images)
-    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6)
-    together = inpainting.fill_tokens(model, z, token_mask, indices, decoding, 6).tokens
-    alone = torch.cat([inpainting.fill_tokens(model, z[i:i + 1], token_mask[i:i + 1], indices[i:i + 1], decoding,
+    decoding = Decoding(total_iter=6, sweet_spot=6)
+    together = fill_tokens(model, z, token_mask, indices, decoding, 6).tokens
+    alone = torch.cat([fill_tokens(model, z[i:i + 1], token_mask[i:i + 1], indices[i:i + 1], decoding,
                                               6).tokens for i in range(COUNT)])
     assert (together == alone).float().mean() >= 0.99
 
 
 def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny):
-    cfg = inpainting.load_config(tiny["config"])
-    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
-    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    cfg = load_config(tiny["config"])
+    model = load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     images, holes, indices = torch.utils.data.default_collate([dataset[i] for i in range(4)])
-    decoding = inpainting.Decoding(total_iter=3, sweet_spot=3, readout="sample", flip_average=False)
-    plain, tokens, _, _ = inpainting.decode_holes(model, images, holes, indices, decoding)
-    mirror = inpainting.decode_holes(model, images.flip(-1), holes.flip(-1), indices, decoding)[0].flip(-1)
-    averaged, averaged_tokens, _, histories = inpainting.decode_holes(
+    decoding = Decoding(total_iter=3, sweet_spot=3, readout="sample", flip_average=False)
+    plain, tokens, _, _ = decode_holes(model, images, holes, indices, decoding)
+    mirror = decode_holes(model, images.flip(-1), holes.flip(-1), indices, decoding)[0].flip(-1)
+    averaged, averaged_tokens, _, histories = decode_holes(
         model, images, holes, indices, replace(decoding, flip_average=True), history=True)
     torch.testing.assert_close(averaged, (plain + mirror) / 2)
     assert torch.equal(averaged[~holes.expand_as(images)], images[~holes.expand_as(images)])  # known pixels kept
@@ -204,16 +208,16 @@ def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny
 @pytest.mark.parametrize("readout, flip_average", [("sample", False), ("mean", False), ("mean", True)])
 def test_early_sweet_spots_equal_separate_runs(tiny, readout, flip_average):
     """The sweep scores every sweet spot from one run; each must equal a run stopped there."""
-    cfg = inpainting.load_config(tiny["config"])
-    model = inpainting.load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
-    dataset = inpainting.open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    cfg = load_config(tiny["config"])
+    model = load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     mean, std = cfg["vqgan"]["mean"], cfg["vqgan"]["std"]
-    gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, 16)
-    decoding = inpainting.Decoding(total_iter=6, sweet_spot=6, readout=readout, flip_average=flip_average)
-    full = inpainting.run_inpainting(dataset, model, decoding, mean, std, torch.device("cpu"), 4, gt=gt,
+    gt = open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, 16)
+    decoding = Decoding(total_iter=6, sweet_spot=6, readout=readout, flip_average=flip_average)
+    full = run_inpainting(dataset, model, decoding, mean, std, torch.device("cpu"), 4, gt=gt,
                                      progress=False, early_spots=[2, 5, 6])
     for spot in (2, 5):
-        alone = inpainting.run_inpainting(dataset, model, replace(decoding, sweet_spot=spot), mean, std,
+        alone = run_inpainting(dataset, model, replace(decoding, sweet_spot=spot), mean, std,
                                           torch.device("cpu"), 4, gt=gt, progress=False)
         early = full.at_sweet_spot(spot)
         assert np.array_equal(early.outputs, alone.outputs) and early.token_hits == alone.token_hits
@@ -251,7 +255,7 @@ def test_compare_runs_puts_runs_side_by_side_and_refuses_partial_ones(tiny, monk
                        str(tiny["data"] / "masked_image"), "--masks", str(tiny["data"] / "mask64"),
                        "--gt-path", str(tiny["data"] / "test_gt.csv"), "--images", "3", "--out", str(out)])
     assert read(out).shape[0] > 3 * SIZE and len(drawn) == 3 * 2  # 3 rows, 2 runs each
-    gt = inpainting.open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, SIZE)
+    gt = open_ground_truth(tiny["data"] / "test_gt.csv", COUNT, SIZE)
     assert np.array_equal(drawn[0][1], gt[0]) and np.array_equal(drawn[0][0], read(baseline / "test_results" /
                                                                                   "image_000.png"))
     (tiny["root"] / "partial" / "test_results").mkdir(parents=True)
@@ -406,7 +410,7 @@ def test_nearest_filled_gives_each_hole_pixel_a_nearest_known_value():
     holes[0, 0, 2:6, 1:5] = True
     holes[1, 0, :, :3] = True
     holes[2] = True  # nothing known: left as it is
-    filled = inpainting.nearest_filled(images, holes)
+    filled = nearest_filled(images, holes)
     assert torch.equal(filled[~holes.expand_as(images)], images[~holes.expand_as(images)])
     assert torch.equal(filled[2], images[2])
     for b in (0, 1):

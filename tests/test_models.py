@@ -14,6 +14,15 @@ from models.schedules import halton_ranks, radical_inverse
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# MaskGit.inpaint has no decoding defaults of its own (maskgit_inpaint.Decoding owns them); these
+# tests decode with T = 8, sampled tokens at temperature 1 and the confidence scheduler unless they say
+SAMPLED = {"total_iter": 8, "sample_temperature": 1.0, "readout": "sample", "scheduler": "confidence"}
+
+
+def decode(model: MaskGit, z: torch.Tensor, mask: torch.Tensor, **settings):
+    return model.inpaint(z, mask, **{**SAMPLED, **settings})
+
+
 def write_tiny_configs(folder: Path, gamma: str = "cosine", dim: int = 32) -> Path:
     (folder / "vqgan.yml").write_text(TINY_VQGAN)
     path = folder / "maskgit.yml"
@@ -47,7 +56,7 @@ def test_attention_paths_agree_for_same_weights():
 def test_manual_attention_matches_explicit_formula():
     torch.manual_seed(1)
     cfg = {"num_image_tokens": 8, "num_codebook_vectors": 4, "dim": 16, "n_layers": 1, "hidden_dim": 32,
-           "num_heads": 4}
+           "num_heads": 4, "attention": "manual"}
     attn = BidirectionalTransformer(transformer_param(**cfg)).blocks[0].attention.eval()
     x = torch.randn(2, 8, 16)
     q, k, v = attn.query(x), attn.key(x), attn.value(x)
@@ -208,7 +217,7 @@ def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
     z = torch.randint(0, 16, (batch, n))
     mask = hole_masks(batch, n, sizes)
     gens = [torch.Generator().manual_seed(10 + i) for i in range(batch)]
-    tokens, steps, _ = tiny_maskgit.inpaint(z, mask, total_iter=total, mask_func="linear", generators=gens,
+    tokens, steps, _ = decode(tiny_maskgit, z, mask, total_iter=total, mask_func="linear", generators=gens,
                                          return_history=True)
     history = steps.masks
     assert torch.equal(tokens[~mask], z[~mask])  # known tokens unchanged
@@ -231,7 +240,7 @@ def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
 def test_decoding_is_seeded_and_per_sample(tiny_maskgit):
     z = torch.randint(0, 16, (5, 16))
     mask = hole_masks(5, 16, [16, 8, 12, 3, 10])
-    run = lambda idx, seeds: tiny_maskgit.inpaint(z[idx], mask[idx], total_iter=5, sample_temperature=1.0,
+    run = lambda idx, seeds: decode(tiny_maskgit, z[idx], mask[idx], total_iter=5, sample_temperature=1.0,
                                                   generators=[torch.Generator().manual_seed(s) for s in seeds])[0]
     all5 = run(slice(None), range(5))
     assert torch.equal(all5, run(slice(None), range(5)))
@@ -245,7 +254,7 @@ def test_sweet_spot_stops_early_and_fills_with_that_steps_choices(tiny_maskgit):
     tiny_maskgit.transformer = stub
     z = torch.randint(0, 16, (2, 16))
     mask = hole_masks(2, 16, [16, 10])
-    tokens, steps, _ = tiny_maskgit.inpaint(z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
+    tokens, steps, _ = decode(tiny_maskgit, z, mask, total_iter=8, sweet_spot=3, sample_temperature=0,
                                          return_history=True)
     history = steps.masks
     assert len(stub.inputs) == 3 and len(history) == 4 and len(steps.tokens) == 3
@@ -272,7 +281,7 @@ def test_precision_bf16_rounds_the_transformer_and_fp32_leaves_it_exact(tiny_mas
 
 def test_no_hole_leaves_tokens_unchanged(tiny_maskgit):
     z = torch.randint(0, 16, (2, 16))
-    tokens, _, _ = tiny_maskgit.inpaint(z, torch.zeros(2, 16, dtype=torch.bool), total_iter=4)
+    tokens, _, _ = decode(tiny_maskgit, z, torch.zeros(2, 16, dtype=torch.bool), total_iter=4)
     assert torch.equal(tokens, z)
 
 
@@ -283,7 +292,7 @@ def test_mean_readout_keeps_each_tokens_distribution_from_the_step_that_committe
     tiny_maskgit.transformer = stub
     z = torch.randint(0, 16, (2, 16))
     mask = hole_masks(2, 16, [16, 7])
-    tokens, history, probs = tiny_maskgit.inpaint(z, mask, total_iter=4, sample_temperature=temperature,
+    tokens, history, probs = decode(tiny_maskgit, z, mask, total_iter=4, sample_temperature=temperature,
                                                   return_history=True, readout="mean")
     assert probs.shape == (2, 16, 16) and not probs[~mask].any()  # known tokens: no distribution
     for t in range(4):
@@ -293,7 +302,7 @@ def test_mean_readout_keeps_each_tokens_distribution_from_the_step_that_committe
         torch.testing.assert_close(probs[committed], expected[committed])
         torch.testing.assert_close(history.probs[t][history.masks[t]], expected[history.masks[t]])
     torch.testing.assert_close(history.probs[-1], probs)
-    sampled = tiny_maskgit.inpaint(z, mask, total_iter=4, sample_temperature=temperature, readout="sample")
+    sampled = decode(tiny_maskgit, z, mask, total_iter=4, sample_temperature=temperature, readout="sample")
     assert sampled.probs is None
 
 
@@ -370,7 +379,7 @@ def test_halton_order_of_the_token_grid():
 def test_halton_scheduler_reveals_tokens_in_halton_order(tiny_maskgit):
     z = torch.randint(0, 16, (3, 16))
     hole = hole_masks(3, 16, [16, 9, 5])
-    tokens, history, _ = tiny_maskgit.inpaint(z, hole, total_iter=4, scheduler="halton", return_history=True)
+    tokens, history, _ = decode(tiny_maskgit, z, hole, total_iter=4, scheduler="halton", return_history=True)
     order = halton_ranks(4)
     for b in range(3):
         in_hole = hole[b].nonzero().flatten()
@@ -380,4 +389,4 @@ def test_halton_scheduler_reveals_tokens_in_halton_order(tiny_maskgit):
             assert set(revealed.tolist()) == set(by_halton[(~before[b][by_halton]).sum():][:len(revealed)].tolist())
         assert torch.equal(tokens[b][~hole[b]], z[b][~hole[b]])
     with pytest.raises(ValueError, match="unknown scheduler"):
-        tiny_maskgit.inpaint(z, hole, scheduler="random")
+        decode(tiny_maskgit, z, hole, scheduler="random")

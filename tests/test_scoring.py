@@ -1,9 +1,11 @@
-"""Baselines and metrics of scoring.py on pictures whose right answer is known."""
+"""Baselines, metrics and the Laplace solver of maskgit_inpaint on pictures whose right answer is known."""
 import numpy as np
 import pytest
 
 from common import UserError
-from scoring import BASELINES, compute_metrics, fill_baseline, harmonic_fill, psnr_from_mse
+from maskgit_inpaint.baselines import BASELINES, fill_baseline
+from maskgit_inpaint.blending import harmonic_fill
+from maskgit_inpaint.metrics import compute_metrics, psnr_from_mse
 
 
 def two_colour_picture() -> tuple[np.ndarray, np.ndarray]:

@@ -19,13 +19,13 @@ from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 import training
 import training_transformer as stage2
 import training_vqgan as stage1
-from common import UserError, load_checkpoint, load_weights, run_cli, save_checkpoint
+from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
 from data import ImageFolderDataset
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config, transformer_param
 from models.kmeans import kmeans
 from models.maskgit import MaskGit, load_maskgit
-from models.pretrained import read_safetensors, weights_digest
+from models.pretrained import weights_digest
 from models.refit import CODEBOOK, map_vocabulary
 from training import RunLog
 
@@ -315,12 +315,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(ws, tmp_path, monkeypatch):
 
 
 DDP_WORKER = """
-import os, sys
+import os, runpy, sys
 import torch
-sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from training_transformer import parse_args, train
-model, step = train(parse_args(sys.argv[1:]))
+script = runpy.run_path(os.path.join({root!r}, "training_transformer.py"))  # a script, not a package module
+model, step = script["train"](script["parse_args"](sys.argv[1:]))
 out = os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt")
 torch.save({{"step": step, "model": model.transformer.state_dict()}}, out)
 """
@@ -455,28 +454,12 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
 
 
 
-def test_mean_code_error_is_the_distance_of_the_expected_code_vector():
-    torch.manual_seed(0)
-    codebook = torch.randn(16, 8)
-    logits, targets = torch.randn(2, 5, 17), torch.randint(0, 16, (2, 5))
-    mask = torch.tensor([[True, False, True, False, False], [False, True, True, True, False]])
-    errors = stage2.mean_code_error(logits, targets, mask, codebook)
-    expected = []
-    for b, n in mask.nonzero().tolist():
-        probs = torch.softmax(logits[b, n, :16], -1)  # the mask id is never a prediction
-        mean = sum(p * code for p, code in zip(probs, codebook))
-        expected.append(((mean - codebook[targets[b, n]]) ** 2).mean())
-    torch.testing.assert_close(errors, torch.stack(expected))
-    sure = torch.full((2, 5, 17), -30.0).scatter_(-1, targets[..., None], 30.0)  # certain of the target
-    assert stage2.mean_code_error(sure, targets, mask, codebook).max() < 1e-6
-
-
 def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path, capsys):
     source = tmp_path / "source"
     run_stage2(ws, source, "--max-steps", "2", "--val-inpaint", "0")
-    config = tmp_path / "latent.yml"
+    config = tmp_path / "clipped.yml"
     config.write_text(TINY_MASKGIT.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt))
-                      .replace("flip: true", "flip: true\n  latent_loss_weight: 1.0"))
+                      .replace("flip: true", "flip: true\n  grad_clip: 0.000001"))
     flags = ("--MaskGitConfig", str(config), "--val-inpaint", "0", "--max-steps", "1")
     model, _ = run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"),
                           "--learning-rate", "1e-12")
@@ -484,11 +467,11 @@ def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path,
     for key, value in model.transformer.state_dict().items():
         torch.testing.assert_close(value, started[key], atol=1e-6, rtol=0)  # the source's weights, fresh optimizer
     assert load_checkpoint(tmp_path / "tuned" / "last.pt")["step"] == 1
-    # the latent loss changes the update: same start, same batch, other weights
+    # the new run's own train_param (a tighter gradient clip) changes the update: same start, same batch, other weights
     plain, _ = run_stage2(ws, tmp_path / "plain", "--max-steps", "1", "--val-inpaint", "0",
                           "--init-from", str(source / "last.pt"))
-    latent, _ = run_stage2(ws, tmp_path / "latent", *flags, "--init-from", str(source / "last.pt"))
-    assert not torch.equal(plain.transformer.tok_emb.weight, latent.transformer.tok_emb.weight)
+    clipped, _ = run_stage2(ws, tmp_path / "clipped", *flags, "--init-from", str(source / "last.pt"))
+    assert not torch.equal(plain.transformer.tok_emb.weight, clipped.transformer.tok_emb.weight)
 
     other = tmp_path / "other_vqgan.pt"
     save_checkpoint(random_vqgan(load_vqgan_config(ws.vq_config), ws.train, seed=1).state_dict(), other)
@@ -809,7 +792,7 @@ def test_hole_context_is_what_decoding_encodes(ws):
     """The pre-filled context of a training sample equals decoding's encoding of the same view with
     the same hole pre-filled by the nearest known pixels; samples without a hole keep their tokens."""
     from data.masks import pixel_hole_bank
-    from inpainting import nearest_filled
+    from maskgit_inpaint.blending import nearest_filled
 
     model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
     train_set = ImageFolderDataset(ws.train, model.vqgan.cfg["mean"], model.vqgan.cfg["std"], size=16)
@@ -858,3 +841,14 @@ def test_stage2_prefilled_context_resumes_exactly(ws, tmp_path):
     run_stage2(ws, clean, *flags, "--max-steps", "4")
     assert not torch.equal(load_checkpoint(clean / "last.pt")["model"]["tok_emb.weight"],
                            load_checkpoint(straight / "last.pt")["model"]["tok_emb.weight"])
+
+
+def test_the_labs_spellings_are_aliases_of_the_flags():
+    """Every lab spelling in the one table sets the same option as this repository's flag."""
+    lab = ["--MaskGitConfig", "c.yml", "--train_d_path", "a", "b", "--val_d_path", "v", "--checkpoint-path", "r",
+           "--ckpt-interval", "7", "--num_workers", "3"]
+    ours = ["--config", "c.yml", "--train-path", "a", "b", "--val-path", "v", "--run-dir", "r",
+            "--save-every", "7", "--num-workers", "3"]
+    assert vars(stage2.parse_args(lab)) == vars(stage2.parse_args(ours))
+    assert vars(stage1.parse_args(lab)) == vars(stage1.parse_args(ours))
+    assert stage2.parse_args(lab).save_every == 7 and stage2.parse_args(lab).train_path == ["a", "b"]

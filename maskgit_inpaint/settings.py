@@ -1,0 +1,112 @@
+"""Settings of a run: how the holes are filled (Decoding, the one owner of every decoding default,
+from which the CLI flags and inpaint()'s keyword arguments are made) and the defaults of paths and
+batch sizes."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from common import REPO_ROOT, UserError
+from maskgit_inpaint.baselines import BASELINES
+from models.maskgit import READOUTS
+from models.pretrained import DEFAULT_MODEL
+from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
+
+DEFAULT_CONFIG = "configs/small/MaskGit.yml"  # for a plain .pt transformer given without --MaskGitConfig
+DEFAULT_TRANSFORMER = str(DEFAULT_MODEL.relative_to(REPO_ROOT))  # DEFAULT_MODEL as the flags spell it
+DEFAULT_MASKED = "datasets/twemoji/masked_image"
+DEFAULT_MASKS = "datasets/twemoji/mask64"
+BATCH_SIZE = {"cuda": 64, "cpu": 16}
+# what the VQGAN encoder sees in the hole: the input as given (gray), or each hole pixel's nearest
+# known pixel, so that the known tokens next to the hole are encoded from something like the image
+ENCODE_FILLS = ("gray", "nearest")
+BLENDS = ("poisson", "none")  # how a pasted decode meets the known pixels: poisson_blend, or as it is
+CHOICES = {"method": ("maskgit", *BASELINES), "mask_func": GAMMA_FUNCTIONS, "scheduler": SCHEDULERS,
+           "readout": READOUTS, "encode_fill": ENCODE_FILLS, "blend": BLENDS}
+
+
+def option(default: object, *flags: str, help: str, **argparse_kwargs: object) -> object:
+    """A Decoding field with its command-line flags (maskgit_inpaint.cli.add_decoding_arguments)."""
+    return field(default=default, metadata={"flags": flags, "help": help, **argparse_kwargs})
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the holes are filled: MaskGIT's schedule and sampling, or a baseline. The defaults are the
+    best setting measured on the val holes (docs/results.md). Fields left None take the model's
+    config (mask_func, choice_temperature) or follow T (sweet_spot): see `resolved`."""
+    method: str = option("maskgit", "--baseline", choices=BASELINES,
+                         help="fill holes without the model, for the results table")
+    total_iter: int = option(1, "--total-iter", type=int, help="T: steps of the mask schedule (default: %(default)s)")
+    sweet_spot: int | None = option(None, "--sweet-spot", type=int,
+                                    help="S: run the first S steps of the T-step schedule and fill what is still "
+                                         "masked with that step's choices (default: T)")
+    mask_func: str | None = option(None, "--mask-func",
+                                   help=f"mask schedule: {', '.join(GAMMA_FUNCTIONS)} (default: the config's "
+                                        "gamma_type)")
+    choice_temperature: float | None = option(
+        None, "--choice-temperature", type=float,
+        help="Gumbel noise on the confidence when choosing tokens to keep (default: the config's)")
+    sample_temperature: float = option(0.7, "--sample-temperature", type=float,
+                                       help="token sampling temperature (0 = argmax) (default: %(default)s)")
+    seed: int = option(0, "--random-seed", type=int, help="each image's randomness comes from (seed, index)")
+    paste: bool = option(True, "--no-paste", action="store_false",
+                         help="write the raw VQGAN decode (what the lab scored) instead of pasting the known pixels "
+                              "back (nothing is blended)")
+    scheduler: str = option("confidence", "--scheduler", choices=SCHEDULERS,
+                            help="which tokens each step keeps: the most confident (MaskGIT) or the next ones in a "
+                                 "2-D Halton order (Halton-MaskGIT) (default: %(default)s)")
+    readout: str = option("mean", "--readout", choices=READOUTS,
+                          help="what the hole decodes: the sampled tokens, or for each the code vector its predicted "
+                               "distribution expects (smoother, closer in PSNR) (default: %(default)s)")
+    encode_fill: str = option("nearest", "--encode-fill", choices=ENCODE_FILLS,
+                              help="what the VQGAN encoder sees in the hole: the gray of the input, or the nearest "
+                                   "known pixel, so the known tokens around the hole look less like a gray edge "
+                                   "(default: %(default)s)")
+    flip_average: bool = option(True, "--flip-average", boolean=True,
+                                help="also fill the mirror image and average the two results, mirrored back (twice "
+                                     "the work; smoother, closer in PSNR) (default: %(default)s)")
+    blend: str = option("poisson", "--blend", choices=BLENDS,
+                        help="how the decoded hole meets the pasted known pixels: Poisson blending (the decode's "
+                             "gradients, no colour seam at the hole's edge) or none (default: %(default)s)")
+
+    def __post_init__(self) -> None:
+        if self.total_iter < 1:
+            raise UserError(f"--total-iter must be at least 1, got {self.total_iter}")
+        if self.sweet_spot is not None and self.sweet_spot < 1:
+            raise UserError(f"--sweet-spot must be at least 1, got {self.sweet_spot}")
+        if self.sample_temperature < 0:
+            raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {self.sample_temperature}")
+        if self.choice_temperature is not None and self.choice_temperature < 0:
+            raise UserError(f"--choice-temperature must be >= 0, got {self.choice_temperature}")
+        for name, valid in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in valid:
+                flag = "--mask-func" if name == "mask_func" else name.replace("_", " ")
+                raise UserError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+
+    @property
+    def steps(self) -> int:
+        """S: the steps actually run (the sweet spot, T when unset, at most T)."""
+        return min(self.sweet_spot or self.total_iter, self.total_iter)
+
+    def resolved(self, mask_func: str, choice_temperature: float) -> tuple[Decoding, str | None]:
+        """These settings with the model's `mask_func` and `choice_temperature` where unset and the
+        sweet spot clamped to T, and the note that says so when it was larger (the one clamp of the
+        CLI, the sweep, inpaint() and the page)."""
+        note = None
+        if self.sweet_spot is not None and self.sweet_spot > self.total_iter:
+            note = (f"--sweet-spot {self.sweet_spot} is larger than --total-iter {self.total_iter}; "
+                    f"using {self.total_iter}")
+        return replace(self, sweet_spot=self.steps, mask_func=self.mask_func or mask_func,
+                       choice_temperature=choice_temperature if self.choice_temperature is None
+                       else self.choice_temperature), note
+
+    def settings(self) -> dict:
+        """The fields that matter for this method, for metrics.json and the sweep's CSV."""
+        return asdict(self) if self.method == "maskgit" else {"method": self.method, "seed": self.seed}
+
+
+def default_batch_size(device: torch.device) -> int:
+    return BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
