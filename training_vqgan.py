@@ -40,13 +40,13 @@ from common import (
     seed_everything,
 )
 from data import ImageFolderDataset, denormalize
+from maskgit_inpaint.tokens import format_report, token_report
 from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
 from models.kmeans import kmeans
 from models.perceptual import PerceptualLoss
 from models.pretrained import read_vqgan_weights, weights_digest
 from models.refit import check_refit_dest, refit_record, with_codebook
-from token_diagnostics import format_report, token_report
 from training import ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from maskgit_inpaint.tokens import StabilityCounter, code_share_summary, flat_patches, ring_distance
 from models import VQGAN
 from models.vqgan import LOCAL_MARGIN
-from token_diagnostics import StabilityCounter, code_share_summary, flat_patches, ring_distance
 
 LOCAL = {"image_channels": 3, "enc_channels": [8, 16, 16], "dec_channels": [16, 16, 16], "latent_dim": 8,
          "img_resolution": 32, "latent_resolution": 8, "num_codebook_vectors": 32, "beta": 0.25,
