@@ -32,7 +32,7 @@ from maskgit_inpaint.cli import (
 )
 from maskgit_inpaint.metrics import result_metrics
 from maskgit_inpaint.outputs import save_results
-from maskgit_inpaint.preparation import open_dataset, open_ground_truth
+from maskgit_inpaint.preparation import input_files, open_dataset, open_ground_truth
 from maskgit_inpaint.settings import default_batch_size
 from models.schedules import GAMMA_FUNCTIONS
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if gt_path is None:
         raise UserError("the sweep scores against ground truth: pass --gt-path (folder or lab CSV)")
     total = len(getattr(dataset, "dataset", dataset))
-    gt = open_ground_truth(gt_path, total, vq["img_resolution"])
+    gt = open_ground_truth(gt_path, total, vq["img_resolution"], input_files(dataset))
     weights = None if args.no_fid else local_inception_weights(args.inception_weights)
     inception = None if weights is None else load_inception(weights, device=device)
     if not args.no_fid and inception is None:
