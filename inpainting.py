@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"outputs in {out_dir}: {', '.join(written)}")
     if gt_path is not None and n > 1:
         print(f"FID: python fid/fid_score_gpu.py --predicted-path {out_dir / 'test_results'} --gt-path {gt_path}")
+        if n != len(gt):
+            print(f"note: FID would compare these {n} images with all {len(gt)} of the ground truth (--partial "
+                  "scores a part); it is only comparable between runs of the same images", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,32 @@ def test_a_baseline_takes_the_labs_config(lab, tmp_path):
                          "--test-maskedimage-path", str(data / "masked_image"), "--test-mask-path",
                          str(data / "mask64"), "--output-dir", str(out)])
     assert Image.open(out / "test_results" / "image_000.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("place", ["masked_image", ".", ".."])
+def test_test_gt_csv_is_found_where_lab_users_keep_it(lab, tmp_path, place, capsys):
+    """Beside the masked images, one folder up (dataset/test_gt.csv) or two (beside dataset/); the
+    run says which file it used."""
+    data = tmp_path / "lab" / "dataset"
+    shutil.copytree(lab["unpadded"], data)
+    csv = (data / place / "test_gt.csv").resolve()
+    shutil.copy(lab["padded"] / "test_gt.csv", csv)
+    metrics = baseline_metrics(lab, data, tmp_path / "out")
+    assert metrics["settings"]["gt_path"] == str(csv)
+    assert f"ground truth: {csv}" in capsys.readouterr().err
+
+
+def test_without_test_gt_csv_the_run_says_where_it_looked(lab, tmp_path, capsys):
+    inpainting.main(["--baseline", "nearest", "--MaskGitConfig", str(lab["config"]), "--no-progress",
+                     "--test-maskedimage-path", str(lab["unpadded"] / "masked_image"),
+                     "--test-mask-path", str(lab["unpadded"] / "mask64"), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert f"no test_gt.csv in {lab['unpadded'] / 'masked_image'}, {lab['unpadded']}, {lab['root']}" in err
+    assert "pass --gt-path" in err and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_partial_run_says_fid_compares_a_part(lab, tmp_path, capsys):
+    csv = tmp_path / "test_gt.csv"
+    shutil.copy(lab["padded"] / "test_gt.csv", csv)
+    baseline_metrics(lab, lab["padded"], tmp_path / "out", "--gt-path", str(csv), "--partial", "0.5")
+    assert "FID would compare these 6 images with all 12 of the ground truth" in capsys.readouterr().err
