@@ -332,7 +332,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                         code_rng=code_rng.get_state(), config=cfg, train_param=tcfg,
                         train_path=[str(p) for p in args.train_path])
                     if is_main:
-                        training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved)
+                        training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved,
+                                          resume_keys=training.resume_only(s.parts()))
                 if finished:
                     break
         if is_main:
