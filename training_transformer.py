@@ -42,6 +42,7 @@ from common import (
     load_checkpoint,
     load_weights,
     numerics,
+    progress_bar,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -119,7 +120,7 @@ def encode_images(model: MaskGit, dataset: ImageFolderDataset, flip: bool, batch
     dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
     chunks = []
-    for images in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
+    for images in progress_bar(loader, desc=desc, unit="batch"):
         images = images.to(device)
         views = [images, images.flip(-1)] if flip else [images]
         chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
@@ -344,7 +345,7 @@ class HoleContext:
 def load_uint8_images(dataset: ImageFolderDataset) -> torch.Tensor:
     """Every image of `dataset` as (N, 3, H, W) uint8, for on-the-fly pre-filled encodings."""
     return torch.stack([torch.from_numpy(read_image(f, "RGB", dataset.size, dataset.fit)).permute(2, 0, 1)
-                        for f in tqdm(dataset.files, desc="reading training images", unit="img", dynamic_ncols=True)])
+                        for f in progress_bar(dataset.files, desc="reading training images", unit="img")])
 
 
 def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcfg: dict, label_smoothing: float,
@@ -478,8 +479,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             order = torch.tensor(ResumableSampler(len(train_tokens), args.random_seed, epoch, done * per_step,
                                                   rank, world).indices)
             order = order[:(steps_per_epoch - done) * per_step].view(-1, accum, batch)  # (steps, accum, B)
-            bar = tqdm(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main, initial=done,
-                       total=steps_per_epoch, dynamic_ncols=True)
+            bar = progress_bar(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", enabled=is_main, initial=done,
+                               total=steps_per_epoch)
             for micro_batches in bar:
                 out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world,
                                  hole_bank, hole_context)

@@ -17,9 +17,16 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from common import ArgumentParser, UserError, check_output_dir, resolve_device, run_cli, write_csv
+from common import (
+    ArgumentParser,
+    UserError,
+    check_output_dir,
+    progress_bar,
+    resolve_device,
+    run_cli,
+    write_csv,
+)
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
 from maskgit_inpaint import load_model, model_config, run_inpainting
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
-    for mask_func, total_iter, spots in tqdm(grid, desc="sweep", unit="schedule", disable=args.no_progress):
+    for mask_func, total_iter, spots in progress_bar(grid, desc="sweep", unit="schedule", enabled=not args.no_progress):
         # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
         decoding, _ = decoding_from_args(args, total_iter=total_iter, sweet_spot=spots[-1], mask_func=mask_func
                                          ).resolved(mask_func, cfg["choice_temperature"])

@@ -143,3 +143,11 @@ def test_a_partial_run_says_fid_compares_a_part(lab, tmp_path, capsys):
     shutil.copy(lab["padded"] / "test_gt.csv", csv)
     baseline_metrics(lab, lab["padded"], tmp_path / "out", "--gt-path", str(csv), "--partial", "0.5")
     assert "FID would compare these 6 images with all 12 of the ground truth" in capsys.readouterr().err
+
+
+def test_the_page_gives_advice_in_its_own_words():
+    import app  # gradio is imported only when the page is built
+    note = ("1 of 1 masks look inverted: the mask marks 80% of the image as hole; if white marks the hole, pass "
+            "--mask-hole-white (hole_white=True)")
+    advice = app.in_page_words(note)
+    assert "--" not in advice and "smaller brush" in advice and advice.startswith("1 of 1 masks look inverted")
