@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         gt = None if prepared.clean is None else prepared.clean[None]
         gt_path = None if args.gt_path is None else resolve_path(args.gt_path)
         inputs = {"image": args.image, "mask": args.mask, "mask_kind": args.mask_kind}
-        total, names = 1, None
+        total, names, gt_note = 1, None, None
     else:
         dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
                                args.mask_hole_white)
-        gt, gt_path, names = None, default_gt_path(args), input_files(dataset)
+        gt, (gt_path, gt_note), names = None, default_gt_path(args), input_files(dataset)
         inputs = {"masked_images": args.test_maskedimage_path, "masks": args.test_mask_path, "partial": args.partial}
         total = len(dataset.dataset) if isinstance(dataset, Subset) else len(dataset)
     if gt_path is not None:
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = None if baseline else load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan,
                                                   args.precision)
+    if gt_note:
+        print(gt_note, file=sys.stderr)
     removed = clear_outputs(out_dir)
     if removed:
         print(f"removed {removed} files of an earlier run from {out_dir}", file=sys.stderr)

@@ -3,7 +3,6 @@ flags are made from the fields of settings.Decoding, which own their defaults an
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
@@ -89,22 +88,21 @@ def check_common_arguments(args: argparse.Namespace) -> None:
 GT_NAME = "test_gt.csv"
 
 
-def default_gt_path(args: argparse.Namespace) -> Path | None:
+def default_gt_path(args: argparse.Namespace) -> tuple[Path | None, str | None]:
     """--gt-path, else the lab's test_gt.csv where lab users keep it: beside the masked images, or
-    one or two folders up (dataset/test_gt.csv, test_gt.csv beside dataset/). Says which file it
-    took, or where it looked."""
+    one or two folders up (dataset/test_gt.csv, test_gt.csv beside dataset/); and the line that says
+    which file was taken or where it looked (None with --gt-path), for the run to print once its
+    inputs are checked."""
     if args.gt_path is not None:
-        return resolve_path(args.gt_path)
+        return resolve_path(args.gt_path), None
     masked = resolve_path(args.test_maskedimage_path)
     places = [masked, masked.parent, masked.parent.parent]
     for folder in places:
         if (folder / GT_NAME).is_file():
-            print(f"ground truth: {folder / GT_NAME} (found beside the masked images; --gt-path chooses another)",
-                  file=sys.stderr)
-            return folder / GT_NAME
-    print(f"note: no {GT_NAME} in {', '.join(str(p) for p in dict.fromkeys(places))}: pass --gt-path (a lab CSV or "
-          "a folder of images) for metrics", file=sys.stderr)
-    return None
+            return folder / GT_NAME, (f"ground truth: {folder / GT_NAME} (found beside the masked images; "
+                                      "--gt-path chooses another)")
+    return None, (f"note: no {GT_NAME} in {', '.join(str(p) for p in dict.fromkeys(places))}: pass --gt-path "
+                  "(a lab CSV or a folder of images) for metrics")
 
 
 def input_paths(args: argparse.Namespace) -> list[Path]:

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device, args.cpu_fallback)
     dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
                            args.mask_hole_white)
-    gt_path = default_gt_path(args)
+    gt_path, gt_note = default_gt_path(args)
+    if gt_path is not None and gt_note:
+        print(gt_note, file=sys.stderr)
     if gt_path is None:
         raise UserError("the sweep scores against ground truth: pass --gt-path (folder or lab CSV)")
     total = len(getattr(dataset, "dataset", dataset))
