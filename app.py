@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from models.schedules import GAMMA_FUNCTIONS
 TEST_IMAGES = "datasets/twemoji/test"
 MAX_STEPS = 32
 BRUSH = "#ff00ff"
+BRUSH_SIZE = 4  # in image pixels: on a 64x64 image a stroke covers a few tokens, not most of them
+PANEL = 320  # px: the input, editor and result panels, so that a 64x64 image is shown at a readable size
 
 
 def painted_mask(editor: dict | None) -> np.ndarray:
@@ -71,7 +74,7 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, *values: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result: Inpainted = inpaint(image, mask, model, return_steps=True, **settings)
-    notes = [str(w.message) for w in caught]
+    notes = [in_page_words(str(w.message)) for w in caught]
     hole = np.where(read_hole(mask), 255, 0).astype(np.uint8)
     decoding = Decoding(**settings)
     title = f"{decoding.mask_func or model.mask_func}, T = {decoding.total_iter}, sweet spot {decoding.steps}"
@@ -80,15 +83,33 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, *values: 
     return result.image, hole, figure, status
 
 
+# the library's advice names the command line's flags; the page says what to do on the page instead
+PAGE_ADVICE = {
+    r"; if white marks the hole, pass --mask-hole-white \(hole_white=True\)":
+        ": paint only the hole, with a smaller brush (Brush: size), or erase and paint again",
+    r"; if black marks the hole, drop --mask-hole-white \(hole_white\)":
+        ": paint only the hole, with a smaller brush (Brush: size), or erase and paint again",
+}
+
+
+def in_page_words(note: str) -> str:
+    """A library warning with its command-line advice replaced by what to do on the page."""
+    for pattern, advice in PAGE_ADVICE.items():
+        note = re.sub(pattern, advice, note)
+    return note
+
+
 def build(model: MaskGit, test_images: list[Path]):
     """The gradio Blocks of the page."""
     import gradio as gr
 
     def on_run(*values):
+        """A press: the outputs, or for bad input (no image, nothing painted) one friendly line in
+        the status and the panels left as they were, never an error badge."""
         try:
             return run(model, *values)
         except UserError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            return gr.update(), gr.update(), gr.update(), f"**{str(err)[0].upper()}{str(err)[1:]}.**"
 
     with gr.Blocks(title="MaskGIT inpainting") as page:
         gr.Markdown("## MaskGIT inpainting (64x64 emoji-style model)\nUpload an image or pick a test image, paint "
@@ -97,15 +118,19 @@ def build(model: MaskGit, test_images: list[Path]):
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload"], format="png",
-                                 elem_id="image")
+                                 height=PANEL, elem_id="image")
                 if test_images:
-                    picker = gr.Dropdown([p.name for p in test_images], value=None, label="or pick a test image",
-                                         elem_id="picker")
-                    by_name = {p.name: str(p) for p in test_images}
-                    picker.change(lambda name: by_name.get(name), picker, image)
+                    picker = gr.Gallery([str(p) for p in test_images], label="or pick a test image", columns=8,
+                                        height=2 * PANEL // 3, allow_preview=False, elem_id="picker")
+
+                    def pick(evt: gr.SelectData) -> str:
+                        return str(test_images[evt.index])
+
+                    picker.select(pick, None, image)
                 editor = gr.ImageEditor(label="paint the hole", type="numpy", image_mode="RGBA", sources=[],
-                                        format="png", layers=False, transforms=(),
-                                        brush=gr.Brush(colors=[BRUSH], default_color=BRUSH, color_mode="fixed"),
+                                        format="png", layers=False, transforms=(), height=PANEL + 80,
+                                        brush=gr.Brush(default_size=BRUSH_SIZE, colors=[BRUSH], default_color=BRUSH,
+                                                       color_mode="fixed"),
                                         elem_id="editor")
                 image.change(to_editor, image, editor)
             with gr.Column():
@@ -126,11 +151,12 @@ def build(model: MaskGit, test_images: list[Path]):
                 seed = gr.Number(Decoding.seed, precision=0, label="seed")
                 button = gr.Button("Inpaint", variant="primary", elem_id="run")
         with gr.Row():
-            result = gr.Image(label="result", format="png", type="numpy", elem_id="result", interactive=False)
+            result = gr.Image(label="result", format="png", type="numpy", elem_id="result", interactive=False,
+                              height=PANEL)
             hole = gr.Image(label="hole (as read: white = hole)", format="png", type="numpy", elem_id="hole",
-                            interactive=False)
-        figure = gr.Image(label="every step: token mask above, image below", format="png", type="numpy",
-                          elem_id="steps", interactive=False)
+                            interactive=False, height=PANEL)
+        gr.Markdown("**Every step**: the token mask above (masked tokens dark), the image below")
+        figure = gr.Image(show_label=False, format="png", type="numpy", elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
         settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
                     flip_average, blend]  # as WIDGET_FIELDS
@@ -156,7 +182,11 @@ def main(argv: list[str] | None = None) -> None:
                                     resolve_device(args.device), args.precision)
     folder = resolve_path(args.test_images)
     test_images = list_images(folder)[:200] if folder.is_dir() else []
-    build(model, test_images).launch(server_name="127.0.0.1", server_port=args.port, share=False)
+    page = build(model, test_images)
+    # quiet: gradio's own lines include a hint about public links, which this local page does not offer
+    page.launch(server_name="127.0.0.1", server_port=args.port, share=False, quiet=True, prevent_thread_lock=True)
+    print(f"the page: http://127.0.0.1:{args.port} (this computer only; Ctrl+C stops it)", flush=True)
+    page.block_thread()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from maskgit_inpaint.loading import load_config, load_model, model_config
 from maskgit_inpaint.metrics import result_metrics
 from maskgit_inpaint.outputs import OUTPUTS, clear_outputs, folder_originals, save_named
 from maskgit_inpaint.pipeline import run_inpainting
-from maskgit_inpaint.preparation import open_dataset, open_ground_truth, prepare_image
+from maskgit_inpaint.preparation import input_files, open_dataset, open_ground_truth, prepare_image
 from maskgit_inpaint.settings import DEFAULT_CONFIG, default_batch_size
 
 
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if baseline and args.save_history:
         raise UserError("--save-history shows MaskGIT's steps; the baseline has none")
     out_dir = check_output_dir(args.output_dir, "--output-dir", OUTPUTS, input_paths(args))
-    if baseline and not resolve_path(args.load_transformer_ckpt_path).exists():
-        cfg = load_config(args.MaskGitConfig or DEFAULT_CONFIG)  # the baseline needs only the image size
+    if baseline and (args.MaskGitConfig or not resolve_path(args.load_transformer_ckpt_path).exists()):
+        cfg = load_config(args.MaskGitConfig or DEFAULT_CONFIG)  # a baseline uses no model, only the image size
     else:
         cfg = model_config(args.load_transformer_ckpt_path, args.MaskGitConfig)
     decoding, note = decoding_from_args(args).resolved(cfg["gamma_type"], cfg["choice_temperature"])
@@ -90,18 +90,20 @@ def main(argv: list[str] | None = None) -> None:
         gt = None if prepared.clean is None else prepared.clean[None]
         gt_path = None if args.gt_path is None else resolve_path(args.gt_path)
         inputs = {"image": args.image, "mask": args.mask, "mask_kind": args.mask_kind}
-        total = 1
+        total, names, gt_note = 1, None, None
     else:
         dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
                                args.mask_hole_white)
-        gt, gt_path = None, default_gt_path(args)
+        gt, (gt_path, gt_note), names = None, default_gt_path(args), input_files(dataset)
         inputs = {"masked_images": args.test_maskedimage_path, "masks": args.test_mask_path, "partial": args.partial}
         total = len(dataset.dataset) if isinstance(dataset, Subset) else len(dataset)
     if gt_path is not None:
-        gt = open_ground_truth(gt_path, total, vq["img_resolution"])
+        gt = open_ground_truth(gt_path, total, vq["img_resolution"], names)
 
     model = None if baseline else load_model(cfg, args.load_transformer_ckpt_path, device, args.vqgan,
                                                   args.precision)
+    if gt_note:
+        print(gt_note, file=sys.stderr)
     removed = clear_outputs(out_dir)
     if removed:
         print(f"removed {removed} files of an earlier run from {out_dir}", file=sys.stderr)
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"outputs in {out_dir}: {', '.join(written)}")
     if gt_path is not None and n > 1:
         print(f"FID: python fid/fid_score_gpu.py --predicted-path {out_dir / 'test_results'} --gt-path {gt_path}")
+        if n != len(gt):
+            print(f"note: FID would compare these {n} images with all {len(gt)} of the ground truth (--partial "
+                  "scores a part); it is only comparable between runs of the same images", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -367,14 +367,21 @@ def run_state(parts: dict[str, Stateful], world: int, run_dir: Path, *, device: 
     return {**state, "rng": gather_per_rank(rng_state(device), world), **extra}
 
 
+def resume_only(parts: dict[str, Stateful]) -> list[str]:
+    """The checkpoint keys only a resume needs (optimizer and schedule state, the RNG states): what
+    best.pt, the best weights and their record, leaves out (the optimizer alone is twice the weights)."""
+    return [key for key, part in parts.items() if not isinstance(part, nn.Module)] + ["rng"]
+
+
 def save_run(run_dir: Path, state: dict, weights: tuple[str, nn.Module], improved: bool,
-             snapshot: str | None = None) -> None:
-    """Write, when the run `improved`, best.pt and the plain weights (`weights` is (file name,
-    module)); the extra `snapshot` file when given; then last.pt. Rank 0 only. last.pt comes last,
-    so a kill between the writes leaves the previous last.pt, which never claims a best that was not
-    written; resume_source rewrites plain weights left older than best.pt."""
+             snapshot: str | None = None, resume_keys: Sequence[str] = ()) -> None:
+    """Write, when the run `improved`, best.pt (`state` without `resume_keys`, see resume_only) and
+    the plain weights (`weights` is (file name, module)); the extra, resumable `snapshot` file when
+    given; then last.pt. Rank 0 only. last.pt comes last, so a kill between the writes leaves the
+    previous last.pt, which never claims a best that was not written; resume_source rewrites plain
+    weights left older than best.pt."""
     if improved:
-        save_checkpoint(state, run_dir / "best.pt")
+        save_checkpoint({k: v for k, v in state.items() if k not in resume_keys}, run_dir / "best.pt")
         save_checkpoint(weights[1].state_dict(), run_dir / weights[0])
     if snapshot:
         save_checkpoint(state, run_dir / snapshot)

@@ -42,6 +42,7 @@ from common import (
     load_checkpoint,
     load_state,
     numerics,
+    progress_bar,
     read_weights,
     run_cli,
     save_checkpoint,
@@ -67,6 +68,7 @@ from models.refit import map_vocabulary, refit_parent
 from training import ResumableSampler, RunLog, check_finite
 
 CACHE_VERSION = 1
+ENCODE_BATCH = 64  # images per batch when encoding the token caches: no gradients, so more than a training batch
 VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, so epochs compare
 HOLE_BANK_SIZE = 4096  # generated token-level holes that hole-shaped training masks are drawn from
 VAL_HOLE_SEED = 1      # the val inpainting holes (the test masks use the dataset's seed, 0)
@@ -76,7 +78,7 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     training.add_run_arguments(p, config="configs/small/MaskGit.yml", run_dir="runs/maskgit", save_every=200,
                                log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
@@ -120,7 +122,7 @@ def encode_images(model: MaskGit, dataset: ImageFolderDataset, flip: bool, batch
     dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
     chunks = []
-    for images in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
+    for images in progress_bar(loader, desc=desc, unit="batch"):
         images = images.to(device)
         views = [images, images.flip(-1)] if flip else [images]
         chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
@@ -358,7 +360,7 @@ class HoleContext:
 def load_uint8_images(dataset: ImageFolderDataset) -> torch.Tensor:
     """Every image of `dataset` as (N, 3, H, W) uint8, for on-the-fly pre-filled encodings."""
     return torch.stack([torch.from_numpy(read_image(f, "RGB", dataset.size, dataset.fit)).permute(2, 0, 1)
-                        for f in tqdm(dataset.files, desc="reading training images", unit="img", dynamic_ncols=True)])
+                        for f in progress_bar(dataset.files, desc="reading training images", unit="img")])
 
 
 def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcfg: dict, label_smoothing: float,
@@ -432,7 +434,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         seed_everything(args.random_seed)  # the same initial weights on every rank
         model = load_maskgit(cfg, vqgan_ckpt=vqgan_ckpt, device=device)
         vqgan_digest = file_sha256(weights_file(vqgan_ckpt))
-        encoding = (batch, args.num_workers, device, rank, world)
+        encoding = (max(batch, ENCODE_BATCH), args.num_workers, device, rank, world)
         train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train",
                                    *encoding)  # (N, views, h*w)
         val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)
@@ -492,8 +494,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             order = torch.tensor(ResumableSampler(len(train_tokens), args.random_seed, epoch, done * per_step,
                                                   rank, world).indices)
             order = order[:(steps_per_epoch - done) * per_step].view(-1, accum, batch)  # (steps, accum, B)
-            bar = tqdm(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main, initial=done,
-                       total=steps_per_epoch, dynamic_ncols=True)
+            bar = progress_bar(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", enabled=is_main, initial=done,
+                               total=steps_per_epoch)
             for micro_batches in bar:
                 out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world,
                                  hole_bank, hole_context)
@@ -532,7 +534,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                     snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
                     if is_main:
                         training.save_run(run_dir, state, ("transformer.pt", model.transformer), improved,
-                                          f"epoch{epoch + 1:03d}.pt" if snapshot else None)
+                                          f"epoch{epoch + 1:03d}.pt" if snapshot else None,
+                                          training.resume_only(s.parts()))
                 if finished:
                     break
         if is_main:
@@ -541,16 +544,18 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         return model, step
 
 
-def export(args: argparse.Namespace, config: Config) -> None:
+def export(args: argparse.Namespace) -> None:
     """--export DEST: the best transformer of the run as an exported folder that names its VQGAN
-    (--vqgan-ckpt, else the config's VQ_CKPT_path) by path and content digest, after checking that
-    this VQGAN is the file the run was trained on."""
+    (--vqgan-ckpt, else the VQ_CKPT_path of the run's config, which best.pt carries) by path and
+    content digest, after checking that this VQGAN is the file the run was trained on. The config
+    file (--config) is read only for runs whose best.pt carries none."""
     best = training.best_checkpoint(args.run_dir, "model")
-    vqgan_path = args.vqgan_ckpt or config.model["VQ_Configs"]["VQ_CKPT_path"]
+    model_cfg = best["config"] if "config" in best else load_maskgit_file(args.config).model
+    vqgan_path = args.vqgan_ckpt or model_cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
     check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
-    cfg = {k: v for k, v in best.get("config", config.model).items() if k != "VQ_Configs"}
+    cfg = {k: v for k, v in model_cfg.items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
     training.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
@@ -559,11 +564,10 @@ def export(args: argparse.Namespace, config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = load_maskgit_file(args.config)
     if args.export:
-        export(args, config)
+        export(args)
     else:
-        train(args, config)
+        train(args, load_maskgit_file(args.config))
 
 
 if __name__ == "__main__":

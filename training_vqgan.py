@@ -35,6 +35,7 @@ from common import (
     check_minimum,
     load_checkpoint,
     load_weights,
+    progress_bar,
     resolve_device,
     run_cli,
     seed_everything,
@@ -368,8 +369,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
             sampler = ResumableSampler(len(train_set), args.random_seed, epoch, done_in_epoch * batch, rank, world)
             loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
                                 drop_last=True, pin_memory=device.type == "cuda", generator=torch.Generator())
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not is_main,
-                       initial=done_in_epoch, total=steps_per_epoch, dynamic_ncols=True)
+            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", enabled=is_main,
+                               initial=done_in_epoch, total=steps_per_epoch)
             for images in bar:
                 images = images.to(device, non_blocking=True)
                 if tcfg["flip"]:
@@ -412,7 +413,8 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
                         code_rng=code_rng.get_state(), config=cfg, train_param=tcfg,
                         train_path=[str(p) for p in args.train_path])
                     if is_main:
-                        training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved)
+                        training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved,
+                                          resume_keys=training.resume_only(s.parts()))
                 if finished:
                     break
         if is_main:

@@ -1,5 +1,5 @@
 """Shared plumbing for every script, one module per job: errors, cli (the runner, the flag and
-output-folder checks), paths, devices, files (atomic writes, digests, CSV) and checkpoints. The
+output-folder checks), paths, devices, progress bars, files (atomic writes, digests, CSV) and checkpoints. The
 training-only half (RNG state, distributed set-up, LR schedule, run log, sampler) is in training.py.
 Nothing here imports the models."""
 from common.checkpoints import (
@@ -18,6 +18,7 @@ from common.devices import DEFAULT_NUM_WORKERS, autocast, native_bf16, numerics,
 from common.errors import UserError
 from common.files import TEMP_NAME, atomic_write, file_sha256, remove_orphaned_temp_files, write_csv
 from common.paths import REPO_ROOT, resolve_path
+from common.progress import progress_bar
 
 __all__ = [
     "DEFAULT_NUM_WORKERS",
@@ -38,6 +39,7 @@ __all__ = [
     "load_state",
     "load_weights",
     "native_bf16",
+    "progress_bar",
     "numerics",
     "read_safetensors",
     "read_weights",

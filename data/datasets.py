@@ -3,10 +3,8 @@ masked image + mask pairs for inpainting, and the conversions between pixels, to
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +14,7 @@ from common import UserError
 from data.ground_truth import list_images
 from data.images import check_sizes, read_image
 from data.masks import check_hole_kept, fit_hole, read_hole, warn_if_inverted
+from data.names import pair_files
 
 Stats = float | Sequence[float]  # per-channel mean or std: one value or three
 
@@ -70,8 +69,8 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(Dataset):
-    """Images of a folder, or of several one after the other (each sorted; PNG, JPG, WEBP, BMP; any
-    mode -> RGB, transparency on white) as normalized (3, size, size) float tensors, optionally
+    """Images of a folder, or of several one after the other (each in data.names.natural_order; PNG,
+    JPG, WEBP, BMP; any mode -> RGB, transparency on white) as normalized (3, size, size) float tensors, optionally
     flipped at random for training. Every file is checked up front: unreadable -> UserError naming
     it; other sizes -> resized with one warning, or a UserError when strict."""
 
@@ -103,26 +102,9 @@ class ImageFolderDataset(Dataset):
         return x
 
 
-def names_correspond(a: str, b: str) -> bool:
-    """Whether two file stems name the same picture: equal ("1f194" and "1f194"), or the same numbers
-    in the same order ("image_007" and "mask_7")."""
-    numbers_a, numbers_b = ([int(n) for n in re.findall(r"\d+", stem)] for stem in (a, b))
-    return a == b or bool(numbers_a) and numbers_a == numbers_b
-
-
-def warn_unrelated_pairs(images: list[Path], masks: list[Path]) -> None:
-    """Warn, naming an example, when images and masks paired by sorted order have unrelated names."""
-    unrelated = [(i, m) for i, m in zip(images, masks, strict=True) if not names_correspond(i.stem, m.stem)]
-    if unrelated:
-        image, mask = unrelated[0]
-        warnings.warn(f"{len(unrelated)} of {len(images)} masked images are paired (by sorted file name) with a "
-                      f"mask of another name, e.g. {image.name} with {mask.name}; check that the pairs belong "
-                      "together, or name each mask like its image", stacklevel=3)
-
-
 class InpaintingDataset(Dataset):
-    """Masked images paired with masks by sorted file order (the lab's masked_image/ and mask64/),
-    with a warning when paired names do not correspond (see names_correspond).
+    """Masked images paired with masks (the lab's masked_image/ and mask64/) by name or by the
+    numbers in the names, else in order with a warning (data.names.pair_files).
     Item i: (image (3, size, size) normalized, hole (1, size, size) bool with True = hole, i).
     Masks are read by data.masks.read_hole's rules (`hole_white`: white marks the hole), with a
     warning for masks that look inverted. A mask that is all hole is an error; an all-known mask
@@ -140,13 +122,13 @@ class InpaintingDataset(Dataset):
         hole_white: bool = False,
     ) -> None:
         self.images = ImageFolderDataset(masked_dir, mean, std, size=size, strict=strict, fit=fit)
-        self.mask_files = list_images(mask_dir)
-        if len(self.mask_files) != len(self.images):
+        mask_files = list_images(mask_dir)
+        if len(mask_files) != len(self.images):
             raise UserError(
-                f"{len(self.images)} masked images in {masked_dir} but {len(self.mask_files)} masks in {mask_dir};"
-                " they are paired by sorted file name, so the counts must match"
+                f"{len(self.images)} masked images in {masked_dir} but {len(mask_files)} masks in {mask_dir};"
+                " each image needs its mask, so the counts must match"
             )
-        warn_unrelated_pairs(self.images.files, self.mask_files)
+        self.mask_files = pair_files(self.images.files, mask_files, "mask", mask_dir)
         check_sizes(self.mask_files, size, strict, mask_dir, fit)
         holes = []
         for f in self.mask_files:

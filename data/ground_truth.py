@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from common import UserError, atomic_write
-from data.images import read_image
+from data.images import check_sizes, read_image
+from data.names import natural_order, pair_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -56,23 +57,34 @@ def write_gt_csv(images: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files of a folder, sorted by name; a clear error if the folder is missing or has none."""
+    """Image files of a folder in data.names.natural_order; a clear error if the folder is missing or
+    has none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = natural_order([p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()])
     if not files:
         raise UserError(f"no images (png, jpg, webp, bmp) in {folder}")
     return files
 
 
-def load_ground_truth(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+def load_ground_truth(path: str | os.PathLike, size: int | None = None,
+                      inputs: list[Path] | None = None) -> np.ndarray:
     """Load ground truth from a CSV file or an image folder as (N, H, W, 3) uint8.
-    Folder images are read as `read_image` does and, when `size` is given, resized to size x size."""
+    Folder images are read as `read_image` does and, when `size` is given, brought to size x size
+    (with one warning naming how many were not). With `inputs` (the image files they are the ground
+    truth of), a folder's files are paired with them as masks are (data.names.pair_files)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return read_gt_csv(path)
-    images = [read_image(file, "RGB", size) for file in list_images(path)]
+    files = list_images(path)
+    if inputs is not None:
+        if len(files) != len(inputs):
+            raise UserError(f"{path} holds {len(files)} ground-truth images but there are {len(inputs)} inputs")
+        files = pair_files(inputs, files, "ground-truth image", path)
+    if size is not None:
+        check_sizes(files, size, False, path)
+    images = [read_image(file, "RGB", size) for file in files]
     if len({im.shape for im in images}) > 1:
         raise UserError(f"images in {path} have different sizes; pass a size to resize them")
     return np.stack(images)

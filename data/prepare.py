@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from common import UserError, check_output_dir, run_cli
+from common import UserError, check_output_dir, progress_bar, run_cli
 from data.ground_truth import list_images, write_gt_csv
 from data.images import image_size, read_image, save_png, to_rgb
 from data.masks import apply_mask, dataset_mask
@@ -299,7 +298,7 @@ def _build(files: list[tuple[str, Path]], tmp: Path, seed: int, params: dict, pr
     pixel_sum = np.zeros(3)  # float64 sums over train pixels, for the mean and std in [0, 1]
     pixel_sq_sum = np.zeros(3)
     load = _render_svg if style == "openmoji" else _load_emoji
-    for stem, f in tqdm(files, desc=style, unit="img", disable=not progress):
+    for stem, f in progress_bar(files, desc=style, unit="img", enabled=progress):
         image = load(f)
         split = splits[stem]
         name = f"{stem}.png"

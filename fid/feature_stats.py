@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from common import UserError, numerics
+from common import UserError, numerics, progress_bar
 from data.ground_truth import list_images
 from fid.inception import FIDInceptionV3
 from fid.inputs import Images, note
@@ -31,7 +30,7 @@ def extract_features(
     else:
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     features = []
-    for batch in tqdm(batches, desc="FID features", unit="batch", disable=not progress):
+    for batch in progress_bar(batches, desc="FID features", unit="batch", enabled=progress):
         x = batch.to(device, non_blocking=True).float().div(255)
         x = x.contiguous(memory_format=torch.channels_last)  # same values, ~25% faster convolutions on CPU
         features.append(model(x).double())

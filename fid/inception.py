@@ -135,7 +135,9 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    """Download `url` to `dest`, checking the hash prefix in the file name."""
+    """Download `url` to `dest`, checking the hash prefix in the file name. A failed download leaves
+    nothing behind: no partial file, and no empty folder it created on the way."""
+    created = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     digest = hashlib.sha256()
@@ -149,6 +151,9 @@ def _download(url: str, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+        for folder in created if not dest.exists() else []:  # innermost first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def load_inception(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,10 @@ def compute_fid(
         save_statistics(save_stats, mu2, sigma2)
     if predicted is None:
         return None
+    if pred_images is not None and gt_images is not None and len(pred_images) != len(gt_images):
+        warnings.warn(f"FID of {len(pred_images)} predicted images against {len(gt_images)} ground-truth images: "
+                      "sets of different sizes (a --partial run?) score worse by their size alone; compare FIDs "
+                      "only of the same images", stacklevel=2)
     if pred_images is None:
         mu1, sigma1 = load_statistics(predicted, dims)
     else:

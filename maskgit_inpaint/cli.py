@@ -64,7 +64,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-mask-path", default=DEFAULT_MASKS,
                    help="masks paired by sorted name, black = hole (default: %(default)s)")
     p.add_argument("--gt-path", help="ground truth for metrics: folder, lab CSV or (with --image) an image file "
-                   "(default: test_gt.csv beside the masked images, if there)")
+                   "(default: test_gt.csv beside the masked images or one or two folders up, if there)")
     p.add_argument("--fit", choices=FITS, default="resize",
                    help="images of another size than the model's: resize them, or take their centre square "
                         "(default: %(default)s); results are also written at the input's size in inpainted/")
@@ -85,12 +85,24 @@ def check_common_arguments(args: argparse.Namespace) -> None:
     decoding_from_args(args)
 
 
-def default_gt_path(args: argparse.Namespace) -> Path | None:
-    """--gt-path, else test_gt.csv beside the masked-image folder (the dataset's), else None."""
+GT_NAME = "test_gt.csv"
+
+
+def default_gt_path(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """--gt-path, else the lab's test_gt.csv where lab users keep it: beside the masked images, or
+    one or two folders up (dataset/test_gt.csv, test_gt.csv beside dataset/); and the line that says
+    which file was taken or where it looked (None with --gt-path), for the run to print once its
+    inputs are checked."""
     if args.gt_path is not None:
-        return resolve_path(args.gt_path)
-    beside = resolve_path(args.test_maskedimage_path).parent / "test_gt.csv"
-    return beside if beside.is_file() else None
+        return resolve_path(args.gt_path), None
+    masked = resolve_path(args.test_maskedimage_path)
+    places = [masked, masked.parent, masked.parent.parent]
+    for folder in places:
+        if (folder / GT_NAME).is_file():
+            return folder / GT_NAME, (f"ground truth: {folder / GT_NAME} (found beside the masked images; "
+                                      "--gt-path chooses another)")
+    return None, (f"note: no {GT_NAME} in {', '.join(str(p) for p in dict.fromkeys(places))}: pass --gt-path "
+                  "(a lab CSV or a folder of images) for metrics")
 
 
 def input_paths(args: argparse.Namespace) -> list[Path]:

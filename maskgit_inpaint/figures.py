@@ -41,7 +41,8 @@ def steps_figure(steps: Sequence[Step], gt: np.ndarray | None = None, title: str
     from matplotlib.figure import Figure
 
     columns = len(steps) + (gt is not None)
-    fig = Figure(figsize=(1.25 * columns + 0.4, 3.1 + 0.25 * bool(title)), dpi=100)
+    # constrained layout keeps room for the title above the step labels (tight_layout ignores a suptitle)
+    fig = Figure(figsize=(1.25 * columns + 0.4, 3.1 + 0.25 * bool(title)), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, columns, squeeze=False)
     size = steps[0].image.shape[:2]
@@ -62,7 +63,6 @@ def steps_figure(steps: Sequence[Step], gt: np.ndarray | None = None, title: str
     axes[1, 0].set_ylabel("image", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.3)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 

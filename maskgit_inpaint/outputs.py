@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 
 from data import read_hole, restore_size, save_png
 from maskgit_inpaint.pipeline import Result
-from maskgit_inpaint.preparation import read_rgb
+from maskgit_inpaint.preparation import input_files, read_rgb
 
 OUTPUTS = ("test_results", "inpainted", "steps", "mask_scheduling", "imga", "overview.png",
            "metrics.json")  # what a run writes
@@ -38,9 +38,9 @@ def folder_originals(dataset: Dataset, indices: Sequence[int], hole_white: bool)
     pairs = dataset.dataset if isinstance(dataset, Subset) else dataset
     names, originals = [], []
     for i in indices:
-        original = read_rgb(pairs.images.files[i])
+        original = read_rgb(input_files(dataset)[i])
         height, width = original.shape[:2]
-        names.append(pairs.images.files[i].name)
+        names.append(input_files(dataset)[i].name)
         originals.append((original, read_hole(pairs.mask_files[i], (width, height), hole_white)))
     return names, originals
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from common import progress_bar
 from data import normalize, save_png, to_uint8_image
 from maskgit_inpaint.baselines import fill_baseline
 from maskgit_inpaint.blending import paste_known
@@ -70,7 +70,7 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
     early_outputs: dict[int, list[np.ndarray]] = {spot: [] for spot in early_spots}
     early_hits = dict.fromkeys(early_spots, 0)
     start = time.perf_counter()
-    for images, holes, indices in tqdm(loader, desc="inpainting", unit="batch", disable=not progress):
+    for images, holes, indices in progress_bar(loader, desc="inpainting", unit="batch", enabled=progress):
         images = images.to(device, non_blocking=True)  # (B, 3, H, W) normalized
         holes = holes.to(device, non_blocking=True)    # (B, 1, H, W) bool
         histories = None

@@ -106,13 +106,25 @@ def prepare_image(image: ImageSource, mask: MaskSource | None, size: int, *, fit
     return Prepared(original, hole, apply_mask(pixels, np.where(model_hole, 0, 255)), model_hole, clean)
 
 
-def open_ground_truth(path: str | os.PathLike, count: int, size: int) -> np.ndarray:
-    """Ground truth for `count` inputs: a lab CSV, a folder or (one input) an image file -> (N, H, W, 3) uint8."""
+def input_files(dataset: Dataset) -> list[Path]:
+    """The masked-image files of every item of an open_dataset, a Subset of it included."""
+    return (dataset.dataset if isinstance(dataset, Subset) else dataset).images.files
+
+
+def open_ground_truth(path: str | os.PathLike, count: int, size: int, inputs: list[Path] | None = None
+                      ) -> np.ndarray:
+    """Ground truth for `count` inputs: a lab CSV (rows in the inputs' order), a folder (its files
+    paired with the `inputs` files by name or number) or (one input) an image file -> (N, H, W, 3)
+    uint8. Ground truth of another size than the model's is an error (CSV) or resized with a warning."""
     path = resolve_path(path)
     if path.is_file() and path.suffix.lower() != ".csv":
-        gt = read_image(path, "RGB", size)[None]
+        gt = read_image(path, "RGB")[None]
+        if gt.shape[1:3] != (size, size):
+            warnings.warn(f"the ground truth {path.name} is {gt.shape[2]}x{gt.shape[1]}; resizing it to "
+                          f"{size}x{size}", stacklevel=2)
+            gt = read_image(path, "RGB", size)[None]
     else:
-        gt = load_ground_truth(path, size)
+        gt = load_ground_truth(path, size, inputs)
     if len(gt) != count:
         raise UserError(f"{path} holds {len(gt)} ground-truth images but there are {count} inputs")
     if gt.shape[1:3] != (size, size):

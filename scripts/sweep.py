@@ -17,9 +17,16 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from common import ArgumentParser, UserError, check_output_dir, resolve_device, run_cli, write_csv
+from common import (
+    ArgumentParser,
+    UserError,
+    check_output_dir,
+    progress_bar,
+    resolve_device,
+    run_cli,
+    write_csv,
+)
 from fid import compute_fid, find_weights, load_inception
 from fid.inception import WEIGHTS_ENV, WEIGHTS_NAME
 from maskgit_inpaint import load_model, model_config, run_inpainting
@@ -32,7 +39,7 @@ from maskgit_inpaint.cli import (
 )
 from maskgit_inpaint.metrics import result_metrics
 from maskgit_inpaint.outputs import save_results
-from maskgit_inpaint.preparation import open_dataset, open_ground_truth
+from maskgit_inpaint.preparation import input_files, open_dataset, open_ground_truth
 from maskgit_inpaint.settings import default_batch_size
 from models.schedules import GAMMA_FUNCTIONS
 
@@ -116,11 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device, args.cpu_fallback)
     dataset = open_dataset(args.test_maskedimage_path, args.test_mask_path, cfg, args.partial, args.fit,
                            args.mask_hole_white)
-    gt_path = default_gt_path(args)
+    gt_path, gt_note = default_gt_path(args)
+    if gt_path is not None and gt_note:
+        print(gt_note, file=sys.stderr)
     if gt_path is None:
         raise UserError("the sweep scores against ground truth: pass --gt-path (folder or lab CSV)")
     total = len(getattr(dataset, "dataset", dataset))
-    gt = open_ground_truth(gt_path, total, vq["img_resolution"])
+    gt = open_ground_truth(gt_path, total, vq["img_resolution"], input_files(dataset))
     weights = None if args.no_fid else local_inception_weights(args.inception_weights)
     inception = None if weights is None else load_inception(weights, device=device)
     if not args.no_fid and inception is None:
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
-    for mask_func, total_iter, spots in tqdm(grid, desc="sweep", unit="schedule", disable=args.no_progress):
+    for mask_func, total_iter, spots in progress_bar(grid, desc="sweep", unit="schedule", enabled=not args.no_progress):
         # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
         decoding, _ = decoding_from_args(args, total_iter=total_iter, sweet_spot=spots[-1], mask_func=mask_func
                                          ).resolved(mask_func, cfg["choice_temperature"])

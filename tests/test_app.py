@@ -91,9 +91,14 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
     # a busy machine renders the page's parts one by one: wait for the button too
     run = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run")))
 
-    run.click()  # nothing uploaded: one message, no traceback
-    wait.until(lambda d: "upload an image or pick a test image first" in d.page_source)
+    assert not page.find_elements(By.XPATH, "//*[normalize-space(text())='Error']")  # no badges before a run
+    thumbnails = page.find_elements(By.CSS_SELECTOR, "#picker img")  # the test-image picker shows pictures
+    assert thumbnails and thumbnails[0].size["width"] > 16
+    run.click()  # nothing uploaded: one friendly line in the status, no traceback, no red "Error" panels
+    wait.until(lambda d: "Upload an image or pick a test image first" in d.find_element(By.CSS_SELECTOR,
+                                                                                         "#status").text)
     assert "Traceback" not in page.page_source
+    assert not page.find_elements(By.XPATH, "//*[normalize-space(text())='Error']")
 
     page.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(tmp_path / "gradient.png"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#editor button[aria-label=Brush]"))
@@ -108,6 +113,7 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
     steps = Decoding().steps  # the page starts at the CLI's defaults: S follows T
     assert f"done: step {steps}: 0 tokens masked" in status and "96x80: resized to 64x64" in status
 
+    assert page.find_element(By.CSS_SELECTOR, "#result img").size["height"] > 150  # readable, not ~45 px
     result, hole = fetch(page, "#result"), fetch(page, "#hole")[..., 0] > 127
     assert result.shape == image.shape and hole.shape == image.shape[:2]
     assert 0 < hole.mean() < 0.9

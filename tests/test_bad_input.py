@@ -291,7 +291,8 @@ def make_pairs(folder: Path, image_names: list[str], mask_names: list[str]) -> t
 @pytest.mark.parametrize("images, masks", [
     (["1f194.png", "1f19a.png"], ["1f194.png", "1f19a.png"]),  # the built dataset's names
     (["image_000.png", "image_001.png"], ["mask_000.png", "mask_001.png"]),
-    (["image_9.png", "image_10.png"], ["mask_9.png", "mask_10.png"]),  # sorted alike: 10 before 9
+    (["image_9.png", "image_10.png"], ["mask_9.png", "mask_10.png"]),
+    (["image_9.png", "image_10.png"], ["mask_009.png", "mask_010.png"]),  # paired by their numbers
 ])
 def test_corresponding_names_pair_silently(tmp_path, images, masks):
     with warnings.catch_warnings():
@@ -301,9 +302,9 @@ def test_corresponding_names_pair_silently(tmp_path, images, masks):
 
 @pytest.mark.parametrize("images, masks, message", [
     (["cat.png", "dog.png", "image_2.png"], ["mask_000.png", "mask_001.png", "mask_002.png"],
-     r"2 of 3 masked images .* e\.g\. cat\.png with mask_000\.png"),
-    (["image_9.png", "image_10.png"], ["mask_009.png", "mask_010.png"],  # sorted apart: 10 < 9 but 009 < 010
-     r"2 of 2 masked images .* e\.g\. image_10\.png with mask_009\.png"),
+     r"2 of 3 images .* mask of another name .* e\.g\. cat\.png with mask_000\.png"),
+    (["image_0.png", "image_1.png"], ["mask_1.png", "mask_2.png"],  # numbered apart: paired in order
+     r"2 of 2 images .* e\.g\. image_0\.png with mask_1\.png"),
 ])
 def test_unrelated_names_warn_with_an_example(tmp_path, images, masks, message):
     with pytest.warns(UserWarning, match=message):

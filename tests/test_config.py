@@ -31,6 +31,7 @@ def test_tiny_configs_load_with_defaults(tmp_path):
     config = load_maskgit_file(write(tmp_path))
     assert config.train["batch_size"] == 4 and config.train["accum_grad"] == 1
     assert config.model["Transformer_param"]["dropout"] == 0.1 and config.model["gamma_type"] == "cosine"
+    assert config.model["Transformer_param"]["attention"] == "sdpa"  # a lab config has no such key: the fused core
     assert load_vqgan_file(tmp_path / "vqgan.yml").train["epochs"] == 3
 
 

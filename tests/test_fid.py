@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,19 @@ def test_cli(tmp_path, weights, capsys):
             cli_main(lambda args=args: fsg.main(args))
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_failed_download_leaves_no_folder_in_the_hub_cache(tmp_path, monkeypatch):
+    """The network refuses (no test downloads): the UserError, and torch's hub cache as it was."""
+    def refused(url, timeout):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", refused)
+    with pytest.raises(UserError, match="could not download"):
+        find_weights()
+    assert not (tmp_path / "hub").exists()
+
+
+def test_fid_of_sets_of_different_sizes_warns(model64):
+    with pytest.warns(UserWarning, match="FID of 4 predicted images against 6 ground-truth images"):
+        compute_fid(random_images(4), random_images(6, seed=1), model=model64, device="cpu", progress=False)

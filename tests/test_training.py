@@ -852,3 +852,25 @@ def test_the_labs_spellings_are_aliases_of_the_flags():
     assert vars(stage2.parse_args(lab)) == vars(stage2.parse_args(ours))
     assert vars(stage1.parse_args(lab)) == vars(stage1.parse_args(ours))
     assert stage2.parse_args(lab).save_every == 7 and stage2.parse_args(lab).train_path == ["a", "b"]
+
+
+def test_stage2_run_folder_keeps_no_optimizer_copies_and_knows_its_config(ws, tmp_path):
+    """best.pt is the best weights and their record (no optimizer or schedule state, which only
+    last.pt needs); --export finds the run's config and VQGAN in best.pt, without --MaskGitConfig."""
+    run = tmp_path / "run"
+    run_stage2(ws, run, "--max-steps", "2")
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert {"optimizer", "scheduler", "rng"} <= last.keys() and not {"optimizer", "scheduler", "rng"} & best.keys()
+    assert_same_weights(best["model"], load_checkpoint(run / "transformer.pt"))
+    sizes = {f.name: f.stat().st_size for f in run.glob("*.pt")}
+    assert sizes["best.pt"] < 0.6 * sizes["last.pt"], sizes  # AdamW keeps two tensors per weight
+    exported = tmp_path / "exported"
+    stage2.main(["--checkpoint-path", str(run), "--export", str(exported)])  # the default config is another
+    assert MaskGit.from_pretrained(exported).transformer.tok_emb.weight.shape == best["model"]["tok_emb.weight"].shape
+
+
+def test_stage2_help_says_whole_sentences(capsys):
+    with pytest.raises(SystemExit):
+        stage2.parse_args(["--help"])
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert description.rstrip().endswith("tokens of a frozen stage-1 VQGAN.")
