@@ -32,7 +32,7 @@ from common import (
     save_checkpoint,
     spelled,
 )
-from models.pretrained import write_exported
+from models.pretrained import check_export_destination, export_origin, write_exported
 
 # ----------------------------------------------------------------------------- flags
 
@@ -61,7 +61,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--export", metavar="DEST", help="write RUN_DIR/best.pt's weights as an exported folder (float16 "
-                   "safetensors + config.json) at DEST and exit")
+                   "safetensors + config.json) at DEST and exit (it may replace only an earlier export of this run)")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace another model folder at DEST")
 
 
 def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir") -> None:
@@ -395,8 +396,18 @@ def best_checkpoint(run_dir: str | os.PathLike, key: str) -> dict:
     return load_checkpoint(Path(run_dir) / "best.pt", keys=(key,))
 
 
+def check_export(args: argparse.Namespace, kind: str, *inputs: str | os.PathLike | None) -> str:
+    """--export DEST, before anything is read: not one of the run's inputs (its folder, config, data
+    and `inputs`) and, when it exists, this run's earlier `kind` export (or --overwrite).
+    Returns the origin the export records."""
+    origin = export_origin(args.run_dir)
+    check_export_destination(args.export, "--export", kind, origin,
+                             [args.run_dir, args.config, *args.train_path, args.val_path, *inputs], args.overwrite)
+    return origin
+
+
 def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLike, kind: str, config: dict,
-           train_paths: Sequence[str | os.PathLike], **facts: object) -> None:
+           train_paths: Sequence[str | os.PathLike], origin: str, **facts: object) -> None:
     """Write the `key` weights of a run's best checkpoint, loaded into `module`, as an exported
     folder at `dest` (float16 safetensors + config.json, models/pretrained.py) with the config, the
     run's step and train_param, the training data's credits (the CREDITS.md beside each training
@@ -407,7 +418,7 @@ def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLik
     run = {k: checkpoint[k] for k in ("step", "best_val_loss", "best_psnr", "best", "train_param") if k in checkpoint}
     credits = [c.read_text() for c in (Path(p).parent / "CREDITS.md" for p in train_paths) if c.is_file()]
     data = {"train_path": " ".join(map(str, train_paths)), **({"credits": "\n\n".join(credits)} if credits else {})}
-    write_exported(dest, kind, module, config, run=run, data=data, **facts)
+    write_exported(dest, kind, module, config, origin, run=run, data=data, **facts)
     print(f"wrote {dest}")
 
 

@@ -56,10 +56,10 @@ from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
 from models.pretrained import (
+    check_trained_on,
     checked_vqgan_digest,
     read_description,
     read_vqgan_weights,
-    vqgan_file_digests,
     weights_digest,
     weights_file,
 )
@@ -242,14 +242,6 @@ def inpainting_summary(metrics: dict[str, float]) -> str:
         return ""
     return (f"; inpainting hole PSNR {metrics['val_psnr_hole']:.2f} dB, SSIM {metrics['val_ssim']:.4f} "
             f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
-
-
-def check_trained_on(checkpoint: dict, source: str | Path, vqgan_ckpt: str | Path) -> None:
-    """A training checkpoint records the VQGAN file its tokens came from (`vqgan_digest`): one
-    UserError when `vqgan_ckpt` is not that file (or one it was converted from)."""
-    if checkpoint.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
-        raise UserError(f"{source} was trained on another VQGAN file than {vqgan_ckpt}; pass --vqgan-ckpt with "
-                        "the one it was trained on")
 
 
 def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
@@ -530,16 +522,17 @@ def export(args: argparse.Namespace, config: Config) -> None:
     """--export DEST: the best transformer of the run as an exported folder that names its VQGAN
     (--vqgan-ckpt, else the config's VQ_CKPT_path) by path and content digest, after checking that
     this VQGAN is the file the run was trained on."""
-    best = training.best_checkpoint(args.run_dir, "model")
     vqgan_path = args.vqgan_ckpt or config.model["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
+    origin = training.check_export(args, "maskgit", vqgan_path)
+    best = training.best_checkpoint(args.run_dir, "model")
     check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
     cfg = {k: v for k, v in best.get("config", config.model).items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
     training.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
-                    args.train_path, vqgan=vqgan)
+                    args.train_path, origin, vqgan=vqgan)
 
 
 def main(argv: list[str] | None = None) -> None:

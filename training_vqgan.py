@@ -344,9 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_vqgan_file(args.config)
     if args.export:
+        origin = training.check_export(args, "vqgan")
         best = training.best_checkpoint(args.run_dir, "vqgan")
         cfg = best.get("config", config.model)
-        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path)
+        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path, origin)
     elif args.evaluate:
         evaluate(config.model, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
     else:

@@ -18,12 +18,13 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from common import REPO_ROOT, WEIGHTS_FILE, UserError, file_sha256, half_state_dict, read_weights
+from common import REPO_ROOT, WEIGHTS_FILE, UserError, check_destination, file_sha256, half_state_dict, read_weights
 from models.config import check_maskgit_model, check_vqgan_model
 
 FORMAT = 1
@@ -64,9 +65,44 @@ def read_description(path: str | os.PathLike, kind: str) -> dict:
     return meta
 
 
-def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config: dict, **facts: object) -> str:
-    """Write `module`'s weights (float16) and its description to the folder `dest`, replacing an
-    earlier export there (and refusing any other existing file or folder). Returns the digest."""
+def export_origin(source: str | os.PathLike, file: bool = False) -> str:
+    """What an export comes from, recorded as `origin` in its config.json: the run folder `source`
+    (a digest of its resolved path) or, with `file`, the weights file (its SHA-256). An export may
+    replace only an export of the same kind and origin (check_export_destination)."""
+    if file:
+        return "file:" + file_sha256(source)
+    return "run:" + hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]
+
+
+def check_export_destination(dest: str | os.PathLike, flag: str, kind: str, origin: str,
+                             inputs: Sequence[str | os.PathLike | None], overwrite: bool = False) -> Path:
+    """The destination of an export, checked before anything is read (common.check_destination): not
+    an input of the run (`inputs`), and when it exists, an earlier export of the same `kind` and
+    `origin`, or with `overwrite` another model folder. A folder that is no exported model is
+    never replaced."""
+    dest = Path(dest)
+    if dest.exists() and not is_exported(dest):
+        raise UserError(f"{flag} {dest} exists and is not an exported model folder; choose a new folder for the export")
+
+    def replaceable(path: Path) -> str | None:
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return f"holds an unreadable {CONFIG_FILE}"
+        if not isinstance(meta, dict) or meta.get("kind") != kind:
+            return f"holds a {meta.get('kind') if isinstance(meta, dict) else 'unknown'} model, not a {kind} one"
+        if meta.get("origin") != origin:
+            source = "file" if origin.startswith("file:") else "run"
+            return f"holds another {kind} model (not an export of this {source})"
+        return None
+    return check_destination(dest, flag, inputs=inputs, replaceable=replaceable, overwrite=overwrite)
+
+
+def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config: dict, origin: str,
+                   **facts: object) -> str:
+    """Write `module`'s weights (float16) and its description, with `origin` (export_origin), to the
+    folder `dest`, replacing an earlier export there (check_export_destination says which may be
+    replaced; any other existing file or folder is refused). Returns the digest."""
     from safetensors.torch import save_file
 
     dest = Path(dest)
@@ -74,7 +110,7 @@ def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config
         raise UserError(f"{dest} exists and is not an exported model folder; choose a new folder for the export")
     state = {k: v.contiguous() for k, v in half_state_dict(module).items()}
     digest = weights_digest(state)
-    meta = {"format": FORMAT, "kind": kind, "digest": digest, "config": config, **facts}
+    meta = {"format": FORMAT, "kind": kind, "digest": digest, "origin": origin, "config": config, **facts}
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -131,6 +167,15 @@ def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.T
                         f"({expected[:19]}... expected, {digest[:19]}... found); pass the VQGAN it was "
                         f"trained on ({flag})")
     return digest
+
+
+def check_trained_on(checkpoint: dict, source: str | os.PathLike, vqgan_ckpt: str | os.PathLike,
+                     flag: str = "--vqgan-ckpt") -> None:
+    """A training checkpoint records the VQGAN file its tokens came from (`vqgan_digest`): one
+    UserError when `vqgan_ckpt` is not that file (or one it was converted from)."""
+    if checkpoint.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
+        raise UserError(f"{source} was trained on another VQGAN file than {vqgan_ckpt}; pass {flag} with "
+                        "the one it was trained on")
 
 
 def vqgan_path_of(model: str | os.PathLike) -> Path | None:

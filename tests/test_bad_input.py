@@ -7,6 +7,7 @@ reusing a dataset), and a kill during a checkpoint write.
 A new flag or script gets a row in CASES."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,11 +31,12 @@ import fid.fid_score_gpu as fid_cli
 import inpainting
 import training_transformer
 import training_vqgan
-from common import load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
+from common import UserError, load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
 from fid import open_images
-from scripts import sweep
+from scripts import compare_runs, convert_weights, sweep
+from scripts.convert_weights import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 4  # images in the tiny test set
@@ -81,6 +83,13 @@ def world(tmp_path_factory) -> Path:
     (root / "vqgan.yml").write_text(TINY_VQGAN + "train_param:\n  batch_size: 2\n  epochs: 1\n")
     save_checkpoint(torch.load(root / "model" / "vqgan.pt", weights_only=True), root / "plain_run" / "last.pt")
     save_checkpoint({"model": state}, root / "plain_run2" / "last.pt")
+    # exported folders: a VQGAN and a transformer trained on it
+    convert("vqgan", root / "model" / "vqgan.pt", root / "model" / "VQGAN.yml", root / "vq_export")
+    convert("maskgit", root / "model" / "transformer.pt", root / "model" / "MaskGit.yml", root / "tr_export",
+            vqgan=root / "vq_export")
+    np.savez(root / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(root / "other.npz", weights=np.zeros(3))
+    save_png(np.full((16, 16), 255, np.uint8), root / "handmasks" / "pic0.png")  # a mask the user drew
     return root
 
 
@@ -105,6 +114,9 @@ CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
     "prepare": (data.prepare.main, ["--source", "W/src"]),
     "vqgan": (training_vqgan.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
                                     "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
+    "convert": (convert_weights.main, []),
+    "compare": (compare_runs.main, ["--runs", "W/prev", "--masked", "W/data/masked_image", "--masks", "W/data/mask64",
+                                    "--gt-path", "W/data/test_gt.csv"]),
     "transformer": (training_transformer.main, [
         "--MaskGitConfig", "W/model/MaskGit.yml", "--train_d_path", "W/data/clean", "--val_d_path", "W/data/clean",
         "--device", "cpu", "--num_workers", "0", "--batch-size", "2", "--cache-dir", "T/cache"]),
@@ -137,6 +149,40 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "prepare/folder it did not build": ("prepare", ["--out", "W/mine"], "not built by data.prepare"),
     "prepare/rebuild over a user's file": (
         "prepare", ["--out", "W/built", "--seed", "1"], "did not write or that changed since (e.g. my_notes.txt)"),
+    **{f"{cli}/export onto {what}": (cli, [*run, "--export", dest], needle) for cli, run, what, dest, needle in (
+        ("transformer", ["--checkpoint-path", "T/run", "--vqgan-ckpt", "W/vq_export"], "its own VQGAN",
+         "W/vq_export", "--export W/vq_export would replace W/vq_export, an input of this run"),
+        ("vqgan", ["--run-dir", "T/run"], "a transformer", "W/tr_export",
+         "--export W/tr_export already exists and holds a maskgit model, not a vqgan one; choose another --export, "
+         "or pass --overwrite"),
+        ("vqgan", ["--run-dir", "T/run"], "another run's VQGAN", "W/vq_export",
+         "holds another vqgan model (not an export of this run)"),
+        ("vqgan", ["--run-dir", "T/run"], "a user's folder", "W/mine", "exists and is not an exported model folder"),
+        ("vqgan", ["--run-dir", "T/run"], "its training data", "W/data/clean", "exists and is not an exported model"),
+        ("transformer", ["--checkpoint-path", "T/run"], "its run folder", "T/run", "/run, an input of this run"))},
+    "convert/out onto another kind": (
+        "convert", ["vqgan", "W/model/vqgan.pt", "--config", "W/model/VQGAN.yml", "--out", "W/tr_export"],
+        "--out W/tr_export already exists and holds a maskgit model, not a vqgan one"),
+    "convert/out onto its own VQGAN": (
+        "convert", ["maskgit", "W/model/transformer.pt", "--config", "W/model/MaskGit.yml", "--vqgan", "W/vq_export",
+                    "--out", "W/vq_export"], "--out W/vq_export would replace W/vq_export, an input of this run"),
+    "convert/out onto a conversion of another file": (
+        "convert", ["vqgan", "W/plain_run/last.pt", "--config", "W/model/VQGAN.yml", "--out", "W/vq_export"],
+        "holds another vqgan model (not an export of this file)"),
+    "compare/out onto a masked input": (
+        "compare", ["--out", "W/data/masked_image/00.png"],
+        "--out W/data/masked_image/00.png already exists and is not a figure compare_runs.py wrote"),
+    "compare/out onto a run's result": (
+        "compare", ["--out", "W/prev/test_results/image_000.png"], "is not a figure compare_runs.py wrote"),
+    "fid/save-stats onto the predicted statistics": (
+        "fid", ["--predicted-path", "W/stats.npz", "--gt-path", "W/fid_good", "--save-stats", "W/stats.npz"],
+        "--save-stats W/stats.npz would replace W/stats.npz, an input of this run"),
+    "fid/save-stats onto another npz": (
+        "fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good", "--save-stats", "W/other.npz"],
+        "--save-stats W/other.npz already exists and holds something other than FID statistics"),
+    "masks/out holds a hand-made mask": (
+        "masks", ["--images", "W/images", "--out", "W/handmasks"],
+        "--out W/handmasks/pic0.png already exists and holds another image"),
     # checkpoints
     "inpainting/empty checkpoint": (
         "inpainting", ["--load-transformer-ckpt-path", "W/model/empty.pt"], "W/model/empty.pt is empty (0 bytes)"),
@@ -275,6 +321,42 @@ def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_pat
     assert sorted(p.name for p in (out / "test_results").iterdir()) == ["image_000.png", "image_001.png",
                                                                       "image_best.png"]
     assert (out / "test_results" / "image_best.png").read_bytes() == b"mine" and (out / "notes.txt").is_file()
+
+
+def test_an_export_replaces_only_an_export_of_the_same_source(world, tmp_path, capsys):
+    dest = tmp_path / "vq"
+    args = ["vqgan", str(world / "model" / "vqgan.pt"), "--config", str(world / "model" / "VQGAN.yml"), "--out", str(dest)]
+    convert_weights.main(args)
+    first = json.loads((dest / "config.json").read_text())
+    convert_weights.main(args)  # the same file again: replaced as documented
+    other = ["vqgan", str(world / "plain_run" / "last.pt"), *args[2:]]
+    with pytest.raises(UserError, match="holds another vqgan model"):
+        convert_weights.main(other)
+    assert json.loads((dest / "config.json").read_text()) == first
+    convert_weights.main([*other, "--overwrite"])
+    assert json.loads((dest / "config.json").read_text())["origin"] != first["origin"]
+    with pytest.raises(UserError, match="is not an exported model folder"):  # --overwrite never empties a user's folder
+        convert_weights.main([*args[:-1], str(world / "mine"), "--overwrite"])
+
+
+def test_masks_rerun_replaces_its_own_and_overwrite_a_hand_made_one(world, tmp_path, monkeypatch):
+    out = shutil.copytree(world / "handmasks", tmp_path / "masks")
+    data.masks.write_masks("box", world / "images", tmp_path / "fresh")
+    data.masks.write_masks("box", world / "images", tmp_path / "fresh")  # same masks: no --overwrite needed
+    monkeypatch.setattr(sys, "argv", ["masks", "--kind", "box", "--images", str(world / "images"), "--out", str(out),
+                                      "--overwrite"])
+    data.masks.main()
+    assert snapshot(out) == snapshot(tmp_path / "fresh")
+
+
+def test_compare_runs_writes_into_a_folder_and_replaces_its_own_figure(world, tmp_path):
+    argv = ["--runs", str(world / "prev"), "--masked", str(world / "data/masked_image"), "--masks",
+            str(world / "data/mask64"), "--gt-path", str(world / "data/test_gt.csv"), "--images", "2",
+            "--out", str(tmp_path)]
+    compare_runs.main(argv)
+    assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
+    compare_runs.main(argv)  # its own figure: replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
 
 
 def make_pairs(folder: Path, image_names: list[str], mask_names: list[str]) -> tuple[Path, Path]:
