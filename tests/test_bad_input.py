@@ -325,7 +325,7 @@ def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_pat
 
 def test_an_export_replaces_only_an_export_of_the_same_source(world, tmp_path, capsys):
     dest = tmp_path / "vq"
-    args = ["vqgan", str(world / "model" / "vqgan.pt"), "--config", str(world / "model" / "VQGAN.yml"), "--out", str(dest)]
+    args = ["vqgan", str(world / "model/vqgan.pt"), "--config", str(world / "model/VQGAN.yml"), "--out", str(dest)]
     convert_weights.main(args)
     first = json.loads((dest / "config.json").read_text())
     convert_weights.main(args)  # the same file again: replaced as documented
