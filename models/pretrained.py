@@ -24,13 +24,24 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common import REPO_ROOT, WEIGHTS_FILE, UserError, check_destination, file_sha256, half_state_dict, read_weights
+from common import (
+    REPO_ROOT,
+    WEIGHTS_FILE,
+    UserError,
+    check_destination,
+    check_readable,
+    file_sha256,
+    half_state_dict,
+    read_safetensors,
+    read_weights,
+)
 from models.config import check_maskgit_model, check_vqgan_model
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
 KINDS = ("vqgan", "maskgit")
 DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
+TRANSFORMER_KEYS = ("tok_emb.", "pos_emb", "blocks.", "token_prediction.")  # a BidirectionalTransformer's weights
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -184,9 +195,29 @@ def vqgan_path_of(model: str | os.PathLike) -> Path | None:
     return None if relative is None else (Path(model) / relative).resolve()
 
 
+def read_model_weights(path: str | os.PathLike, kind: str) -> dict[str, torch.Tensor]:
+    """The weights of the exported `kind` folder `path`, verified against the digest its config.json
+    records: the one check on load of a model folder, for a transformer and a VQGAN alike. A folder
+    without config.json, damaged or edited weights, or a missing digest is a UserError."""
+    meta = read_description(path, kind)
+    state = read_safetensors(check_readable(Path(path) / WEIGHTS_FILE, "weights", folder=False))
+    digest = weights_digest(state)
+    if meta.get("digest") != digest:
+        recorded = str(meta.get("digest"))[:19]
+        raise UserError(f"{Path(path) / WEIGHTS_FILE} does not match the digest in its {CONFIG_FILE} ({recorded}... "
+                        f"recorded, {digest[:19]}... found): damaged or edited weights; export or copy it again")
+    return state
+
+
 def read_vqgan_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A VQGAN's state_dict from an exported folder or a torch file (the lab's VQGAN.pt)."""
+    """A VQGAN's state_dict from an exported folder (read_model_weights) or a torch file (the lab's
+    VQGAN.pt); a transformer's weights are named as such."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"VQGAN weights not found: {path}")
-    return read_weights(path, key="vqgan")
+    if path.is_dir():
+        return read_model_weights(path, "vqgan")
+    state = read_weights(check_readable(path, "VQGAN weights", folder=False), key="vqgan")
+    if any(k.startswith(TRANSFORMER_KEYS) for k in state) or "model" in state:
+        raise UserError(f"{path} holds transformer weights, not a VQGAN; pass the VQGAN it was trained on")
+    return state
