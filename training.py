@@ -25,6 +25,7 @@ from common import (
     atomic_write,
     check_minimum,
     check_output_dir,
+    check_seed,
     load_checkpoint,
     load_state,
     remove_orphaned_temp_files,
@@ -72,8 +73,14 @@ def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir
         raise UserError(f"{run_dir_flag} is the run folder (last.pt, best.pt, logs go inside it), "
                         f"not a file: {args.run_dir}")
     check_output_dir(args.run_dir, run_dir_flag)
+    run_dir = Path(args.run_dir).resolve()
+    for data in (*args.train_path, args.val_path):
+        if run_dir.is_relative_to(Path(data).resolve()):
+            raise UserError(f"{run_dir_flag} {args.run_dir} is inside the image folder {data}: the run's figures "
+                            f"would be read as images; choose another {run_dir_flag}")
     check_minimum(args, 1, "--batch-size", "--epochs", "--max-steps", "--save-every", "--log-every")
     check_minimum(args, 0, "--num_workers")
+    check_seed(args.random_seed, "--random-seed")
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -324,14 +331,24 @@ def reschedule(parts: dict[str, Stateful], old_lr: float, new_lr: float) -> list
     return changed
 
 
+def changed_model_keys(state: dict, cfg: dict | None) -> list[str]:
+    """The model_param values (numbers and names, e.g. label_smoothing, gamma_type) that differ
+    from the checkpoint's, as "key old -> new": they apply from here on, so a resume says so."""
+    saved = state.get("config") or {}
+    return [f"{key} {saved[key]} -> {new}" for key, new in (cfg or {}).items()
+            if key in saved and not isinstance(new, dict) and saved[key] != new]
+
+
 def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike, *,
-            tcfg: dict, total_steps: int, stop_at: int, device: torch.device | None = None) -> None:
+            tcfg: dict, total_steps: int, stop_at: int, device: torch.device | None = None,
+            cfg: dict | None = None) -> None:
     """Load a training checkpoint's entries into `parts` ({checkpoint key: module, optimizer or
     scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError. This
     run's train_param (`tcfg`) applies from here: a new learning_rate, epochs or warmup_steps puts
     the LR schedule (now `total_steps` long) on the new values, said in one line; a change that
-    cannot apply (FIXED_ON_RESUME) is refused, and so is a run with no step left before `stop_at`."""
-    changes = reconcile_train_param(state, source, tcfg)
+    cannot apply (FIXED_ON_RESUME) is refused, and so is a run with no step left before `stop_at`.
+    Changed model_param values (`cfg`: changed_model_keys) are said too."""
+    changes = reconcile_train_param(state, source, tcfg) + changed_model_keys(state, cfg)
     step = state["step"]
     if step >= stop_at:
         raise UserError(f"{source} is at step {step} and this run stops at step {stop_at} ({tcfg['epochs']} epochs "

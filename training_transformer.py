@@ -38,6 +38,7 @@ import training
 from common import (
     UserError,
     autocast,
+    check_minimum,
     file_sha256,
     load_checkpoint,
     load_weights,
@@ -265,6 +266,7 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--val-per-epoch must be at least 1, got {args.val_per_epoch}")
     if args.val_inpaint < 0:
         raise UserError(f"--val-inpaint must be at least 0, got {args.val_inpaint}")
+    check_minimum(args, 0, "--save-per-epoch")
     if args.resume and args.start_from_epoch:
         raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
     if args.init_from and (args.resume or args.start_from_epoch):
@@ -440,7 +442,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             check_trained_on(state, source, vqgan_ckpt)
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device)
+                             stop_at=stop_at, device=device, cfg=cfg)
             step, best_val_loss = state["step"], state["best_val_loss"]
             best = state.get("best", {"by": "val_loss", "score": -best_val_loss})  # runs before best_score
             if is_main:

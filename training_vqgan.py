@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
     p.add_argument("--weights",
                    help="with --evaluate: VQGAN weights (exported folder, training checkpoint or plain weights)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.weights is not None and not args.evaluate:
+        raise UserError("--weights goes with --evaluate DIR (it names the weights to evaluate); training starts "
+                        "from scratch or, with --resume, from RUN_DIR/last.pt")
+    return args
 
 
 def gan_losses(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -268,7 +272,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device)
+                             stop_at=stop_at, device=device, cfg=cfg)
             step, best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
                 counts, epoch_counts = state["code_counts"][rank]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from common import UserError, check_destination, check_output_dir, check_seed, run_cli
 from data.ground_truth import list_images
@@ -166,6 +166,9 @@ def _mask_array(mask: MaskSource) -> np.ndarray:
     if isinstance(mask, np.ndarray):
         if mask.dtype == bool and mask.ndim == 2:
             return mask
+        if mask.size and mask.min() >= 0 and mask.max() <= 1 and (mask.dtype != np.uint8 or mask.max() == 1):
+            raise UserError("a mask array of values in [0, 1] is ambiguous (is 1 the hole?): pass a bool array, "
+                            "True = hole (e.g. mask > 0.5 when 1 marks the hole), or a uint8 mask, black = hole")
         if mask.ndim == 2 or (mask.ndim == 3 and mask.shape[2] in (3, 4)):
             return mask.astype(np.uint8) if mask.dtype != np.uint8 else mask
         raise UserError(f"a mask array must be (H, W) or (H, W, 3 or 4), got shape {mask.shape}")
@@ -174,7 +177,7 @@ def _mask_array(mask: MaskSource) -> np.ndarray:
         return np.asarray(im.convert("RGBA") if has_alpha(im) else im.convert("L"))
     try:
         with Image.open(mask) as im:
-            return _mask_array(im.copy())
+            return _mask_array(ImageOps.exif_transpose(im))  # turned like its image (read_image)
     except FileNotFoundError:
         raise UserError(f"mask not found: {mask}") from None
     except READ_ERRORS as err:
