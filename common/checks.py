@@ -18,16 +18,20 @@ def check_number(value: object, name: str, *, minimum: float | None = None, maxi
                  positive: bool = False, integer: bool = False) -> int | float:
     """`value` as a finite real number (an int when `integer`; a bool or a string is neither) in
     [minimum, maximum], and > 0 when `positive`; else a UserError naming `name` (a flag or an option)."""
-    kind = "an integer" if integer else "a number"
-    bounds = [f">= {minimum:g}" if minimum is not None else "", "> 0" if positive else "",
-              f"<= {maximum:g}" if maximum is not None else ""]
-    expected = " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
     valid_type = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, valid_type):
-        raise UserError(f"{name} must be {expected}, got {value!r}")
-    if (not math.isfinite(value) or (minimum is not None and value < minimum) or (positive and value <= 0)
-            or (maximum is not None and value > maximum)):
-        raise UserError(f"{name} must be {expected}, got {value!r}")
+        raise UserError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise UserError(f"{name} must be > 0, got {value!r}")
+    low, high = minimum is not None and value < minimum, maximum is not None and value > maximum
+    if (low or high) and minimum is not None and maximum is not None:
+        raise UserError(f"{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
+    if low:
+        raise UserError(f"{name} must be at least {minimum:g}, got {value!r}")
+    if high:
+        raise UserError(f"{name} must be at most {maximum:g}, got {value!r}")
     return int(value) if integer else float(value)
 
 

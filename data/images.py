@@ -26,9 +26,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     files fail before training starts."""
     try:
         with Image.open(path) as im:
-            turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # shown turned by 90 degrees
-            size = im.size[::-1] if turned else im.size
+            size = im.size
             im.verify()  # reads every chunk: catches truncation and bad checksums (PNG)
+        with Image.open(path) as im:  # verify() leaves the image unusable
+            if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # shown turned by 90 degrees
+                size = size[::-1]
     except READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     return size

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, load_state, load_weights, native_bf16
+from common import UserError, load_state, load_weights, native_bf16, resolve_device
 from models.config import load_maskgit_config
 from models.pretrained import (
     DEFAULT_MODEL,
@@ -133,6 +133,7 @@ class MaskGit(nn.Module):
         `precision` (default: default_precision of the device)."""
         if not isinstance(path, (str, os.PathLike)):
             raise UserError(f"from_pretrained takes the path of an exported model folder, not {path!r}")
+        device = resolve_device(device)
         path = Path(path)
         if not path.exists():
             raise UserError(f"model not found: {path}")

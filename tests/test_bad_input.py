@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,10 +32,23 @@ import fid.fid_score_gpu as fid_cli
 import inpainting
 import training_transformer
 import training_vqgan
-from common import UserError, load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
+from common import (
+    SEED_MAX,
+    UserError,
+    check_destination,
+    check_output_dir,
+    check_readable,
+    check_writable,
+    load_checkpoint,
+    remove_orphaned_temp_files,
+    run_cli,
+    save_checkpoint,
+)
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
 from fid import open_images
+from maskgit_inpaint import inpaint
+from models import MaskGit
 from scripts import compare_runs, convert_weights, sweep
 from scripts.convert_weights import convert
 
@@ -87,6 +101,12 @@ def world(tmp_path_factory) -> Path:
     convert("vqgan", root / "model" / "vqgan.pt", root / "model" / "VQGAN.yml", root / "vq_export")
     convert("maskgit", root / "model" / "transformer.pt", root / "model" / "MaskGit.yml", root / "tr_export",
             vqgan=root / "vq_export")
+    flipped = shutil.copytree(root / "tr_export", root / "tr_flipped")
+    weights = bytearray((flipped / "model.safetensors").read_bytes())
+    weights[-5] ^= 0xFF
+    (flipped / "model.safetensors").write_bytes(bytes(weights))
+    shutil.copytree(root / "tr_export", root / "tr_noconfig")
+    (root / "tr_noconfig" / "config.json").unlink()
     np.savez(root / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     np.savez(root / "other.npz", weights=np.zeros(3))
     save_png(np.full((16, 16), 255, np.uint8), root / "handmasks" / "pic0.png")  # a mask the user drew
@@ -183,6 +203,41 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "masks/out holds a hand-made mask": (
         "masks", ["--images", "W/images", "--out", "W/handmasks"],
         "--out W/handmasks/pic0.png already exists and holds another image"),
+    # weights checked on load
+    "inpainting/flipped bytes in a model folder": (
+        "inpainting", ["--MaskGitConfig", "", "--load-transformer-ckpt-path", "W/tr_flipped"],
+        "W/tr_flipped/model.safetensors does not match the digest in its config.json"),
+    "inpainting/model folder without config.json": (
+        "inpainting", ["--MaskGitConfig", "", "--load-transformer-ckpt-path", "W/tr_noconfig"],
+        "W/tr_noconfig is not an exported model folder (no config.json)"),
+    "inpainting/total-iter above the token count": (
+        "inpainting", ["--total-iter", "17"], "between 1 and 16, got 17"),
+    "inpainting/sample-temperature nan": (
+        "inpainting", ["--sample-temperature", "nan"], "must be a finite number, got nan"),
+    "inpainting/seed beyond 64 bits": (
+        "inpainting", ["--random-seed", "99999999999999999999999"], "(seed) must be between 0 and"),
+    "transformer/save-per-epoch -1": (
+        "transformer", ["--checkpoint-path", "T/run", "--save-per-epoch", "-1"],
+        "--save-per-epoch must be at least 0, got -1"),
+    **{f"{cli}/random-seed beyond 64 bits": (cli, [run_flag, "T/run", "--random-seed", str(2**64)],
+                                             "--random-seed must be between 0 and")
+       for cli, run_flag in (("vqgan", "--run-dir"), ("transformer", "--checkpoint-path"))},
+    "vqgan/run-dir inside the training images": (
+        "vqgan", ["--run-dir", "W/data/clean/run"], "--run-dir W/data/clean/run is inside the image folder"),
+    "vqgan/weights without evaluate": (
+        "vqgan", ["--run-dir", "T/run", "--weights", "W/model/vqgan.pt"], "--weights goes with --evaluate"),
+    "compare/images 0": ("compare", ["--images", "0", "--out", "T/c.png"], "--images must be at least 1"),
+    "compare/images -3": ("compare", ["--images", "-3", "--out", "T/c.png"], "got -3"),
+    "compare/out with an unknown suffix": ("compare", ["--out", "T/c.pdf"], "--out must be a .png file or a folder"),
+    "compare/out under a file": ("compare", ["--out", "W/a_file.txt/c.png"], "W/a_file.txt is a file, not a folder"),
+    "compare/runs is a file": ("compare", ["--runs", "W/a_file.txt", "--out", "T/c.png"],
+                               "--runs W/a_file.txt is a file, not a folder"),
+    "fid/cache-dir names a file": (
+        "fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good", "--cache-dir", "W/a_file.txt"],
+        "--cache-dir W/a_file.txt is a file, not a folder"),
+    "convert/weights is a folder": (
+        "convert", ["vqgan", "W/model", "--config", "W/model/VQGAN.yml", "--out", "T/x"],
+        "weights W/model is a folder"),
     # checkpoints
     "inpainting/empty checkpoint": (
         "inpainting", ["--load-transformer-ckpt-path", "W/model/empty.pt"], "W/model/empty.pt is empty (0 bytes)"),
@@ -240,6 +295,8 @@ def run_case(cli: str, args: list[str], w: Path, scratch: Path, monkeypatch, cap
     argv = [f"{w}" if a == "W" else a for a in argv]
     if cli in ("inpainting", "sweep"):
         argv = inpainting_args(w) + argv
+    for flag in [a for a, value in zip(argv, argv[1:]) if value == ""]:  # FLAG "": leave out the default FLAG
+        argv = [a for i, a in enumerate(argv) if a != flag and (i == 0 or argv[i - 1] != flag)]
     if cli in ARGV_FROM_SYS:
         monkeypatch.setattr(sys, "argv", [cli, *argv])
         call = main
@@ -357,6 +414,121 @@ def test_compare_runs_writes_into_a_folder_and_replaces_its_own_figure(world, tm
     assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
     compare_runs.main(argv)  # its own figure: replaced
     assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
+
+
+# ----------------------------------------------------------------------------- the API and the loading checks
+
+@pytest.fixture(scope="module")
+def tiny_model(world):
+    return MaskGit.from_pretrained(world / "tr_export")
+
+
+IMAGE = np.full((16, 16, 3), 128, np.uint8)
+HOLE = np.zeros((16, 16), bool)
+HOLE[4:8, 4:8] = True
+
+
+@pytest.mark.parametrize("image, mask, options, message", [
+    (None, HOLE, {}, "not NoneType"),
+    (torch.zeros(3, 16, 16), HOLE, {}, "not Tensor"),
+    ([[1, 2]], HOLE, {}, "not list"),
+    (np.zeros((0, 0, 3), np.uint8), HOLE, {}, "is 0x0 pixels"),
+    (IMAGE, HOLE.astype(float), {}, "mask array of values in [0, 1] is ambiguous"),
+    (IMAGE, HOLE, {"total_iter": 2.5}, "total_iter) must be an integer, got 2.5"),
+    (IMAGE, HOLE, {"total_iter": "3"}, "got '3'"),
+    (IMAGE, HOLE, {"total_iter": 17}, "must be between 1 and 16, got 17"),  # 16 tokens
+    (IMAGE, HOLE, {"seed": 1.5}, "seed) must be an integer, got 1.5"),
+    (IMAGE, HOLE, {"seed": 10**30}, "got 1000000000000000000000000000000"),
+    (IMAGE, HOLE, {"sample_temperature": float("nan")}, "must be a finite number, got nan"),
+    (IMAGE, HOLE, {"choice_temperature": float("inf")}, "got inf"),
+])
+def test_inpaint_bad_input_is_one_user_error(tiny_model, image, mask, options, message):
+    with pytest.raises(UserError) as err:
+        inpaint(image, mask, tiny_model, **options)
+    assert message in str(err.value)
+
+
+def test_the_largest_seed_runs(tiny_model):
+    assert inpaint(IMAGE, HOLE, tiny_model, seed=SEED_MAX, readout="sample").image.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("path, message", [
+    (None, "not None"), (5, "not 5"), ("no/such/model", "model not found"),
+    ("W/model/transformer.pt", "is a file, not an exported model folder")])
+def test_from_pretrained_bad_path(world, path, message):
+    path = str(path).replace("W/", f"{world}/") if isinstance(path, str) else path
+    with pytest.raises(UserError, match=message):
+        MaskGit.from_pretrained(path)
+    if isinstance(path, str) and path.startswith(str(world)):
+        with pytest.raises(UserError, match="device"):
+            MaskGit.from_pretrained(world / "tr_export", device="tpu")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "model.safetensors does not match the digest in its config.json"),
+    ("zero digest", "does not match the digest"),
+    ("no config", "is not an exported model folder (no config.json)"),
+])
+@pytest.mark.parametrize("kind", ["maskgit", "vqgan"])
+def test_damaged_model_folders_are_refused_on_load(world, tmp_path, damage, message, kind):
+    model = shutil.copytree(world / "tr_export", tmp_path / "tr")
+    vqgan = shutil.copytree(world / "vq_export", tmp_path / "vq")
+    folder = model if kind == "maskgit" else vqgan
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0xFF
+        data[-7] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "zero digest":
+        meta = json.loads(config.read_text())
+        config.write_text(json.dumps({**meta, "digest": "sha256:" + "0" * 64}))
+    else:
+        config.unlink()
+    with pytest.raises(UserError, match=re.escape(message)):
+        MaskGit.from_pretrained(model, vqgan)
+
+
+def test_a_transformer_given_as_the_vqgan_is_named(world):
+    with pytest.raises(UserError, match="holds transformer weights, not a VQGAN"):
+        MaskGit.from_pretrained(world / "tr_export", world / "model" / "transformer.pt")
+    with pytest.raises(UserError, match="holds a maskgit model, not a vqgan one"):
+        MaskGit.from_pretrained(world / "tr_export", world / "tr_export")
+
+
+def test_exif_orientation_turns_images_and_masks_alike(tmp_path):
+    wide = np.zeros((8, 16, 3), np.uint8)
+    wide[:, :4] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the band at the top
+    Image.fromarray(wide).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    Image.fromarray(wide[..., 0]).save(tmp_path / "mask.png", exif=exif)
+    shown = read_image(tmp_path / "photo.jpg")
+    assert shown.shape == (16, 8, 3) and shown[:4].mean() > 200 and shown[8:].mean() < 50
+    assert data.masks.image_size(tmp_path / "photo.jpg") == (8, 16)
+    mask = data.masks.read_hole(tmp_path / "mask.png")
+    assert mask.shape == (16, 8) and not mask[:4].any() and mask[8:].all()
+
+
+def test_path_checks_answer_as_for_an_unprivileged_user(tmp_path, monkeypatch):
+    """root reads and writes anything, so os.access answers as it would for another user."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "config.yml").write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not Path(p).is_relative_to(locked) and real_access(p, mode))
+    with pytest.raises(UserError, match=f"--config {locked / 'config.yml'} is not readable"):
+        check_readable(locked / "config.yml", "--config", folder=False)
+    with pytest.raises(UserError, match=f"--images {locked} is not readable"):
+        check_readable(locked, "--images", folder=True)
+    with pytest.raises(UserError, match=f"--export {locked / 'new'}: {locked} is not writable"):
+        check_writable(locked / "new", "--export")
+    with pytest.raises(UserError, match=f"--out {locked / 'fig.png'}: {locked} is not writable"):
+        check_destination(locked / "fig.png", "--out")
+    with pytest.raises(UserError, match=f"--cache-dir {locked} is not writable|{locked} is not writable"):
+        check_output_dir(locked, "--cache-dir")
+    with pytest.raises(UserError, match="--runs .* is a file, not a folder"):
+        check_readable(locked / "config.yml", "--runs", folder=True)
 
 
 def make_pairs(folder: Path, image_names: list[str], mask_names: list[str]) -> tuple[Path, Path]:
