@@ -143,6 +143,8 @@ CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
 }
 ARGV_FROM_SYS = {"masks", "prepare", "vqgan", "transformer"}  # main() reads sys.argv
 
+FID_PAIR = ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good"]  # two readable image folders
+
 # id: (cli, arguments, what the one line must contain)
 CASES: dict[str, tuple[str, list[str], str]] = {
     # data loss
@@ -197,9 +199,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "fid/save-stats onto the predicted statistics": (
         "fid", ["--predicted-path", "W/stats.npz", "--gt-path", "W/fid_good", "--save-stats", "W/stats.npz"],
         "--save-stats W/stats.npz would replace W/stats.npz, an input of this run"),
-    "fid/save-stats onto another npz": (
-        "fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good", "--save-stats", "W/other.npz"],
-        "--save-stats W/other.npz already exists and holds something other than FID statistics"),
+    "fid/save-stats onto another npz": ("fid", [*FID_PAIR, "--save-stats", "W/other.npz"],
+                                        "--save-stats W/other.npz already exists and holds something other than FID"),
     "masks/out holds a hand-made mask": (
         "masks", ["--images", "W/images", "--out", "W/handmasks"],
         "--out W/handmasks/pic0.png already exists and holds another image"),
@@ -232,9 +233,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "compare/out under a file": ("compare", ["--out", "W/a_file.txt/c.png"], "W/a_file.txt is a file, not a folder"),
     "compare/runs is a file": ("compare", ["--runs", "W/a_file.txt", "--out", "T/c.png"],
                                "--runs W/a_file.txt is a file, not a folder"),
-    "fid/cache-dir names a file": (
-        "fid", ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good", "--cache-dir", "W/a_file.txt"],
-        "--cache-dir W/a_file.txt is a file, not a folder"),
+    "fid/cache-dir names a file": ("fid", [*FID_PAIR, "--cache-dir", "W/a_file.txt"],
+                                   "--cache-dir W/a_file.txt is a file, not a folder"),
     "convert/weights is a folder": (
         "convert", ["vqgan", "W/model", "--config", "W/model/VQGAN.yml", "--out", "T/x"],
         "weights W/model is a folder"),
