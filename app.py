@@ -12,9 +12,9 @@ from the network.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
+import socket
 import warnings
 from pathlib import Path
 
@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 
 import numpy as np
 
-from common import UserError, resolve_device, resolve_path, run_cli
+from common import ArgumentParser, UserError, check_number, check_readable, resolve_device, resolve_path, run_cli
 from data import list_images, read_hole
 from maskgit_inpaint import Decoding, Inpainted, inpaint
 from maskgit_inpaint.figures import steps_figure
@@ -70,7 +70,10 @@ def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, *values: 
     if image is None:
         raise UserError("upload an image or pick a test image first")
     mask = painted_mask(editor)
-    settings = {name: CASTS.get(name, lambda v: v)(value) for name, value in zip(WIDGET_FIELDS, values)}
+    try:
+        settings = {name: CASTS.get(name, lambda v: v)(value) for name, value in zip(WIDGET_FIELDS, values)}
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"every setting needs a value: {dict(zip(WIDGET_FIELDS, values))}") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result: Inpainted = inpaint(image, mask, model, return_steps=True, **settings)
@@ -164,8 +167,18 @@ def build(model: MaskGit, test_images: list[Path]):
     return page
 
 
+def check_port(port: int) -> None:
+    """--port: a TCP port number that no other program on this machine is listening on."""
+    check_number(port, "--port", minimum=1, maximum=65535, integer=True)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise UserError(f"--port {port} cannot be used ({err.strerror}); pick another port") from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="exported transformer folder (default: the shipped one)")
     p.add_argument("--vqgan", default=None, help="VQGAN weights (default: the one the model names)")
     p.add_argument("--port", type=int, default=7860)
@@ -174,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the transformer's: fp32 or bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--test-images", default=TEST_IMAGES, help="folder offered in the picker (default: %(default)s)")
     args = p.parse_args(argv)
+    check_port(args.port)
+    if args.test_images != TEST_IMAGES:  # the default may not be built yet: then the picker is left out
+        check_readable(args.test_images, "--test-images", folder=True)
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.MaskGitConfig or DEFAULT_CONFIG)  # a baseline uses no model, only the image size
     else:
         cfg = model_config(args.load_transformer_ckpt_path, args.MaskGitConfig)
-    decoding, note = decoding_from_args(args).resolved(cfg["gamma_type"], cfg["choice_temperature"])
+    decoding, note = decoding_from_args(args).resolved(cfg["gamma_type"], cfg["choice_temperature"],
+                                                       cfg["num_image_tokens"])
     if note:
         print(f"warning: {note}", file=sys.stderr)
     device = resolve_device(args.device, args.cpu_fallback)

@@ -25,6 +25,7 @@ from common import (
     atomic_write,
     check_minimum,
     check_output_dir,
+    check_seed,
     load_checkpoint,
     load_state,
     remove_orphaned_temp_files,
@@ -32,7 +33,7 @@ from common import (
     save_checkpoint,
     spelled,
 )
-from models.pretrained import write_exported
+from models.pretrained import check_export_destination, export_origin, write_exported
 
 # ----------------------------------------------------------------------------- flags
 
@@ -61,7 +62,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config: str, run_dir: str, 
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--export", metavar="DEST", help="write RUN_DIR/best.pt's weights as an exported folder (float16 "
-                   "safetensors + config.json) at DEST and exit")
+                   "safetensors + config.json) at DEST and exit (it may replace only an earlier export of this run)")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace another model folder at DEST")
 
 
 def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir") -> None:
@@ -71,8 +73,14 @@ def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir
         raise UserError(f"{run_dir_flag} is the run folder (last.pt, best.pt, logs go inside it), "
                         f"not a file: {args.run_dir}")
     check_output_dir(args.run_dir, run_dir_flag)
+    run_dir = Path(args.run_dir).resolve()
+    for data in (*args.train_path, args.val_path):
+        if run_dir.is_relative_to(Path(data).resolve()):
+            raise UserError(f"{run_dir_flag} {args.run_dir} is inside the image folder {data}: the run's figures "
+                            f"would be read as images; choose another {run_dir_flag}")
     check_minimum(args, 1, "--batch-size", "--epochs", "--max-steps", "--save-every", "--log-every")
     check_minimum(args, 0, "--num_workers")
+    check_seed(args.random_seed, "--random-seed")
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -323,14 +331,24 @@ def reschedule(parts: dict[str, Stateful], old_lr: float, new_lr: float) -> list
     return changed
 
 
+def changed_model_keys(state: dict, cfg: dict | None) -> list[str]:
+    """The model_param values (numbers and names, e.g. label_smoothing, gamma_type) that differ
+    from the checkpoint's, as "key old -> new": they apply from here on, so a resume says so."""
+    saved = state.get("config") or {}
+    return [f"{key} {saved[key]} -> {new}" for key, new in (cfg or {}).items()
+            if key in saved and not isinstance(new, dict) and saved[key] != new]
+
+
 def restore(state: dict, parts: dict[str, Stateful], rank: int, source: Path, config: str | os.PathLike, *,
-            tcfg: dict, total_steps: int, stop_at: int, device: torch.device | None = None) -> None:
+            tcfg: dict, total_steps: int, stop_at: int, device: torch.device | None = None,
+            cfg: dict | None = None) -> None:
     """Load a training checkpoint's entries into `parts` ({checkpoint key: module, optimizer or
     scheduler}) and this rank's RNG state. A checkpoint of another config is one UserError. This
     run's train_param (`tcfg`) applies from here: a new learning_rate, epochs or warmup_steps puts
     the LR schedule (now `total_steps` long) on the new values, said in one line; a change that
-    cannot apply (FIXED_ON_RESUME) is refused, and so is a run with no step left before `stop_at`."""
-    changes = reconcile_train_param(state, source, tcfg)
+    cannot apply (FIXED_ON_RESUME) is refused, and so is a run with no step left before `stop_at`.
+    Changed model_param values (`cfg`: changed_model_keys) are said too."""
+    changes = reconcile_train_param(state, source, tcfg) + changed_model_keys(state, cfg)
     step = state["step"]
     if step >= stop_at:
         raise UserError(f"{source} is at step {step} and this run stops at step {stop_at} ({tcfg['epochs']} epochs "
@@ -402,8 +420,18 @@ def best_checkpoint(run_dir: str | os.PathLike, key: str) -> dict:
     return load_checkpoint(Path(run_dir) / "best.pt", keys=(key,))
 
 
+def check_export(args: argparse.Namespace, kind: str, *inputs: str | os.PathLike | None) -> str:
+    """--export DEST, before anything is read: not one of the run's inputs (its folder, config, data
+    and `inputs`) and, when it exists, this run's earlier `kind` export (or --overwrite).
+    Returns the origin the export records."""
+    origin = export_origin(args.run_dir)
+    check_export_destination(args.export, "--export", kind, origin,
+                             [args.run_dir, args.config, *args.train_path, args.val_path, *inputs], args.overwrite)
+    return origin
+
+
 def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLike, kind: str, config: dict,
-           train_paths: Sequence[str | os.PathLike], **facts: object) -> None:
+           train_paths: Sequence[str | os.PathLike], origin: str, **facts: object) -> None:
     """Write the `key` weights of a run's best checkpoint, loaded into `module`, as an exported
     folder at `dest` (float16 safetensors + config.json, models/pretrained.py) with the config, the
     run's step and train_param, the training data's credits (the CREDITS.md beside each training
@@ -414,7 +442,7 @@ def export(module: nn.Module, checkpoint: dict, key: str, dest: str | os.PathLik
     run = {k: checkpoint[k] for k in ("step", "best_val_loss", "best_psnr", "best", "train_param") if k in checkpoint}
     credits = [c.read_text() for c in (Path(p).parent / "CREDITS.md" for p in train_paths) if c.is_file()]
     data = {"train_path": " ".join(map(str, train_paths)), **({"credits": "\n\n".join(credits)} if credits else {})}
-    write_exported(dest, kind, module, config, run=run, data=data, **facts)
+    write_exported(dest, kind, module, config, origin, run=run, data=data, **facts)
     print(f"wrote {dest}")
 
 

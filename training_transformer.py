@@ -38,6 +38,7 @@ import training
 from common import (
     UserError,
     autocast,
+    check_minimum,
     file_sha256,
     load_checkpoint,
     load_state,
@@ -58,6 +59,7 @@ from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import load_maskgit
 from models.pretrained import (
+    check_trained_on,
     read_description,
     read_vqgan_weights,
     vqgan_file_digests,
@@ -248,14 +250,6 @@ def inpainting_summary(metrics: dict[str, float]) -> str:
             f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
 
 
-def check_trained_on(checkpoint: dict, source: str | Path, vqgan_ckpt: str | Path) -> None:
-    """A training checkpoint records the VQGAN file its tokens came from (`vqgan_digest`): one
-    UserError when `vqgan_ckpt` is not that file (or one it was converted from)."""
-    if checkpoint.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
-        raise UserError(f"{source} was trained on another VQGAN file than {vqgan_ckpt}; pass --vqgan-ckpt with "
-                        "the one it was trained on")
-
-
 def trained_on(path: Path, vqgan_ckpt: str | Path) -> bool:
     """Whether the --init-from weights at `path` may come from the tokens of `vqgan_ckpt`: False when
     they record another VQGAN (a run checkpoint or an exported folder does), else True."""
@@ -290,6 +284,7 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--val-per-epoch must be at least 1, got {args.val_per_epoch}")
     if args.val_inpaint < 0:
         raise UserError(f"--val-inpaint must be at least 0, got {args.val_inpaint}")
+    check_minimum(args, 0, "--save-per-epoch")
     if args.resume and args.start_from_epoch:
         raise UserError("--resume (from last.pt) and --start-from-epoch (from epochNNN.pt) exclude each other")
     if args.init_from and (args.resume or args.start_from_epoch):
@@ -465,7 +460,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
             check_trained_on(state, source, vqgan_ckpt)
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device)
+                             stop_at=stop_at, device=device, cfg=cfg)
             step, best_val_loss = state["step"], state["best_val_loss"]
             best = state.get("best", {"by": "val_loss", "score": -best_val_loss})  # runs before best_score
             if is_main:
@@ -554,12 +549,13 @@ def export(args: argparse.Namespace) -> None:
     vqgan_path = args.vqgan_ckpt or model_cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
+    origin = training.check_export(args, "maskgit", vqgan_path)
     check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
     cfg = {k: v for k, v in model_cfg.items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
     training.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
-                    args.train_path, vqgan=vqgan)
+                    args.train_path, origin, vqgan=vqgan)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="k-means the training latents of --weights into K codes and export that VQGAN at --export")
     p.add_argument("--refit-decoder-steps", type=int, default=0, metavar="N",
                    help="with --refit-codebook: fine-tune the decoder on the new codes for N steps (default: 0)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.weights is not None and not args.evaluate and args.refit_codebook is None:
+        raise UserError("--weights goes with --evaluate DIR or --refit-codebook K (it names the weights to evaluate "
+                        "or refit); training starts from scratch or, with --resume, from RUN_DIR/last.pt")
+    return args
 
 
 def gan_losses(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -349,7 +353,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device)
+                             stop_at=stop_at, device=device, cfg=cfg)
             step, best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
                 counts, epoch_counts = state["code_counts"][rank]
@@ -428,9 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.refit_codebook is not None:
         refit(config, args)
     elif args.export:
+        origin = training.check_export(args, "vqgan")
         best = training.best_checkpoint(args.run_dir, "vqgan")
         cfg = best.get("config", config.model)
-        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path)
+        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path, origin)
     elif args.evaluate:
         evaluate(config.model, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
     else:

@@ -1,7 +1,8 @@
-"""Shared plumbing for every script, one module per job: errors, cli (the runner, the flag and
-output-folder checks), paths, devices, progress bars, files (atomic writes, digests, CSV) and checkpoints. The
-training-only half (RNG state, distributed set-up, LR schedule, run log, sampler) is in training.py.
-Nothing here imports the models."""
+"""Shared plumbing for every script, one module per job: errors, cli (the runner and the flags'
+spellings), checks (numbers, paths to read, folders and destinations to write), paths, devices,
+progress bars, files (atomic writes, digests, CSV) and checkpoints. The training-only half (RNG
+state, distributed set-up, LR schedule, run log, sampler) is in training.py. Nothing here imports
+the models."""
 from common.checkpoints import (
     WEIGHTS_FILE,
     extract_state_dict,
@@ -13,7 +14,17 @@ from common.checkpoints import (
     read_weights,
     save_checkpoint,
 )
-from common.cli import LAB_SPELLINGS, ArgumentParser, check_minimum, check_output_dir, run_cli, spelled
+from common.checks import (
+    SEED_MAX,
+    check_destination,
+    check_minimum,
+    check_number,
+    check_output_dir,
+    check_readable,
+    check_seed,
+    check_writable,
+)
+from common.cli import LAB_SPELLINGS, ArgumentParser, run_cli, spelled
 from common.devices import DEFAULT_NUM_WORKERS, autocast, native_bf16, numerics, resolve_device, seed_everything
 from common.errors import UserError
 from common.files import TEMP_NAME, atomic_write, file_sha256, remove_orphaned_temp_files, write_csv
@@ -24,14 +35,20 @@ __all__ = [
     "DEFAULT_NUM_WORKERS",
     "LAB_SPELLINGS",
     "REPO_ROOT",
+    "SEED_MAX",
     "TEMP_NAME",
     "WEIGHTS_FILE",
     "ArgumentParser",
     "UserError",
     "atomic_write",
     "autocast",
+    "check_destination",
     "check_minimum",
+    "check_number",
     "check_output_dir",
+    "check_readable",
+    "check_seed",
+    "check_writable",
     "extract_state_dict",
     "file_sha256",
     "half_state_dict",

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from common import UserError
 
@@ -17,13 +17,20 @@ READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBo
 _WIDE_GRAY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
+ORIENTATION = 0x0112  # the EXIF tag that says how a camera image is turned; 5-8 swap width and height
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, after checking its structure without decoding the pixels.
-    Cheap enough to run over a whole folder up front, so bad files fail before training starts."""
+    """(width, height) of an image file as shown (EXIF orientation applied), after checking its
+    structure without decoding the pixels. Cheap enough to run over a whole folder up front, so bad
+    files fail before training starts."""
     try:
         with Image.open(path) as im:
             size = im.size
             im.verify()  # reads every chunk: catches truncation and bad checksums (PNG)
+        with Image.open(path) as im:  # verify() leaves the image unusable
+            if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # shown turned by 90 degrees
+                size = size[::-1]
     except READ_ERRORS as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     return size
@@ -75,12 +82,14 @@ def fit_pil(im: Image.Image, size: tuple[int, int], fit: str = "resize", resampl
 
 def read_image(path: str | os.PathLike, mode: str = "RGB", size: int | tuple[int, int] | None = None,
                fit: str = "resize") -> np.ndarray:
-    """Decode an image as a uint8 array: "RGB" -> HxWx3 (transparency composited on white), "L" -> HxW;
+    """Decode an image, turned as its EXIF orientation says, as a uint8 array: "RGB" -> HxWx3
+    (transparency composited on white), "L" -> HxW;
     16-bit grayscale is scaled to 8 bits. With `size` (a side, or (width, height)), images of another
     size are brought to it (see fit_box; bicubic, or nearest for "L")."""
     size = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # a phone photo as it is shown, and its mask alike
             im = to_rgb(im) if mode == "RGB" else to_8bit(im).convert(mode)
             if size is not None:
                 im = fit_pil(im, size, fit, Image.NEAREST if mode == "L" else Image.BICUBIC)

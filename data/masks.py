@@ -13,12 +13,13 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
-from common import UserError, check_output_dir, run_cli
+from common import UserError, check_destination, check_output_dir, check_seed, run_cli
 from data.ground_truth import list_images
 from data.images import READ_ERRORS, fit_box, has_alpha, image_size, read_image, save_png, to_8bit
 
@@ -165,6 +166,9 @@ def _mask_array(mask: MaskSource) -> np.ndarray:
     if isinstance(mask, np.ndarray):
         if mask.dtype == bool and mask.ndim == 2:
             return mask
+        if mask.size and mask.min() >= 0 and mask.max() <= 1 and (mask.dtype != np.uint8 or mask.max() == 1):
+            raise UserError("a mask array of values in [0, 1] is ambiguous (is 1 the hole?): pass a bool array, "
+                            "True = hole (e.g. mask > 0.5 when 1 marks the hole), or a uint8 mask, black = hole")
         if mask.ndim == 2 or (mask.ndim == 3 and mask.shape[2] in (3, 4)):
             return mask.astype(np.uint8) if mask.dtype != np.uint8 else mask
         raise UserError(f"a mask array must be (H, W) or (H, W, 3 or 4), got shape {mask.shape}")
@@ -173,7 +177,7 @@ def _mask_array(mask: MaskSource) -> np.ndarray:
         return np.asarray(im.convert("RGBA") if has_alpha(im) else im.convert("L"))
     try:
         with Image.open(mask) as im:
-            return _mask_array(im.copy())
+            return _mask_array(ImageOps.exif_transpose(im))  # turned like its image (read_image)
     except FileNotFoundError:
         raise UserError(f"mask not found: {mask}") from None
     except READ_ERRORS as err:
@@ -251,14 +255,30 @@ def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return masked
 
 
+def _replaces_only_the_same(image: np.ndarray) -> Callable[[Path], str | None]:
+    """For check_destination: an existing file may be replaced when it already holds `image`
+    (a rerun with the same settings); any other file (a hand-made mask) needs --overwrite."""
+    def replaceable(path: Path) -> str | None:
+        try:
+            same = np.array_equal(read_image(path, "L" if image.ndim == 2 else "RGB"), image)
+        except UserError:
+            same = False
+        return None if same else "holds another image (a mask made otherwise?)"
+    return replaceable
+
+
 def write_masks(
-    kind: str, images: str | Path, out: str | Path, seed: int = 0, masked_out: str | Path | None = None
+    kind: str, images: str | Path, out: str | Path, seed: int = 0, masked_out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Write one mask per image in `images` to `out` (same stem, .png, same square size as the image).
     `kind` is a MASK_KINDS name or "dataset", the default dataset's mix (see dataset_mask). With
-    `masked_out`, also write each image with its hole painted gray. Returns the number of masks."""
+    `masked_out`, also write each image with its hole painted gray. An existing file of the same
+    name is replaced only when it holds what this run writes, or with `overwrite`. Returns the
+    number of masks."""
     if kind not in WRITE_KINDS:
         raise UserError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(WRITE_KINDS)}")
+    check_seed(seed, "--seed")
     files = list_images(images)
     sizes = [image_size(f) for f in files]  # check every file before writing anything
     for f, (w, h) in zip(files, sizes, strict=True):
@@ -273,14 +293,19 @@ def write_masks(
         check_output_dir(masked_out, "--masked-out", names, [images])
         if Path(masked_out).resolve() == Path(out).resolve():
             raise UserError(f"--out and --masked-out are both {out}: the masked images would overwrite the masks")
+    masks = [dataset_mask(f.stem, w, seed) if kind == "dataset" else generate_mask(kind, w, seeded_rng(seed, f.stem))
+             for f, (w, _) in zip(files, sizes, strict=True)]
+    writes = [(Path(out) / name, "--out", mask) for name, mask in zip(names, masks, strict=True)]
+    if masked_out is not None:
+        writes += [(Path(masked_out) / name, "--masked-out", apply_mask(read_image(f), mask))
+                   for f, name, mask in zip(files, names, masks, strict=True)]
+    for path, flag, image in writes:
+        check_destination(path, flag, replaceable=_replaces_only_the_same(image), overwrite=overwrite)
     for folder in (out, masked_out):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
-    for f, (w, _) in zip(files, sizes, strict=True):
-        mask = dataset_mask(f.stem, w, seed) if kind == "dataset" else generate_mask(kind, w, seeded_rng(seed, f.stem))
-        save_png(mask, Path(out) / f"{f.stem}.png")
-        if masked_out is not None:
-            save_png(apply_mask(read_image(f), mask), Path(masked_out) / f"{f.stem}.png")
+    for path, _, image in writes:
+        save_png(image, path)
     return len(files)
 
 
@@ -292,8 +317,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--masked-out", help="optional folder for the images with their holes painted gray")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files of the same names that hold other images (hand-made masks)")
     args = parser.parse_args()
-    n = write_masks(args.kind, args.images, args.out, args.seed, args.masked_out)
+    n = write_masks(args.kind, args.images, args.out, args.seed, args.masked_out, args.overwrite)
     print(f"wrote {n} {args.kind} masks to {args.out}")
 
 

@@ -9,15 +9,13 @@ computes them once. From Python: `from fid import compute_fid`.
 """
 from __future__ import annotations
 
-import argparse
-
-from common import DEFAULT_NUM_WORKERS, UserError, check_minimum, resolve_device, run_cli, spelled
+from common import DEFAULT_NUM_WORKERS, ArgumentParser, UserError, check_minimum, resolve_device, run_cli, spelled
 from fid.inception import DIMS
 from fid.score import compute_fid
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predicted-path", help="generated images: folder, CSV or .npz of statistics")
     parser.add_argument(*spelled("--gt-path"), dest="gt_path", required=True,
                         help="ground truth: folder, lab CSV (--gtcsv-path is the lab's name) or .npz of statistics")
@@ -33,18 +31,19 @@ def main(argv: list[str] | None = None) -> None:
                         "without --predicted-path, only do that")
     parser.add_argument("--cache-dir", help="ground-truth statistics cache (default: $FID_CACHE_DIR or "
                         "~/.cache/maskgit_fid)")
+    parser.add_argument("--overwrite", action="store_true", help="let --save-stats replace a file that holds "
+                        "something other than FID statistics")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the statistics cache")
     args = parser.parse_args(argv)
     if args.predicted_path is None and args.save_stats is None:
         raise UserError("give --predicted-path (or --save-stats PATH.npz to only save the ground-truth statistics)")
     check_minimum(args, 1, "--batch-size")
     check_minimum(args, 0, "--num-workers")
-    if args.save_stats is not None and not args.save_stats.lower().endswith(".npz"):
-        raise UserError(f"--save-stats must name an .npz file, not {args.save_stats}")
     value = compute_fid(
         args.predicted_path, args.gt_path, dims=args.dims, device=resolve_device(args.device, args.cpu_fallback),
         batch_size=args.batch_size, num_workers=args.num_workers, weights=args.inception_weights,
         cache=not args.no_cache, cache_dir=args.cache_dir, save_stats=args.save_stats,
+        overwrite=args.overwrite,
     )
     if value is None:
         print(f"saved ground-truth statistics to {args.save_stats}")

@@ -33,6 +33,8 @@ from torchvision.models.inception import (
 from common import UserError
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+# the SHA-256 prefixes of weights files FID accepts: pytorch-fid's, as its name says (torch hub's convention)
+TRUSTED_SHA256 = {WEIGHTS_NAME.removesuffix(".pth").rsplit("-", 1)[-1]}
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 WEIGHTS_ENV = "FID_INCEPTION_WEIGHTS"
 DIMS = (64, 192, 768, 2048)
@@ -172,8 +174,12 @@ def load_inception(
         raise UserError(f"{path} is not a state dict (got {type(state).__name__}); FID needs {WEIGHTS_NAME}")
     model = FIDInceptionV3(dims)
     check_state_dict(state, model, path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not any(sha256.startswith(prefix) for prefix in TRUSTED_SHA256):
+        raise UserError(f"{path} is not pytorch-fid's {WEIGHTS_NAME} (its SHA-256 begins {sha256[:8]}, not "
+                        f"{min(TRUSTED_SHA256)}): a FID from other weights compares with no other; download it again")
     model.load_state_dict(state, strict=False)
-    model.weights_sha256 = hashlib.sha256(data).hexdigest()
+    model.weights_sha256 = sha256
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import UserError, resolve_device
+from common import UserError, check_destination, check_output_dir, resolve_device
 from fid.feature_stats import cached_statistics, compute_statistics, load_statistics, save_statistics
 from fid.frechet import frechet_distance
 from fid.inception import DIMS, FIDInceptionV3, load_inception
@@ -17,6 +17,17 @@ from fid.inputs import open_images
 
 def _is_npz(source: str | os.PathLike | np.ndarray) -> bool:
     return not isinstance(source, np.ndarray) and Path(source).suffix.lower() == ".npz"
+
+
+def _statistics_file(path: Path) -> str | None:
+    """None when `path` holds FID statistics only (mu, sigma), which --save-stats may replace."""
+    try:
+        with np.load(path) as stats:
+            if sorted(stats.files) == ["mu", "sigma"]:
+                return None
+    except (OSError, ValueError):
+        pass
+    return "holds something other than FID statistics (mu, sigma)"
 
 
 def compute_fid(
@@ -32,14 +43,23 @@ def compute_fid(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     save_stats: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> float | None:
     """FID between `predicted` and `ground_truth`: each a folder of images, a lab CSV, an .npz of
     statistics or a uint8 (N, H, W, 3) array. Ground-truth statistics of a folder or CSV are cached
-    (unless `cache=False`); `save_stats` also writes them to an .npz. `model` (from `load_inception`)
+    (unless `cache=False`); `save_stats` also writes them to an .npz (replacing only statistics, or
+with `overwrite` any file, never an input). `model` (from `load_inception`)
     saves reloading the weights in a sweep; otherwise they are found as `find_weights(weights)` says.
     With `predicted=None` only the ground-truth statistics are computed (and saved): returns None."""
     device = resolve_device(device)
+    if save_stats is not None:
+        if Path(save_stats).suffix.lower() != ".npz":
+            raise UserError(f"--save-stats must name an .npz file, not {save_stats}")
+        check_destination(save_stats, "--save-stats", overwrite=overwrite, replaceable=_statistics_file,
+                          inputs=[x for x in (predicted, ground_truth) if not isinstance(x, np.ndarray)])
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache-dir")
     if model is not None:
         dims = model.dims
     elif dims not in DIMS:

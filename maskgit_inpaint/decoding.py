@@ -19,7 +19,7 @@ from models.maskgit import Decoded, DecodeHistory, MaskGit
 def make_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image seeded from (seed, image index), so that an image's result does
     not depend on the batch size or on the other images of its batch."""
-    return [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+    return [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % 2**64) for i in indices]  # any seed
 
 
 def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indices: Sequence[int],

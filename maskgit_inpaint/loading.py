@@ -9,7 +9,7 @@ from common import UserError, resolve_path
 from maskgit_inpaint.settings import DEFAULT_CONFIG
 from models.config import load_maskgit_config
 from models.maskgit import MaskGit, default_precision, load_maskgit
-from models.pretrained import is_exported, maskgit_config
+from models.pretrained import maskgit_config
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -21,7 +21,7 @@ def model_config(transformer: str | os.PathLike, config: str | os.PathLike | Non
     """The config of a transformer: an exported folder's own (then `config` must not be given), or
     for a plain .pt the MaskGit YAML `config` (default: the small one)."""
     path = resolve_path(transformer)
-    if is_exported(path):
+    if path.is_dir():  # an exported folder; one without config.json is refused by maskgit_config
         if config is not None:
             raise UserError(f"{transformer} is an exported model that carries its config; --MaskGitConfig goes "
                             "with a plain .pt transformer")
@@ -39,7 +39,7 @@ def load_model(config: dict | str | os.PathLike, transformer_ckpt: str | os.Path
     if not ckpt.exists():
         raise UserError(f"transformer checkpoint not found: {ckpt} (pass --load-transformer-ckpt-path)")
     vqgan = None if vqgan is None else resolve_path(vqgan)
-    if is_exported(ckpt):
+    if ckpt.is_dir():
         return MaskGit.from_pretrained(ckpt, vqgan, device, precision)
     model = load_maskgit(config if isinstance(config, dict) else load_config(config), ckpt, vqgan, device=device)
     return model.set_precision(precision or default_precision(device))

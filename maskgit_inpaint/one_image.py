@@ -47,7 +47,7 @@ def inpaint(image: ImageSource, mask: MaskSource, model: MaskGit | None = None, 
     Same settings, same result as inpainting.py --image. Bad input raises one UserError."""
     decoding = with_options(decoding or Decoding(), options)
     model = model if model is not None else MaskGit.from_pretrained()
-    decoding, note = decoding.resolved(model.mask_func, model.choice_temperature)
+    decoding, note = decoding.resolved(model.mask_func, model.choice_temperature, model.num_image_tokens)
     if note:
         warnings.warn(note, stacklevel=2)
     if decoding.method != "maskgit" and return_steps:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Subset
 
 from common import UserError, resolve_path
@@ -51,7 +51,9 @@ def read_rgb(image: ImageSource) -> np.ndarray:
                             f"{image.shape}")
         return np.asarray(to_rgb(Image.fromarray(image)))
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(image))
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+    if not isinstance(image, (str, os.PathLike)):
+        raise UserError(f"the image must be a file name, a PIL image or a uint8 array, not {type(image).__name__}")
     path = Path(image)
     if not path.is_file():
         raise UserError(f"image not found: {image}")
@@ -78,6 +80,8 @@ def prepare_image(image: ImageSource, mask: MaskSource | None, size: int, *, fit
         raise UserError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
     original = read_rgb(image)
     height, width = original.shape[:2]
+    if min(height, width) == 0:
+        raise UserError(f"{name} is {width}x{height} pixels: nothing to inpaint")
     pixels = np.asarray(fit_pil(Image.fromarray(original), (size, size), fit))
     clean = None
     if mask is None:

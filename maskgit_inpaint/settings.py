@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from common import REPO_ROOT, UserError
+from common import REPO_ROOT, UserError, check_number, check_seed
 from maskgit_inpaint.baselines import BASELINES
 from models.maskgit import READOUTS
 from models.pretrained import DEFAULT_MODEL
@@ -72,14 +72,18 @@ class Decoding:
                              "gradients, no colour seam at the hole's edge) or none (default: %(default)s)")
 
     def __post_init__(self) -> None:
-        if self.total_iter < 1:
-            raise UserError(f"--total-iter must be at least 1, got {self.total_iter}")
-        if self.sweet_spot is not None and self.sweet_spot < 1:
-            raise UserError(f"--sweet-spot must be at least 1, got {self.sweet_spot}")
-        if self.sample_temperature < 0:
-            raise UserError(f"--sample-temperature must be >= 0 (0 = argmax), got {self.sample_temperature}")
-        if self.choice_temperature is not None and self.choice_temperature < 0:
-            raise UserError(f"--choice-temperature must be >= 0, got {self.choice_temperature}")
+        """The one check of the numbers, for the flags and inpaint()'s options alike (the upper bound
+        of T, the model's token count, is checked in `resolved`)."""
+        check_number(self.total_iter, "--total-iter (total_iter)", minimum=1, integer=True)
+        if self.sweet_spot is not None:
+            check_number(self.sweet_spot, "--sweet-spot (sweet_spot)", minimum=1, integer=True)
+        check_number(self.sample_temperature, "--sample-temperature (sample_temperature; 0 = argmax)", minimum=0)
+        if self.choice_temperature is not None:
+            check_number(self.choice_temperature, "--choice-temperature (choice_temperature)", minimum=0)
+        check_seed(self.seed, "--random-seed (seed)")
+        for name in ("paste", "flip_average"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name, valid in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in valid:
@@ -91,10 +95,12 @@ class Decoding:
         """S: the steps actually run (the sweet spot, T when unset, at most T)."""
         return min(self.sweet_spot or self.total_iter, self.total_iter)
 
-    def resolved(self, mask_func: str, choice_temperature: float) -> tuple[Decoding, str | None]:
+    def resolved(self, mask_func: str, choice_temperature: float, num_tokens: int) -> tuple[Decoding, str | None]:
         """These settings with the model's `mask_func` and `choice_temperature` where unset and the
         sweet spot clamped to T, and the note that says so when it was larger (the one clamp of the
-        CLI, the sweep, inpaint() and the page)."""
+        CLI, the sweep, inpaint() and the page). T above the model's `num_tokens` is a UserError:
+        each step fixes at least one token."""
+        check_number(self.total_iter, "--total-iter (total_iter)", minimum=1, maximum=num_tokens, integer=True)
         note = None
         if self.sweet_spot is not None and self.sweet_spot > self.total_iter:
             note = (f"--sweet-spot {self.sweet_spot} is larger than --total-iter {self.total_iter}; "

@@ -3,6 +3,7 @@ modeling and used for inpainting by iterative parallel decoding (Chang et al., M
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, load_state, load_weights, native_bf16
+from common import UserError, load_state, load_weights, native_bf16, resolve_device
 from models.config import load_maskgit_config
 from models.pretrained import (
     DEFAULT_MODEL,
@@ -21,6 +22,7 @@ from models.pretrained import (
     is_exported,
     maskgit_config,
     read_description,
+    read_model_weights,
     read_vqgan_weights,
     vqgan_config,
     vqgan_path_of,
@@ -129,9 +131,15 @@ class MaskGit(nn.Module):
         names, or `vqgan` (an exported folder or a torch file such as the lab's VQGAN.pt). A VQGAN
         whose weights are not the ones the transformer was trained on is refused. Eval mode, with
         `precision` (default: default_precision of the device)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise UserError(f"from_pretrained takes the path of an exported model folder, not {path!r}")
+        device = resolve_device(device)
         path = Path(path)
         if not path.exists():
             raise UserError(f"model not found: {path}")
+        if not path.is_dir():
+            raise UserError(f"{path} is a file, not an exported model folder; for a plain .pt transformer use "
+                            "load_maskgit with its config")
         cfg = maskgit_config(path)
         vqgan = Path(vqgan) if vqgan is not None else vqgan_path_of(path)
         if vqgan is None:
@@ -139,7 +147,7 @@ class MaskGit(nn.Module):
         model = cls(cfg)
         expected = read_description(path, "maskgit").get("vqgan", {}).get("digest")
         _load_vqgan(model, vqgan, cfg["vqgan"], expected, path)
-        load_weights(model.transformer, path)
+        load_state(model.transformer, read_model_weights(path, "maskgit"), path)
         return model.to(device).eval().set_precision(precision or default_precision(device))
 
     def train(self, mode: bool = True) -> MaskGit:

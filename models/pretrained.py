@@ -18,18 +18,30 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from common import REPO_ROOT, WEIGHTS_FILE, UserError, file_sha256, half_state_dict, read_weights
+from common import (
+    REPO_ROOT,
+    WEIGHTS_FILE,
+    UserError,
+    check_destination,
+    check_readable,
+    file_sha256,
+    half_state_dict,
+    read_safetensors,
+    read_weights,
+)
 from models.config import check_maskgit_model, check_vqgan_model
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
 KINDS = ("vqgan", "maskgit")
 DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
+TRANSFORMER_KEYS = ("tok_emb.", "pos_emb", "blocks.", "token_prediction.")  # a BidirectionalTransformer's weights
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -64,9 +76,44 @@ def read_description(path: str | os.PathLike, kind: str) -> dict:
     return meta
 
 
-def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config: dict, **facts: object) -> str:
-    """Write `module`'s weights (float16) and its description to the folder `dest`, replacing an
-    earlier export there (and refusing any other existing file or folder). Returns the digest."""
+def export_origin(source: str | os.PathLike, file: bool = False) -> str:
+    """What an export comes from, recorded as `origin` in its config.json: the run folder `source`
+    (a digest of its resolved path) or, with `file`, the weights file (its SHA-256). An export may
+    replace only an export of the same kind and origin (check_export_destination)."""
+    if file:
+        return "file:" + file_sha256(source)
+    return "run:" + hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]
+
+
+def check_export_destination(dest: str | os.PathLike, flag: str, kind: str, origin: str,
+                             inputs: Sequence[str | os.PathLike | None], overwrite: bool = False) -> Path:
+    """The destination of an export, checked before anything is read (common.check_destination): not
+    an input of the run (`inputs`), and when it exists, an earlier export of the same `kind` and
+    `origin`, or with `overwrite` another model folder. A folder that is no exported model is
+    never replaced."""
+    dest = Path(dest)
+    if dest.exists() and not is_exported(dest):
+        raise UserError(f"{flag} {dest} exists and is not an exported model folder; choose a new folder for the export")
+
+    def replaceable(path: Path) -> str | None:
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return f"holds an unreadable {CONFIG_FILE}"
+        if not isinstance(meta, dict) or meta.get("kind") != kind:
+            return f"holds a {meta.get('kind') if isinstance(meta, dict) else 'unknown'} model, not a {kind} one"
+        if meta.get("origin") != origin:
+            source = "file" if origin.startswith("file:") else "run"
+            return f"holds another {kind} model (not an export of this {source})"
+        return None
+    return check_destination(dest, flag, inputs=inputs, replaceable=replaceable, overwrite=overwrite)
+
+
+def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config: dict, origin: str,
+                   **facts: object) -> str:
+    """Write `module`'s weights (float16) and its description, with `origin` (export_origin), to the
+    folder `dest`, replacing an earlier export there (check_export_destination says which may be
+    replaced; any other existing file or folder is refused). Returns the digest."""
     from safetensors.torch import save_file
 
     dest = Path(dest)
@@ -74,7 +121,7 @@ def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config
         raise UserError(f"{dest} exists and is not an exported model folder; choose a new folder for the export")
     state = {k: v.contiguous() for k, v in half_state_dict(module).items()}
     digest = weights_digest(state)
-    meta = {"format": FORMAT, "kind": kind, "digest": digest, "config": config, **facts}
+    meta = {"format": FORMAT, "kind": kind, "digest": digest, "origin": origin, "config": config, **facts}
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -133,15 +180,44 @@ def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.T
     return digest
 
 
+def check_trained_on(checkpoint: dict, source: str | os.PathLike, vqgan_ckpt: str | os.PathLike,
+                     flag: str = "--vqgan-ckpt") -> None:
+    """A training checkpoint records the VQGAN file its tokens came from (`vqgan_digest`): one
+    UserError when `vqgan_ckpt` is not that file (or one it was converted from)."""
+    if checkpoint.get("vqgan_digest") not in vqgan_file_digests(vqgan_ckpt):
+        raise UserError(f"{source} was trained on another VQGAN file than {vqgan_ckpt}; pass {flag} with "
+                        "the one it was trained on")
+
+
 def vqgan_path_of(model: str | os.PathLike) -> Path | None:
     """The VQGAN folder an exported transformer names (relative to itself), when it names one."""
     relative = read_description(model, "maskgit").get("vqgan", {}).get("path")
     return None if relative is None else (Path(model) / relative).resolve()
 
 
+def read_model_weights(path: str | os.PathLike, kind: str) -> dict[str, torch.Tensor]:
+    """The weights of the exported `kind` folder `path`, verified against the digest its config.json
+    records: the one check on load of a model folder, for a transformer and a VQGAN alike. A folder
+    without config.json, damaged or edited weights, or a missing digest is a UserError."""
+    meta = read_description(path, kind)
+    state = read_safetensors(check_readable(Path(path) / WEIGHTS_FILE, "weights", folder=False))
+    digest = weights_digest(state)
+    if meta.get("digest") != digest:
+        recorded = str(meta.get("digest"))[:19]
+        raise UserError(f"{Path(path) / WEIGHTS_FILE} does not match the digest in its {CONFIG_FILE} ({recorded}... "
+                        f"recorded, {digest[:19]}... found): damaged or edited weights; export or copy it again")
+    return state
+
+
 def read_vqgan_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A VQGAN's state_dict from an exported folder or a torch file (the lab's VQGAN.pt)."""
+    """A VQGAN's state_dict from an exported folder (read_model_weights) or a torch file (the lab's
+    VQGAN.pt); a transformer's weights are named as such."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"VQGAN weights not found: {path}")
-    return read_weights(path, key="vqgan")
+    if path.is_dir():
+        return read_model_weights(path, "vqgan")
+    state = read_weights(check_readable(path, "VQGAN weights", folder=False), key="vqgan")
+    if any(k.startswith(TRANSFORMER_KEYS) for k in state) or "model" in state:
+        raise UserError(f"{path} holds transformer weights, not a VQGAN; pass the VQGAN it was trained on")
+    return state

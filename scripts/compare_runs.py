@@ -9,12 +9,12 @@ input with its hole gray | each run | ground truth, with each run's hole PSNR on
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from common import UserError, run_cli
+from common import ArgumentParser, UserError, atomic_write, check_destination, check_number, check_readable, run_cli
 from data import load_ground_truth, read_image
 from maskgit_inpaint.metrics import hole_psnr
 from maskgit_inpaint.preparation import painted
@@ -31,8 +31,33 @@ def read_run(folder: Path, count: int, size: int) -> np.ndarray:
     return np.stack([read_image(f, "RGB", size) for f in files])
 
 
+SOFTWARE = "scripts/compare_runs.py"  # the PNG's Software entry: a figure this script may replace
+DEFAULT_NAME = "compare.png"  # the figure's name when --out is a folder
+
+
+def _own_figure(path: Path) -> str | None:
+    """None when `path` is a figure this script wrote (its PNG says so), which a rerun replaces."""
+    try:
+        with Image.open(path) as im:
+            if im.info.get("Software") == SOFTWARE:
+                return None
+    except (OSError, ValueError):
+        pass
+    return "is not a figure compare_runs.py wrote"
+
+
+def output_file(out: str, inputs: list[str], overwrite: bool) -> Path:
+    """--out: a .png file, or a folder to write compare.png into; checked by check_destination."""
+    path = Path(out)
+    if path.is_dir():
+        path = path / DEFAULT_NAME
+    elif path.suffix.lower() != ".png":
+        raise UserError(f"--out must be a .png file or a folder, not {out}")
+    return check_destination(path, "--out", inputs=inputs, replaceable=_own_figure, overwrite=overwrite)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="output folders of inpainting.py runs")
     p.add_argument("--labels", nargs="+", help="one column title per run (default: the folder names)")
     p.add_argument("--masked", default=DEFAULT_MASKED, help="the masked inputs the runs filled")
@@ -40,8 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gt-path", default=str(Path(DEFAULT_MASKED).parent / "test_gt.csv"),
                    help="ground truth: lab CSV or folder (default: %(default)s)")
     p.add_argument("--images", type=int, default=8, help="rows (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--out", required=True, help=f"the PNG to write, or a folder for {DEFAULT_NAME}")
+    p.add_argument("--overwrite", action="store_true", help="replace a file at --out that this script did not write")
     args = p.parse_args(argv)
+    check_number(args.images, "--images", minimum=1, integer=True)
+    for run in args.runs:
+        check_readable(run, "--runs", folder=True)
+    check_readable(args.masks, "--masks", folder=True)
+    check_readable(args.gt_path, "--gt-path")
+    out = output_file(args.out, [*args.runs, args.masked, args.masks, args.gt_path], args.overwrite)
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
         raise UserError(f"{len(args.runs)} runs but {len(labels)} labels")
@@ -71,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
             if row == 0:
                 ax.set_title(columns[col], fontsize=7)
     fig.tight_layout(pad=0.3)
-    fig.savefig(args.out, dpi=100)
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, dpi=100, metadata={"Software": SOFTWARE})
     plt.close(fig)
-    print(f"wrote {args.out}: {len(picks)} images x {len(runs)} runs")
+    print(f"wrote {out}: {len(picks)} images x {len(runs)} runs")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     for mask_func, total_iter, spots in progress_bar(grid, desc="sweep", unit="schedule", enabled=not args.no_progress):
         # one run of max(spots) steps scores every sweet spot: stopping after S steps is its first S steps
         decoding, _ = decoding_from_args(args, total_iter=total_iter, sweet_spot=spots[-1], mask_func=mask_func
-                                         ).resolved(mask_func, cfg["choice_temperature"])
+                                         ).resolved(mask_func, cfg["choice_temperature"], cfg["num_image_tokens"])
         run = run_inpainting(dataset, model, decoding, vq["mean"], vq["std"], device, batch_size,
                              args.num_workers, gt=gt, progress=False, early_spots=spots)
         for sweet_spot in spots:

@@ -7,7 +7,9 @@ reusing a dataset), and a kill during a checkpoint write.
 A new flag or script gets a row in CASES."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,11 +32,25 @@ import fid.fid_score_gpu as fid_cli
 import inpainting
 import training_transformer
 import training_vqgan
-from common import load_checkpoint, remove_orphaned_temp_files, run_cli, save_checkpoint
+from common import (
+    SEED_MAX,
+    UserError,
+    check_destination,
+    check_output_dir,
+    check_readable,
+    check_writable,
+    load_checkpoint,
+    remove_orphaned_temp_files,
+    run_cli,
+    save_checkpoint,
+)
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
 from fid import open_images
-from scripts import sweep
+from maskgit_inpaint import inpaint
+from models import MaskGit
+from scripts import compare_runs, convert_weights, sweep
+from scripts.convert_weights import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 4  # images in the tiny test set
@@ -81,6 +97,19 @@ def world(tmp_path_factory) -> Path:
     (root / "vqgan.yml").write_text(TINY_VQGAN + "train_param:\n  batch_size: 2\n  epochs: 1\n")
     save_checkpoint(torch.load(root / "model" / "vqgan.pt", weights_only=True), root / "plain_run" / "last.pt")
     save_checkpoint({"model": state}, root / "plain_run2" / "last.pt")
+    # exported folders: a VQGAN and a transformer trained on it
+    convert("vqgan", root / "model" / "vqgan.pt", root / "model" / "VQGAN.yml", root / "vq_export")
+    convert("maskgit", root / "model" / "transformer.pt", root / "model" / "MaskGit.yml", root / "tr_export",
+            vqgan=root / "vq_export")
+    flipped = shutil.copytree(root / "tr_export", root / "tr_flipped")
+    weights = bytearray((flipped / "model.safetensors").read_bytes())
+    weights[-5] ^= 0xFF
+    (flipped / "model.safetensors").write_bytes(bytes(weights))
+    shutil.copytree(root / "tr_export", root / "tr_noconfig")
+    (root / "tr_noconfig" / "config.json").unlink()
+    np.savez(root / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(root / "other.npz", weights=np.zeros(3))
+    save_png(np.full((16, 16), 255, np.uint8), root / "handmasks" / "pic0.png")  # a mask the user drew
     return root
 
 
@@ -105,11 +134,16 @@ CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
     "prepare": (data.prepare.main, ["--source", "W/src"]),
     "vqgan": (training_vqgan.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
                                     "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
+    "convert": (convert_weights.main, []),
+    "compare": (compare_runs.main, ["--runs", "W/prev", "--masked", "W/data/masked_image", "--masks", "W/data/mask64",
+                                    "--gt-path", "W/data/test_gt.csv"]),
     "transformer": (training_transformer.main, [
         "--MaskGitConfig", "W/model/MaskGit.yml", "--train_d_path", "W/data/clean", "--val_d_path", "W/data/clean",
         "--device", "cpu", "--num_workers", "0", "--batch-size", "2", "--cache-dir", "T/cache"]),
 }
 ARGV_FROM_SYS = {"masks", "prepare", "vqgan", "transformer"}  # main() reads sys.argv
+
+FID_PAIR = ["--predicted-path", "W/fid_good", "--gt-path", "W/fid_good"]  # two readable image folders
 
 # id: (cli, arguments, what the one line must contain)
 CASES: dict[str, tuple[str, list[str], str]] = {
@@ -137,6 +171,73 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "prepare/folder it did not build": ("prepare", ["--out", "W/mine"], "not built by data.prepare"),
     "prepare/rebuild over a user's file": (
         "prepare", ["--out", "W/built", "--seed", "1"], "did not write or that changed since (e.g. my_notes.txt)"),
+    **{f"{cli}/export onto {what}": (cli, [*run, "--export", dest], needle) for cli, run, what, dest, needle in (
+        ("transformer", ["--checkpoint-path", "T/run", "--vqgan-ckpt", "W/vq_export"], "its own VQGAN",
+         "W/vq_export", "--export W/vq_export would replace W/vq_export, an input of this run"),
+        ("vqgan", ["--run-dir", "T/run"], "a transformer", "W/tr_export",
+         "--export W/tr_export already exists and holds a maskgit model, not a vqgan one; choose another --export, "
+         "or pass --overwrite"),
+        ("vqgan", ["--run-dir", "T/run"], "another run's VQGAN", "W/vq_export",
+         "holds another vqgan model (not an export of this run)"),
+        ("vqgan", ["--run-dir", "T/run"], "a user's folder", "W/mine", "exists and is not an exported model folder"),
+        ("vqgan", ["--run-dir", "T/run"], "its training data", "W/data/clean", "exists and is not an exported model"),
+        ("transformer", ["--checkpoint-path", "T/run"], "its run folder", "T/run", "/run, an input of this run"))},
+    "convert/out onto another kind": (
+        "convert", ["vqgan", "W/model/vqgan.pt", "--config", "W/model/VQGAN.yml", "--out", "W/tr_export"],
+        "--out W/tr_export already exists and holds a maskgit model, not a vqgan one"),
+    "convert/out onto its own VQGAN": (
+        "convert", ["maskgit", "W/model/transformer.pt", "--config", "W/model/MaskGit.yml", "--vqgan", "W/vq_export",
+                    "--out", "W/vq_export"], "--out W/vq_export would replace W/vq_export, an input of this run"),
+    "convert/out onto a conversion of another file": (
+        "convert", ["vqgan", "W/plain_run/last.pt", "--config", "W/model/VQGAN.yml", "--out", "W/vq_export"],
+        "holds another vqgan model (not an export of this file)"),
+    "compare/out onto a masked input": (
+        "compare", ["--out", "W/data/masked_image/00.png"],
+        "--out W/data/masked_image/00.png already exists and is not a figure compare_runs.py wrote"),
+    "compare/out onto a run's result": (
+        "compare", ["--out", "W/prev/test_results/image_000.png"], "is not a figure compare_runs.py wrote"),
+    "fid/save-stats onto the predicted statistics": (
+        "fid", ["--predicted-path", "W/stats.npz", "--gt-path", "W/fid_good", "--save-stats", "W/stats.npz"],
+        "--save-stats W/stats.npz would replace W/stats.npz, an input of this run"),
+    "fid/save-stats onto another npz": ("fid", [*FID_PAIR, "--save-stats", "W/other.npz"],
+                                        "--save-stats W/other.npz already exists and holds something other than FID"),
+    "masks/out holds a hand-made mask": (
+        "masks", ["--images", "W/images", "--out", "W/handmasks"],
+        "--out W/handmasks/pic0.png already exists and holds another image"),
+    # weights checked on load
+    "inpainting/flipped bytes in a model folder": (
+        "inpainting", ["--MaskGitConfig", "", "--load-transformer-ckpt-path", "W/tr_flipped"],
+        "W/tr_flipped/model.safetensors does not match the digest in its config.json"),
+    "inpainting/model folder without config.json": (
+        "inpainting", ["--MaskGitConfig", "", "--load-transformer-ckpt-path", "W/tr_noconfig"],
+        "W/tr_noconfig is not an exported model folder (no config.json)"),
+    "inpainting/total-iter above the token count": (
+        "inpainting", ["--total-iter", "17"], "between 1 and 16, got 17"),
+    "inpainting/sample-temperature nan": (
+        "inpainting", ["--sample-temperature", "nan"], "must be a finite number, got nan"),
+    "inpainting/seed beyond 64 bits": (
+        "inpainting", ["--random-seed", "99999999999999999999999"], "(seed) must be between 0 and"),
+    "transformer/save-per-epoch -1": (
+        "transformer", ["--checkpoint-path", "T/run", "--save-per-epoch", "-1"],
+        "--save-per-epoch must be at least 0, got -1"),
+    **{f"{cli}/random-seed beyond 64 bits": (cli, [run_flag, "T/run", "--random-seed", str(2**64)],
+                                             "--random-seed must be between 0 and")
+       for cli, run_flag in (("vqgan", "--run-dir"), ("transformer", "--checkpoint-path"))},
+    "vqgan/run-dir inside the training images": (
+        "vqgan", ["--run-dir", "W/data/clean/run"], "--run-dir W/data/clean/run is inside the image folder"),
+    "vqgan/weights without evaluate": (
+        "vqgan", ["--run-dir", "T/run", "--weights", "W/model/vqgan.pt"], "--weights goes with --evaluate"),
+    "compare/images 0": ("compare", ["--images", "0", "--out", "T/c.png"], "--images must be at least 1"),
+    "compare/images -3": ("compare", ["--images", "-3", "--out", "T/c.png"], "got -3"),
+    "compare/out with an unknown suffix": ("compare", ["--out", "T/c.pdf"], "--out must be a .png file or a folder"),
+    "compare/out under a file": ("compare", ["--out", "W/a_file.txt/c.png"], "W/a_file.txt is a file, not a folder"),
+    "compare/runs is a file": ("compare", ["--runs", "W/a_file.txt", "--out", "T/c.png"],
+                               "--runs W/a_file.txt is a file, not a folder"),
+    "fid/cache-dir names a file": ("fid", [*FID_PAIR, "--cache-dir", "W/a_file.txt"],
+                                   "--cache-dir W/a_file.txt is a file, not a folder"),
+    "convert/weights is a folder": (
+        "convert", ["vqgan", "W/model", "--config", "W/model/VQGAN.yml", "--out", "T/x"],
+        "weights W/model is a folder"),
     # checkpoints
     "inpainting/empty checkpoint": (
         "inpainting", ["--load-transformer-ckpt-path", "W/model/empty.pt"], "W/model/empty.pt is empty (0 bytes)"),
@@ -194,6 +295,8 @@ def run_case(cli: str, args: list[str], w: Path, scratch: Path, monkeypatch, cap
     argv = [f"{w}" if a == "W" else a for a in argv]
     if cli in ("inpainting", "sweep"):
         argv = inpainting_args(w) + argv
+    for flag in [a for a, value in zip(argv, argv[1:]) if value == ""]:  # FLAG "": leave out the default FLAG
+        argv = [a for i, a in enumerate(argv) if a != flag and (i == 0 or argv[i - 1] != flag)]
     if cli in ARGV_FROM_SYS:
         monkeypatch.setattr(sys, "argv", [cli, *argv])
         call = main
@@ -275,6 +378,157 @@ def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_pat
     assert sorted(p.name for p in (out / "test_results").iterdir()) == ["image_000.png", "image_001.png",
                                                                       "image_best.png"]
     assert (out / "test_results" / "image_best.png").read_bytes() == b"mine" and (out / "notes.txt").is_file()
+
+
+def test_an_export_replaces_only_an_export_of_the_same_source(world, tmp_path, capsys):
+    dest = tmp_path / "vq"
+    args = ["vqgan", str(world / "model/vqgan.pt"), "--config", str(world / "model/VQGAN.yml"), "--out", str(dest)]
+    convert_weights.main(args)
+    first = json.loads((dest / "config.json").read_text())
+    convert_weights.main(args)  # the same file again: replaced as documented
+    other = ["vqgan", str(world / "plain_run" / "last.pt"), *args[2:]]
+    with pytest.raises(UserError, match="holds another vqgan model"):
+        convert_weights.main(other)
+    assert json.loads((dest / "config.json").read_text()) == first
+    convert_weights.main([*other, "--overwrite"])
+    assert json.loads((dest / "config.json").read_text())["origin"] != first["origin"]
+    with pytest.raises(UserError, match="is not an exported model folder"):  # --overwrite never empties a user's folder
+        convert_weights.main([*args[:-1], str(world / "mine"), "--overwrite"])
+
+
+def test_masks_rerun_replaces_its_own_and_overwrite_a_hand_made_one(world, tmp_path, monkeypatch):
+    out = shutil.copytree(world / "handmasks", tmp_path / "masks")
+    data.masks.write_masks("box", world / "images", tmp_path / "fresh")
+    data.masks.write_masks("box", world / "images", tmp_path / "fresh")  # same masks: no --overwrite needed
+    monkeypatch.setattr(sys, "argv", ["masks", "--kind", "box", "--images", str(world / "images"), "--out", str(out),
+                                      "--overwrite"])
+    data.masks.main()
+    assert snapshot(out) == snapshot(tmp_path / "fresh")
+
+
+def test_compare_runs_writes_into_a_folder_and_replaces_its_own_figure(world, tmp_path):
+    argv = ["--runs", str(world / "prev"), "--masked", str(world / "data/masked_image"), "--masks",
+            str(world / "data/mask64"), "--gt-path", str(world / "data/test_gt.csv"), "--images", "2",
+            "--out", str(tmp_path)]
+    compare_runs.main(argv)
+    assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
+    compare_runs.main(argv)  # its own figure: replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["compare.png"]
+
+
+# ----------------------------------------------------------------------------- the API and the loading checks
+
+@pytest.fixture(scope="module")
+def tiny_model(world):
+    return MaskGit.from_pretrained(world / "tr_export")
+
+
+IMAGE = np.full((16, 16, 3), 128, np.uint8)
+HOLE = np.zeros((16, 16), bool)
+HOLE[4:8, 4:8] = True
+
+
+@pytest.mark.parametrize("image, mask, options, message", [
+    (None, HOLE, {}, "not NoneType"),
+    (torch.zeros(3, 16, 16), HOLE, {}, "not Tensor"),
+    ([[1, 2]], HOLE, {}, "not list"),
+    (np.zeros((0, 0, 3), np.uint8), HOLE, {}, "is 0x0 pixels"),
+    (IMAGE, HOLE.astype(float), {}, "mask array of values in [0, 1] is ambiguous"),
+    (IMAGE, HOLE, {"total_iter": 2.5}, "total_iter) must be an integer, got 2.5"),
+    (IMAGE, HOLE, {"total_iter": "3"}, "got '3'"),
+    (IMAGE, HOLE, {"total_iter": 17}, "must be between 1 and 16, got 17"),  # 16 tokens
+    (IMAGE, HOLE, {"seed": 1.5}, "seed) must be an integer, got 1.5"),
+    (IMAGE, HOLE, {"seed": 10**30}, "got 1000000000000000000000000000000"),
+    (IMAGE, HOLE, {"sample_temperature": float("nan")}, "must be a finite number, got nan"),
+    (IMAGE, HOLE, {"choice_temperature": float("inf")}, "got inf"),
+])
+def test_inpaint_bad_input_is_one_user_error(tiny_model, image, mask, options, message):
+    with pytest.raises(UserError) as err:
+        inpaint(image, mask, tiny_model, **options)
+    assert message in str(err.value)
+
+
+def test_the_largest_seed_runs(tiny_model):
+    assert inpaint(IMAGE, HOLE, tiny_model, seed=SEED_MAX, readout="sample").image.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("path, message", [
+    (None, "not None"), (5, "not 5"), ("no/such/model", "model not found"),
+    ("W/model/transformer.pt", "is a file, not an exported model folder")])
+def test_from_pretrained_bad_path(world, path, message):
+    path = str(path).replace("W/", f"{world}/") if isinstance(path, str) else path
+    with pytest.raises(UserError, match=message):
+        MaskGit.from_pretrained(path)
+    if isinstance(path, str) and path.startswith(str(world)):
+        with pytest.raises(UserError, match="device"):
+            MaskGit.from_pretrained(world / "tr_export", device="tpu")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "model.safetensors does not match the digest in its config.json"),
+    ("zero digest", "does not match the digest"),
+    ("no config", "is not an exported model folder (no config.json)"),
+])
+@pytest.mark.parametrize("kind", ["maskgit", "vqgan"])
+def test_damaged_model_folders_are_refused_on_load(world, tmp_path, damage, message, kind):
+    model = shutil.copytree(world / "tr_export", tmp_path / "tr")
+    vqgan = shutil.copytree(world / "vq_export", tmp_path / "vq")
+    folder = model if kind == "maskgit" else vqgan
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0xFF
+        data[-7] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "zero digest":
+        meta = json.loads(config.read_text())
+        config.write_text(json.dumps({**meta, "digest": "sha256:" + "0" * 64}))
+    else:
+        config.unlink()
+    with pytest.raises(UserError, match=re.escape(message)):
+        MaskGit.from_pretrained(model, vqgan)
+
+
+def test_a_transformer_given_as_the_vqgan_is_named(world):
+    with pytest.raises(UserError, match="holds transformer weights, not a VQGAN"):
+        MaskGit.from_pretrained(world / "tr_export", world / "model" / "transformer.pt")
+    with pytest.raises(UserError, match="holds a maskgit model, not a vqgan one"):
+        MaskGit.from_pretrained(world / "tr_export", world / "tr_export")
+
+
+def test_exif_orientation_turns_images_and_masks_alike(tmp_path):
+    wide = np.zeros((8, 16, 3), np.uint8)
+    wide[:, :4] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the band at the top
+    Image.fromarray(wide).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    Image.fromarray(wide[..., 0]).save(tmp_path / "mask.png", exif=exif)
+    shown = read_image(tmp_path / "photo.jpg")
+    assert shown.shape == (16, 8, 3) and shown[:4].mean() > 200 and shown[8:].mean() < 50
+    assert data.masks.image_size(tmp_path / "photo.jpg") == (8, 16)
+    mask = data.masks.read_hole(tmp_path / "mask.png")
+    assert mask.shape == (16, 8) and not mask[:4].any() and mask[8:].all()
+
+
+def test_path_checks_answer_as_for_an_unprivileged_user(tmp_path, monkeypatch):
+    """root reads and writes anything, so os.access answers as it would for another user."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "config.yml").write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not Path(p).is_relative_to(locked) and real_access(p, mode))
+    with pytest.raises(UserError, match=f"--config {locked / 'config.yml'} is not readable"):
+        check_readable(locked / "config.yml", "--config", folder=False)
+    with pytest.raises(UserError, match=f"--images {locked} is not readable"):
+        check_readable(locked, "--images", folder=True)
+    with pytest.raises(UserError, match=f"--export {locked / 'new'}: {locked} is not writable"):
+        check_writable(locked / "new", "--export")
+    with pytest.raises(UserError, match=f"--out {locked / 'fig.png'}: {locked} is not writable"):
+        check_destination(locked / "fig.png", "--out")
+    with pytest.raises(UserError, match=f"--cache-dir {locked} is not writable|{locked} is not writable"):
+        check_output_dir(locked, "--cache-dir")
+    with pytest.raises(UserError, match="--runs .* is a file, not a folder"):
+        check_readable(locked / "config.yml", "--runs", folder=True)
 
 
 def make_pairs(folder: Path, image_names: list[str], mask_names: list[str]) -> tuple[Path, Path]:

@@ -19,11 +19,11 @@ import fid.feature_stats as feature_stats
 import fid.fid_score_gpu as fsg
 import fid.frechet as frechet
 import fid.score as score
-from common import UserError
+from common import UserError, file_sha256
 from common import run_cli as cli_main
 from data.ground_truth import write_gt_csv
 from fid import compute_fid, compute_statistics, extract_features, frechet_distance, load_inception, open_images
-from fid.inception import WEIGHTS_NAME, FIDInceptionA, FIDInceptionV3, check_state_dict, find_weights
+from fid.inception import TRUSTED_SHA256, WEIGHTS_NAME, FIDInceptionA, FIDInceptionV3, check_state_dict, find_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,9 +66,12 @@ def state() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, state) -> Path:
+    """Random weights under pytorch-fid's name, trusted as if they were its weights (TRUSTED_SHA256)."""
     path = tmp_path_factory.mktemp("weights") / WEIGHTS_NAME
     torch.save(state, path)
-    return path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fid.inception.TRUSTED_SHA256", {*TRUSTED_SHA256, file_sha256(path)})
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +241,14 @@ def test_wrong_format_weights_are_named(tmp_path):
         load_inception(garbage)
 
 
+def test_weights_of_the_right_shape_but_not_pytorch_fids_are_refused(weights, monkeypatch):
+    """A file with every key and shape right, under the right name, whose SHA-256 is not the one its
+    name says (the weights of these tests, untrusted again)."""
+    monkeypatch.setattr("fid.inception.TRUSTED_SHA256", TRUSTED_SHA256)
+    with pytest.raises(UserError, match=f"{weights} is not pytorch-fid's {WEIGHTS_NAME} .*not 6726825d"):
+        load_inception(weights)
+
+
 def test_num_batches_tracked_is_optional(state):
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     check_state_dict(old, FIDInceptionV3(), "old.pth")
@@ -339,10 +350,13 @@ def test_cli(tmp_path, weights, capsys):
     gt, pred = tmp_path / "test_gt.csv", save_pngs(random_images(3, seed=5), tmp_path / "pred")
     write_gt_csv(random_images(3, seed=6), gt)
     common = ["--device", "cpu", "--dims", "64", "--num-workers", "0", "--inception-weights", str(weights)]
+    fsg.main(["--predicted-path", str(pred), "--gtcsv-path", str(gt), *common])  # in-process: the weights trusted
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("FID: ") and float(out.split()[-1]) > 0
     done = run_cli("--predicted-path", str(pred), "--gtcsv-path", str(gt), *common, cache=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1].startswith("FID: ")
-    assert float(done.stdout.split()[-1]) > 0
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [  # a process of its own does not trust them
+        f"error: {weights} is not pytorch-fid's {WEIGHTS_NAME} (its SHA-256 begins {file_sha256(weights)[:8]}, not "
+        "6726825d): a FID from other weights compares with no other; download it again"]
 
     (tmp_path / "empty").mkdir()
     done = run_cli("--predicted-path", str(tmp_path / "empty"), "--gt-path", str(gt), *common, cache=tmp_path)
