@@ -544,12 +544,13 @@ def export(args: argparse.Namespace) -> None:
     (--vqgan-ckpt, else the VQ_CKPT_path of the run's config, which best.pt carries) by path and
     content digest, after checking that this VQGAN is the file the run was trained on. The config
     file (--config) is read only for runs whose best.pt carries none."""
+    origin = training.check_export(args, "maskgit", args.vqgan_ckpt)
     best = training.best_checkpoint(args.run_dir, "model")
     model_cfg = best["config"] if "config" in best else load_maskgit_file(args.config).model
     vqgan_path = args.vqgan_ckpt or model_cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
-    origin = training.check_export(args, "maskgit", vqgan_path)
+    training.check_export(args, "maskgit", vqgan_path)  # the run's own VQGAN is an input too
     check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
     cfg = {k: v for k, v in model_cfg.items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())

@@ -46,8 +46,8 @@ from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
 from models.kmeans import kmeans
 from models.perceptual import PerceptualLoss
-from models.pretrained import read_vqgan_weights, weights_digest
-from models.refit import check_refit_dest, refit_record, with_codebook
+from models.pretrained import check_export_destination, read_vqgan_weights, weights_digest
+from models.refit import refit_record, with_codebook
 from training import ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],
@@ -198,7 +198,9 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     check_minimum(args, 1, "--refit-codebook")
     check_minimum(args, 0, "--refit-decoder-steps")
     parent_digest = weights_digest(read_vqgan_weights(args.weights))
-    check_refit_dest(args.export, parent_digest)
+    origin = "refit:" + parent_digest  # an earlier refit of the same parent may be replaced
+    check_export_destination(args.export, "--export", "vqgan", origin,
+                             [args.weights, args.config, *args.train_path, args.val_path], args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.random_seed)
     parent = VQGAN(cfg).to(device)
@@ -221,7 +223,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
         line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
     print(line)
     training.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
-                    refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
+                    origin, refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
 
 
 @dataclass

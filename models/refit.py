@@ -37,20 +37,6 @@ def refit_record(parent: str | os.PathLike, parent_digest: str, dest: str | os.P
             "num_codes": num_codes, "decoder_steps": decoder_steps}
 
 
-def check_refit_dest(dest: str | os.PathLike, parent_digest: str) -> None:
-    """Refuse to export a refit at `dest` unless it is a new folder or an earlier refit of the same
-    parent (which the new one replaces)."""
-    if not Path(dest).exists():
-        return
-    try:
-        earlier = read_description(dest, "vqgan").get("refit", {}).get("from_digest")
-    except UserError:
-        earlier = None
-    if earlier != parent_digest:
-        raise UserError(f"{dest} exists and is not an earlier refit of the same VQGAN; choose a new folder for the "
-                        "refit")
-
-
 class Parent(NamedTuple):
     path: Path
     codebook: torch.Tensor  # (K_parent, C)
