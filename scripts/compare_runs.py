@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from common import ArgumentParser, UserError, atomic_write, check_destination, check_number, check_readable, run_cli
-from data import load_ground_truth, read_image
+from data import list_images, load_ground_truth, read_image
 from maskgit_inpaint.metrics import hole_psnr
 from maskgit_inpaint.preparation import painted
 from maskgit_inpaint.settings import DEFAULT_MASKED, DEFAULT_MASKS
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{len(args.runs)} runs but {len(labels)} labels")
     gt = load_ground_truth(args.gt_path)
     size = gt.shape[1]
-    masks = sorted(Path(args.masks).glob("*.png"))
+    masks = list_images(args.masks)  # in the order of the ground truth: numbers in names counted as numbers
     if len(masks) != len(gt):
         raise UserError(f"{args.masks} holds {len(masks)} masks but {args.gt_path} {len(gt)} images")
     holes = np.stack([read_image(m, "L", size) < 128 for m in masks])
