@@ -369,11 +369,17 @@ def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_pat
     assert (out / "metrics.json").is_file() and len(list((out / "test_results").iterdir())) == COUNT
     (out / "test_results" / "image_best.png").write_bytes(b"mine")
     (out / "notes.txt").write_text("mine")
+    (out / "inpainted" / "my_edit.png").write_bytes(b"mine")
+    named = sorted(p.name for p in (out / "inpainted").glob("*.png") if p.name != "my_edit.png")
+    assert len(named) == COUNT
     no_gt = tmp_path / "no_gt"  # the same images without test_gt.csv beside them
     shutil.copytree(world / "data" / "masked_image", no_gt / "masked_image")
     inpainting.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill",
                      "--test-maskedimage-path", str(no_gt / "masked_image"), "--partial", "0.5"])
-    assert f"removed {COUNT + 1} files of an earlier run" in capsys.readouterr().err  # 4 images + metrics.json
+    # 4 lab-named images, metrics.json, 4 inpainted/ images and their list
+    assert f"removed {2 * COUNT + 2} files of an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "inpainted").glob("*.png")) == [*named[:2], "my_edit.png"]
+    assert (out / "inpainted" / "my_edit.png").read_bytes() == b"mine"
     assert not (out / "metrics.json").exists()
     assert sorted(p.name for p in (out / "test_results").iterdir()) == ["image_000.png", "image_001.png",
                                                                       "image_best.png"]
