@@ -4,7 +4,8 @@ of a frozen stage-1 VQGAN.
     python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small
     python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small --resume
     torchrun --nproc_per_node 4 training_transformer.py --MaskGitConfig configs/MaskGit.yml --checkpoint-path runs/lab
-    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/transformer_small --overwrite
+    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/transformer_small \
+        --overwrite
 
 The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
 validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
