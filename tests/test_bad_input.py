@@ -618,3 +618,30 @@ def test_kill_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path):
         assert len(checkpoint["weights"]) == 4_000_000
         remove_orphaned_temp_files(tmp_path)  # what a killed writer leaves; never read as a checkpoint
         assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "-1"], "--port"),
+    (["--port", "70000"], "--port"),
+    (["--test-images", "/nonexistent/pictures"], "/nonexistent/pictures"),
+])
+def test_app_refuses_a_bad_port_or_picker_folder_before_loading_anything(argv, message, monkeypatch):
+    import app
+
+    monkeypatch.setattr(app.MaskGit, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(UserError, match=message):
+        app.main(argv)
+
+
+def test_app_refuses_a_port_in_use(monkeypatch):
+    import socket
+
+    import app
+
+    monkeypatch.setattr(app.MaskGit, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=str(port)):
+            app.main(["--port", str(port)])
