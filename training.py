@@ -25,7 +25,9 @@ from common import (
     atomic_write,
     check_minimum,
     check_output_dir,
+    check_readable,
     check_seed,
+    check_writable,
     load_checkpoint,
     load_state,
     remove_orphaned_temp_files,
@@ -81,6 +83,13 @@ def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir
     check_minimum(args, 1, "--batch-size", "--epochs", "--max-steps", "--save-every", "--log-every")
     check_minimum(args, 0, "--num_workers")
     check_seed(args.random_seed, "--random-seed")
+    check_readable(args.config, "--config", folder=False)
+    for data in args.train_path:
+        check_readable(data, "--train-path", folder=True)
+    check_readable(args.val_path, "--val-path", folder=True)
+    check_writable(args.run_dir, run_dir_flag)
+    if getattr(args, "cache_dir", None) is not None:
+        check_writable(args.cache_dir, "--cache-dir")
 
 
 # ----------------------------------------------------------------------------- RNG state

@@ -222,7 +222,7 @@ def bad_vqgan_checkpoint(ws: SimpleNamespace, tmp_path: Path, same_shape: bool =
 
 @pytest.mark.parametrize("case, message", [
     ("config", "config not found"),
-    ("data", "folder not found"),
+    ("data", "--train-path"),
     ("vqgan_missing", "VQGAN checkpoint not found"),
     ("vqgan_mismatch", "does not match the model"),
     ("partial", "--partial"),
