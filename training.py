@@ -9,7 +9,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from common import (
     check_writable,
     load_checkpoint,
     load_state,
+    progress_bar,
     remove_orphaned_temp_files,
     resolve_device,
     save_checkpoint,
@@ -257,6 +258,47 @@ def first_nonfinite(obj: object, name: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run_epochs(step: int, steps_per_epoch: int, stop_at: int, epochs: int, *, is_main: bool, log: RunLog,
+               log_every: int, save_every: int, batches: Callable[[int, int], Iterable],
+               train_step: Callable[[Any, int], tuple[dict[str, str], bool]],
+               log_entry: Callable[[int, int], dict], validate: Callable[[int, int], bool],
+               state: Callable[[int], dict], run_dir: Path, weights: tuple[str, nn.Module],
+               parts: dict[str, Stateful], val_every: int = 1, snapshot_every: int = 0) -> int:
+    """Train from `step` to `stop_at`, epoch by epoch; returns the steps done. Each epoch runs over
+    `batches(epoch, steps_done_in_it)` (the rest of its ResumableSampler order) under a progress bar.
+    After each `train_step(batch, step)` (-> the bar's postfix, and whether to log this step even
+    off the --log-every grid) it writes `log_entry(step, epoch)` every `log_every` steps; it runs
+    `validate(step, epoch)` (-> improved) every `val_every` epochs and at the end; and it saves
+    `state(step)` (a collective under DDP: every rank builds it) as last.pt, best.pt when improved
+    and an epochNNN.pt snapshot every `snapshot_every` epochs, every `save_every` steps, at epoch
+    ends and at the end."""
+    while step < stop_at:
+        epoch, done = divmod(step, steps_per_epoch)
+        bar = progress_bar(batches(epoch, done), desc=f"epoch {epoch + 1}/{epochs}", enabled=is_main, initial=done,
+                           total=steps_per_epoch)
+        for batch in bar:
+            postfix, log_now = train_step(batch, step)
+            step += 1
+            bar.set_postfix(postfix, refresh=False)
+            epoch_end, finished = step % steps_per_epoch == 0, step >= stop_at
+            if step % log_every == 0 or log_now:
+                log.write(**log_entry(step, epoch))
+            improved = False
+            if (epoch_end and (epoch + 1) % val_every == 0) or finished:
+                improved = validate(step, epoch)
+            if epoch_end or finished or step % save_every == 0:
+                run = state(step)
+                snapshot = epoch_end and snapshot_every and (epoch + 1) % snapshot_every == 0
+                if is_main:
+                    save_run(run_dir, run, weights, improved, f"epoch{epoch + 1:03d}.pt" if snapshot else None,
+                             resume_only(parts))
+            if finished:
+                break
+    return step
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +303,10 @@ class Stage2:
     ddp: nn.Module  # the MaskGit, under DDP when distributed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    best_val_loss: float = math.inf
+    best: dict = field(default_factory=lambda: {"by": None, "score": -math.inf})  # best.pt's criterion, score
+    running: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # log interval: loss sum, acc sum, steps
+    grad_norm: float = math.nan  # the last step's
 
     def parts(self) -> dict[str, training.Stateful]:
         """The checkpoint keys of what a resume must restore."""
@@ -392,6 +396,108 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
     return {"loss": loss, "acc": stats[1] / stats[2], "grad_norm": grad_norm}
 
 
+def stage1_weights(args: argparse.Namespace, cfg: dict) -> str:
+    """The VQGAN the tokens come from: --vqgan-ckpt, else the config's VQ_CKPT_path; it must exist."""
+    vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
+    if not vqgan_ckpt:
+        raise UserError(f"{args.config}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
+    if not Path(vqgan_ckpt).exists():
+        raise UserError(f"VQGAN checkpoint not found: {vqgan_ckpt} (train stage 1 with training_vqgan.py, then "
+                        "pass --vqgan-ckpt RUN_DIR/vqgan.pt or set VQ_CKPT_path in the config)")
+    return vqgan_ckpt
+
+
+def hole_sampling(tcfg: dict, vq: dict, train_set: ImageFolderDataset, seed: int
+                  ) -> tuple[torch.Tensor | None, HoleContext | None]:
+    """The token hole bank (K, h*w) bool the training masks may fall in, and the pre-filled hole
+    context, each None when the config does not ask for it."""
+    hole_bank = hole_context = None
+    if tcfg["hole_mask_share"] > 0:
+        pixel_bank = pixel_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"], seed)
+        hole_bank = torch.from_numpy(token_holes(pixel_bank, vq["latent_resolution"]))
+        if tcfg["hole_context"] == "prefilled":
+            hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"])
+    return hole_bank, hole_context
+
+
+def resume(s: Stage2, source: Path, args: argparse.Namespace, vqgan_ckpt: str, rank: int, steps_per_epoch: int,
+           **restore_args: object) -> int:
+    """Restore a run from `source` into `s` (see training.restore); returns its step."""
+    state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
+    check_trained_on(state, source, vqgan_ckpt)
+    training.restore(state, s.parts(), rank, source, args.config, **restore_args)
+    s.best_val_loss = state["best_val_loss"]
+    s.best = state.get("best", {"by": "val_loss", "score": -s.best_val_loss})  # runs before best_score
+    if rank == 0:
+        print(f"resumed from {source} at step {state['step']}")
+        if state["steps_per_epoch"] != steps_per_epoch:
+            print(f"warning: {steps_per_epoch} steps per epoch now, {state['steps_per_epoch']} before "
+                  "(--partial, data or process count changed): the rest of the "
+                  "epoch will not be the samples the run had left")
+    return state["step"]
+
+
+def fit_batch(s: Stage2, out: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Add a train_step's loss and accuracy to the log interval's sums; returns the bar's postfix."""
+    loss, acc, lr = out["loss"].item(), out["acc"].item(), s.scheduler.get_last_lr()[0]
+    s.running += torch.tensor([loss, acc, 1.0])
+    s.grad_norm = out["grad_norm"].item()
+    return {"loss": f"{loss:.3f}", "acc": f"{acc:.3f}", "lr": f"{lr:.1e}"}
+
+
+def log_row(s: Stage2, step: int, steps_per_epoch: int) -> dict:
+    """The log interval's mean loss and accuracy (the sums restart), the LR and the last grad norm."""
+    row = dict(step=step, epoch=step / steps_per_epoch, loss=(s.running[0] / s.running[2]).item(),
+               acc=(s.running[1] / s.running[2]).item(), lr=s.scheduler.get_last_lr()[0], grad_norm=s.grad_norm)
+    s.running.zero_()
+    return row
+
+
+def initial_weights(model: MaskGit, args: argparse.Namespace, embedding_init: str, vqgan_ckpt: str,
+                    resuming: bool) -> None:
+    """--init-from's transformer, else (on a new run, when the config asks) token embeddings from
+    the VQGAN's codebook."""
+    if args.init_from:
+        init_from(model, Path(args.init_from), vqgan_ckpt)
+    elif embedding_init == "codebook" and not resuming:
+        model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
+                                               torch.Generator().manual_seed(args.random_seed))
+
+
+def inpainting_check(val_set: ImageFolderDataset, count: int, vq: dict) -> tuple[list, object, dict]:
+    """--val-inpaint's items, their ground truth, and the cv2 baseline's scores on them."""
+    items, gt = val_inpainting_set(val_set, count)
+    return items, gt, baseline_scores(items, gt, vq["mean"], vq["std"])
+
+
+def validation_metrics(model: MaskGit, val_tokens: torch.Tensor, val_masks: torch.Tensor, batch: int,
+                       label_smoothing: float, device: torch.device, rank: int, world: int,
+                       inpainting: tuple[list, object, dict]) -> dict:
+    """The masked-token validation, plus the inpainting scores when `inpainting` has items."""
+    metrics = validate(model, val_tokens, val_masks, batch, label_smoothing, device, rank, world)
+    items, gt, ns_scores = inpainting
+    if items:
+        metrics.update(score_inpainting(model, items, gt, device, batch), **ns_scores)
+    return metrics
+
+
+def end_of_validation(s: Stage2, metrics: dict, step: int, steps_per_epoch: int, run_dir: Path, log: RunLog,
+                      is_main: bool) -> bool:
+    """Record a validation's `metrics`: best criterion and score, log row, curves, summary line.
+    Returns whether best.pt is to be rewritten."""
+    s.best_val_loss = min(s.best_val_loss, metrics["val_loss"])
+    by, score = best_score(metrics)
+    improved = by != s.best["by"] or score > s.best["score"]  # a new criterion starts afresh
+    s.best = {"by": by, "score": score} if improved else s.best
+    log.write(step=step, epoch=step / steps_per_epoch, **metrics)
+    log.plot(run_dir / "curves.png", PLOT_PANELS)
+    if is_main:
+        tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss "
+                   f"{metrics['val_loss']:.4f}, masked-token accuracy {metrics['val_acc']:.1%}"
+                   + (" (best)" if improved else "") + inpainting_summary(metrics))
+    return improved
+
+
 def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskGit, int]:
     """Train (or continue training) the transformer; returns the model and the number of steps done."""
     config = config or load_maskgit_file(args.config)
@@ -401,24 +507,18 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                                                          "learning_rate": args.learning_rate,
                                                          "accum_grad": args.accum_grad})
     check_flags(args)
-    vqgan_ckpt = args.vqgan_ckpt or cfg["VQ_Configs"]["VQ_CKPT_path"]
-    if not vqgan_ckpt:
-        raise UserError(f"{args.config}: no VQ_Configs.VQ_CKPT_path; pass --vqgan-ckpt")
-    if not Path(vqgan_ckpt).exists():
-        raise UserError(f"VQGAN checkpoint not found: {vqgan_ckpt} (train stage 1 with training_vqgan.py, then "
-                        "pass --vqgan-ckpt RUN_DIR/vqgan.pt or set VQ_CKPT_path in the config)")
+    vqgan_ckpt = stage1_weights(args, cfg)
     run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
     last_path = run_dir / "last.pt"
     source = training.resume_source(run_dir, args.resume,
                                     run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None,
                                     weights=("transformer.pt", "model"))
-
     with training.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         batch, accum = tcfg["batch_size"], tcfg["accum_grad"]
         vq = cfg["vqgan"]
-        train_set = ImageFolderDataset(args.train_path, vq["mean"], vq["std"], size=vq["img_resolution"])
-        val_set = ImageFolderDataset(args.val_path, vq["mean"], vq["std"], size=vq["img_resolution"])
+        train_set, val_set = (ImageFolderDataset(path, vq["mean"], vq["std"], size=vq["img_resolution"])
+                              for path in (args.train_path, args.val_path))
         per_step = batch * accum  # samples per rank per optimizer step
         steps_per_epoch = int(len(train_set) * args.partial) // (per_step * world)
         if steps_per_epoch == 0:
@@ -431,45 +531,19 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         model = load_maskgit(cfg, vqgan_ckpt=vqgan_ckpt, device=device)
         vqgan_digest = file_sha256(weights_file(vqgan_ckpt))
         encoding = (max(batch, ENCODE_BATCH), args.num_workers, device, rank, world)
-        train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train",
-                                   *encoding)  # (N, views, h*w)
-        val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)
+        train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train", *encoding)
+        val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)  # (N, views, h*w)
         val_masks = model.random_mask(len(val_tokens), torch.device("cpu"),
                                       torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
-        if args.init_from:
-            init_from(model, Path(args.init_from), vqgan_ckpt)
-        elif tcfg["embedding_init"] == "codebook" and source is None:
-            model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
-                                                   torch.Generator().manual_seed(args.random_seed))
-        hole_bank = hole_context = None
-        if tcfg["hole_mask_share"] > 0:
-            pixel_bank = pixel_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"], args.random_seed)
-            hole_bank = torch.from_numpy(token_holes(pixel_bank, vq["latent_resolution"]))
-            if tcfg["hole_context"] == "prefilled":
-                hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"])
-        inpaint_items, inpaint_gt, ns_scores = [], None, {}
-        if is_main and args.val_inpaint:
-            inpaint_items, inpaint_gt = val_inpainting_set(val_set, args.val_inpaint)
-            ns_scores = baseline_scores(inpaint_items, inpaint_gt, vq["mean"], vq["std"])
+        initial_weights(model, args, tcfg["embedding_init"], vqgan_ckpt, source is not None)
+        hole_bank, hole_context = hole_sampling(tcfg, vq, train_set, args.random_seed)
+        inpainting = inpainting_check(val_set, args.val_inpaint, vq) if is_main and args.val_inpaint else ([], None, {})
         seed_everything(args.random_seed + rank)  # masks, views and dropout differ between ranks
-
         optimizer = torch.optim.AdamW(param_groups(model.transformer, tcfg["weight_decay"]),
                                       lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
         s = Stage2(model, model, optimizer, training.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
-        step, best_val_loss, best = 0, math.inf, {"by": None, "score": -math.inf}
-        if source is not None:
-            state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
-            check_trained_on(state, source, vqgan_ckpt)
-            training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device, cfg=cfg)
-            step, best_val_loss = state["step"], state["best_val_loss"]
-            best = state.get("best", {"by": "val_loss", "score": -best_val_loss})  # runs before best_score
-            if is_main:
-                print(f"resumed from {source} at step {step}")
-                if state["steps_per_epoch"] != steps_per_epoch:
-                    print(f"warning: {steps_per_epoch} steps per epoch now, {state['steps_per_epoch']} before "
-                          "(--partial, data or process count changed): the rest of the "
-                          "epoch will not be the samples the run had left")
+        step = 0 if source is None else resume(s, source, args, vqgan_ckpt, rank, steps_per_epoch, tcfg=tcfg,
+                                                total_steps=total_steps, stop_at=stop_at, device=device, cfg=cfg)
         log = RunLog(run_dir, enabled=is_main)
         log.truncate_after(step)
         if args.compile:
@@ -477,65 +551,31 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         if world > 1:
             s.ddp = DistributedDataParallel(model)
         model.train()
-
         if is_main:
-            n_params = sum(p.numel() for p in model.transformer.parameters())
             print(f"{len(train_tokens)} training images x {train_tokens.shape[1]} view(s), {len(val_tokens)} val; "
-                  f"{n_params / 1e6:.1f}M parameters; {steps_per_epoch} steps/epoch of {per_step * world} images, "
-                  f"{total_steps} steps in all, on {world} x {device}")
+                  f"{sum(p.numel() for p in model.transformer.parameters()) / 1e6:.1f}M parameters; {steps_per_epoch} "
+                  f"steps/epoch of {per_step * world} images, {total_steps} steps in all, on {world} x {device}")
         label_smoothing = cfg["label_smoothing"]
-        running = torch.zeros(3)  # over the log interval: loss sum, accuracy sum, steps
-        while step < stop_at:
-            epoch, done = divmod(step, steps_per_epoch)
-            order = torch.tensor(ResumableSampler(len(train_tokens), args.random_seed, epoch, done * per_step,
-                                                  rank, world).indices)
-            order = order[:(steps_per_epoch - done) * per_step].view(-1, accum, batch)  # (steps, accum, B)
-            bar = progress_bar(order, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", enabled=is_main, initial=done,
-                               total=steps_per_epoch)
-            for micro_batches in bar:
-                out = train_step(s, train_tokens, micro_batches, tcfg, label_smoothing, step, last_path, world,
-                                 hole_bank, hole_context)
-                step += 1
-
-                loss, acc, lr = out["loss"].item(), out["acc"].item(), s.scheduler.get_last_lr()[0]
-                running += torch.tensor([loss, acc, 1.0])
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.1e}", refresh=False)
-                epoch_end, finished = step % steps_per_epoch == 0, step >= stop_at
-                if step % args.log_every == 0 or epoch_end or finished:
-                    log.write(step=step, epoch=step / steps_per_epoch, loss=(running[0] / running[2]).item(),
-                              acc=(running[1] / running[2]).item(), lr=lr, grad_norm=out["grad_norm"].item())
-                    running.zero_()
-
-                improved = False
-                if (epoch_end and (epoch + 1) % args.val_per_epoch == 0) or finished:
-                    metrics = validate(model, val_tokens, val_masks, batch, label_smoothing, device, rank, world)
-                    best_val_loss = min(best_val_loss, metrics["val_loss"])
-                    if inpaint_items:
-                        metrics.update(score_inpainting(model, inpaint_items, inpaint_gt, device, batch), **ns_scores)
-                    by, score = best_score(metrics)
-                    improved = by != best["by"] or score > best["score"]  # a new criterion starts afresh
-                    best = {"by": by, "score": score} if improved else best
-                    log.write(step=step, epoch=step / steps_per_epoch, **metrics)
-                    log.plot(run_dir / "curves.png", PLOT_PANELS)
-                    if is_main:
-                        tqdm.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): val loss "
-                                   f"{metrics['val_loss']:.4f}, masked-token accuracy {metrics['val_acc']:.1%}"
-                                   + (" (best)" if improved else "") + inpainting_summary(metrics))
-                if epoch_end or finished or step % args.save_every == 0:
-                    state = training.run_state(
-                        s.parts(), world, run_dir, device=device, step=step, epoch=step / steps_per_epoch,
-                        best_val_loss=best_val_loss, best=best, steps_per_epoch=steps_per_epoch,
-                        vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg,
-                        train_path=[str(p) for p in args.train_path])
-                    snapshot = epoch_end and args.save_per_epoch and (epoch + 1) % args.save_per_epoch == 0
-                    if is_main:
-                        training.save_run(run_dir, state, ("transformer.pt", model.transformer), improved,
-                                          f"epoch{epoch + 1:03d}.pt" if snapshot else None,
-                                          training.resume_only(s.parts()))
-                if finished:
-                    break
+        step = training.run_epochs(
+            step, steps_per_epoch, stop_at, tcfg["epochs"], is_main=is_main, log=log, log_every=args.log_every,
+            save_every=args.save_every, run_dir=run_dir, weights=("transformer.pt", model.transformer),
+            parts=s.parts(), val_every=args.val_per_epoch, snapshot_every=args.save_per_epoch,
+            batches=lambda epoch, done: torch.tensor(ResumableSampler(
+                len(train_tokens), args.random_seed, epoch, done * per_step, rank, world).indices
+            )[:(steps_per_epoch - done) * per_step].view(-1, accum, batch),  # (steps, accum, B)
+            train_step=lambda micro_batches, step: (fit_batch(s, train_step(s, train_tokens, micro_batches, tcfg,
+                label_smoothing, step, last_path, world, hole_bank, hole_context)),
+                (step + 1) % steps_per_epoch == 0 or step + 1 >= stop_at),  # the log closes epochs and the run
+            log_entry=lambda step, epoch: log_row(s, step, steps_per_epoch),
+            validate=lambda step, epoch: end_of_validation(s, validation_metrics(
+                model, val_tokens, val_masks, batch, label_smoothing, device, rank, world, inpainting),
+                step, steps_per_epoch, run_dir, log, is_main),
+            state=lambda step: training.run_state(
+                s.parts(), world, run_dir, device=device, step=step, epoch=step / steps_per_epoch,
+                best_val_loss=s.best_val_loss, best=s.best, steps_per_epoch=steps_per_epoch,
+                vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg, train_path=[str(p) for p in args.train_path]))
         if is_main:
-            print(f"done: {step} steps, best val loss {best_val_loss:.4f}, best.pt by {best['by']}; "
+            print(f"done: {step} steps, best val loss {s.best_val_loss:.4f}, best.pt by {s.best['by']}; "
                   f"{training.weights_note(run_dir, 'transformer.pt')}")
         return model, step
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,6 @@ from common import (
     check_minimum,
     load_checkpoint,
     load_weights,
-    progress_bar,
     resolve_device,
     run_cli,
     seed_everything,
@@ -239,6 +238,12 @@ class Stage1:
     sched_vq: torch.optim.lr_scheduler.LRScheduler
     sched_disc: torch.optim.lr_scheduler.LRScheduler
     perceptual: PerceptualLoss | None
+    best_psnr: float = -math.inf
+    counts: torch.Tensor | None = None        # (K,) code use since the last re-init
+    epoch_counts: torch.Tensor | None = None  # (K,) code use this epoch
+    code_rng: torch.Generator | None = None   # draws the encoder outputs that renew dead codes
+    losses: dict[str, float] = field(default_factory=dict)  # the last step's
+    renewed: int = 0  # codes the last step renewed
 
     def parts(self) -> dict[str, training.Stateful]:
         """The checkpoint keys of what a resume must restore."""
@@ -324,6 +329,46 @@ def renew_dead_codes(vqgan: VQGAN, counts: torch.Tensor, images: torch.Tensor, c
     return renewed
 
 
+def fit_batch(s: Stage1, images: torch.Tensor, step: int, tcfg: dict, last_path: Path, is_main: bool, world: int
+              ) -> tuple[dict[str, str], bool]:
+    """train_step on a loader's batch, then the code-use counts and dead-code renewal; returns the
+    progress bar's postfix and whether codes were renewed (a step the log must show)."""
+    images = images.to(next(s.vqgan.parameters()).device, non_blocking=True)
+    if tcfg["flip"]:
+        images = random_flip(images)
+    out = train_step(s, images, step, tcfg, last_path, world)
+    used = torch.bincount(out["indices"].cpu(), minlength=len(s.counts))
+    s.counts += used
+    s.epoch_counts += used
+    s.renewed = 0
+    if tcfg["reinit_dead_codes"] and (step + 1) % tcfg["reinit_every"] == 0:
+        s.renewed = renew_dead_codes(s.vqgan, s.counts, images, s.code_rng, is_main, world)
+    s.losses = {k: out[k].item() for k in ("rec_loss", "q_loss", "g_loss", "d_loss")}
+    lr = s.sched_vq.get_last_lr()[0]
+    return {"rec": f"{s.losses['rec_loss']:.4f}", "q": f"{s.losses['q_loss']:.4f}", "lr": f"{lr:.1e}"}, s.renewed > 0
+
+
+def end_of_epoch(s: Stage1, val_loader: DataLoader, step: int, epoch: int, cfg: dict, run_dir: Path, log: RunLog,
+                 is_main: bool) -> bool:
+    """Validate at an epoch's end (or the run's): reconstruction PSNR, codebook health, log row,
+    curves and a reconstruction figure. Returns whether the PSNR is the run's best."""
+    device = next(s.vqgan.parameters()).device
+    psnr, val_counts = validate(s.vqgan, val_loader, device, cfg["mean"], cfg["std"],
+                                run_dir / f"recon_epoch{epoch + 1:03d}.png" if is_main else None)
+    usage, perplexity = codebook_health(s.epoch_counts)
+    val_usage, _ = codebook_health(val_counts)
+    s.epoch_counts.zero_()
+    improved = psnr > s.best_psnr
+    s.best_psnr = max(s.best_psnr, psnr)
+    log.write(step=step, epoch=epoch + 1, val_psnr=psnr, codebook_usage=usage, perplexity=perplexity,
+              val_codebook_usage=val_usage)
+    log.plot(run_dir / "curves.png", PLOT_PANELS)
+    if is_main:
+        tqdm.write(f"epoch {epoch + 1}: val PSNR {psnr:.2f} dB, codes used {usage:.1%} "
+                   f"(val {val_usage:.1%}), perplexity {perplexity:.0f}")
+    return improved
+
+
 def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
     """Train (or continue training) the VQGAN; returns it and the number of steps done."""
     cfg = config.model
@@ -348,19 +393,19 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
         s = build(cfg, tcfg, device, total_steps)
 
-        step, best_psnr = 0, -math.inf
-        counts = torch.zeros(cfg["num_codebook_vectors"], dtype=torch.long)  # code use since the last re-init
-        epoch_counts = torch.zeros_like(counts)
-        code_rng = torch.Generator().manual_seed(args.random_seed)
+        step = 0
+        s.counts = torch.zeros(cfg["num_codebook_vectors"], dtype=torch.long)
+        s.epoch_counts = torch.zeros_like(s.counts)
+        s.code_rng = torch.Generator().manual_seed(args.random_seed)
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
                              stop_at=stop_at, device=device, cfg=cfg)
-            step, best_psnr = state["step"], state["best_psnr"]
+            step, s.best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
-                counts, epoch_counts = state["code_counts"][rank]
+                s.counts, s.epoch_counts = state["code_counts"][rank]
             if "code_rng" in state:
-                code_rng.set_state(state["code_rng"])
+                s.code_rng.set_state(state["code_rng"])
             if is_main:
                 print(f"resumed from {source} at step {step}")
         log = RunLog(run_dir, enabled=is_main)
@@ -370,61 +415,25 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
 
         # loaders get their own generator: creating one must not draw from the checkpointed global RNG
         val_loader = DataLoader(val_set, batch_size=batch, num_workers=args.num_workers, generator=torch.Generator())
-        while step < stop_at:
-            epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            sampler = ResumableSampler(len(train_set), args.random_seed, epoch, done_in_epoch * batch, rank, world)
-            loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
-                                drop_last=True, pin_memory=device.type == "cuda", generator=torch.Generator())
-            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", enabled=is_main,
-                               initial=done_in_epoch, total=steps_per_epoch)
-            for images in bar:
-                images = images.to(device, non_blocking=True)
-                if tcfg["flip"]:
-                    images = random_flip(images)
-                out = train_step(s, images, step, tcfg, last_path, world)
-                step += 1
-
-                used = torch.bincount(out["indices"].cpu(), minlength=len(counts))
-                counts += used
-                epoch_counts += used
-                renewed = 0
-                if tcfg["reinit_dead_codes"] and step % tcfg["reinit_every"] == 0:
-                    renewed = renew_dead_codes(s.vqgan, counts, images, code_rng, is_main, world)
-                lr = s.sched_vq.get_last_lr()[0]
-                losses = {k: out[k].item() for k in ("rec_loss", "q_loss", "g_loss", "d_loss")}
-                bar.set_postfix(rec=f"{losses['rec_loss']:.4f}", q=f"{losses['q_loss']:.4f}", lr=f"{lr:.1e}")
-                if step % args.log_every == 0 or renewed:
-                    log.write(step=step, epoch=epoch, **losses, lr=lr, reinit_codes=renewed)
-
-                epoch_end, finished = step % steps_per_epoch == 0, step >= stop_at
-                improved = False
-                if epoch_end or finished:
-                    psnr, val_counts = validate(s.vqgan, val_loader, device, mean, std,
-                                                run_dir / f"recon_epoch{epoch + 1:03d}.png" if is_main else None)
-                    usage, perplexity = codebook_health(epoch_counts)
-                    val_usage, _ = codebook_health(val_counts)
-                    epoch_counts.zero_()
-                    improved = psnr > best_psnr
-                    best_psnr = max(best_psnr, psnr)
-                    log.write(step=step, epoch=epoch + 1, val_psnr=psnr, codebook_usage=usage,
-                              perplexity=perplexity, val_codebook_usage=val_usage)
-                    log.plot(run_dir / "curves.png", PLOT_PANELS)
-                    if is_main:
-                        tqdm.write(f"epoch {epoch + 1}: val PSNR {psnr:.2f} dB, codes used {usage:.1%} "
-                                   f"(val {val_usage:.1%}), perplexity {perplexity:.0f}")
-                if epoch_end or finished or step % args.save_every == 0:
-                    state = training.run_state(
-                        s.parts(), world, run_dir, device=device, step=step, best_psnr=best_psnr,
-                        code_counts=training.gather_per_rank([counts, epoch_counts], world),
-                        code_rng=code_rng.get_state(), config=cfg, train_param=tcfg,
-                        train_path=[str(p) for p in args.train_path])
-                    if is_main:
-                        training.save_run(run_dir, state, ("vqgan.pt", s.vqgan), improved,
-                                          resume_keys=training.resume_only(s.parts()))
-                if finished:
-                    break
+        step = training.run_epochs(
+            step, steps_per_epoch, stop_at, tcfg["epochs"], is_main=is_main, log=log, log_every=args.log_every,
+            save_every=args.save_every, run_dir=run_dir, weights=("vqgan.pt", s.vqgan), parts=s.parts(),
+            batches=lambda epoch, done: DataLoader(
+                train_set, batch_size=batch, num_workers=args.num_workers, drop_last=True, generator=torch.Generator(),
+                sampler=ResumableSampler(len(train_set), args.random_seed, epoch, done * batch, rank, world),
+                pin_memory=device.type == "cuda"),
+            train_step=lambda images, step: fit_batch(s, images, step, tcfg, last_path, is_main, world),
+            log_entry=lambda step, epoch: dict(step=step, epoch=epoch, **s.losses, lr=s.sched_vq.get_last_lr()[0],
+                                               reinit_codes=s.renewed),
+            validate=lambda step, epoch: end_of_epoch(s, val_loader, step, epoch, cfg, run_dir, log, is_main),
+            state=lambda step: training.run_state(
+                s.parts(), world, run_dir, device=device, step=step, best_psnr=s.best_psnr,
+                code_counts=training.gather_per_rank([s.counts, s.epoch_counts], world),
+                code_rng=s.code_rng.get_state(), config=cfg, train_param=tcfg,
+                train_path=[str(p) for p in args.train_path]))
         if is_main:
-            print(f"done: {step} steps, best val PSNR {best_psnr:.2f} dB; {training.weights_note(run_dir, 'vqgan.pt')}")
+            print(f"done: {step} steps, best val PSNR {s.best_psnr:.2f} dB; "
+                  f"{training.weights_note(run_dir, 'vqgan.pt')}")
         return s.vqgan, step
 
 
