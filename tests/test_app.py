@@ -41,9 +41,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def page():
+def page(tmp_path_factory):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
+    pictures = tmp_path_factory.mktemp("picker")  # the picker's folder: CI has no built dataset
+    for i, colour in enumerate([(200, 40, 40), (40, 160, 60), (50, 60, 200)]):
+        Image.new("RGB", (64, 64), colour).save(pictures / f"picture_{i}.png")
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--test-images", str(pictures)],
+                              cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
