@@ -88,7 +88,6 @@ def check_run_arguments(args: argparse.Namespace, run_dir_flag: str = "--run-dir
     for data in args.train_path:
         check_readable(data, "--train-path", folder=True)
     check_readable(args.val_path, "--val-path", folder=True)
-    check_writable(args.run_dir, run_dir_flag)
     if getattr(args, "cache_dir", None) is not None:
         check_writable(args.cache_dir, "--cache-dir")
 
