@@ -196,6 +196,14 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps))
 
 
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the weights of linear layers; none on biases, norms, embeddings."""
+    decayed = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+
+
 class ResumableSampler(torch.utils.data.Sampler):
     """The epoch's shuffled order from torch's DistributedSampler (this rank's share, same for a
     given seed and epoch), minus the first `skip` indices: a resumed run continues mid-epoch with

@@ -8,7 +8,7 @@ lab-style step that encodes every batch with the VQGAN, same weights, same image
 lab-style (the baseline, written here): every batch of images is encoded to tokens by the frozen
 VQGAN (fp32, mirror images at random as the project's `flip` does), then the transformer step in
 fp32 with the hand-written attention core.
-project: the token cache of training_transformer.py (encode_images, run once before training, its
+project: the token cache of training_transformer.py (models.maskgit.encode_images, run once before training, its
 cost reported apart and extrapolated to the whole training split), fused (sdpa) attention and
 bf16 autocast on CUDA.
 
@@ -50,8 +50,8 @@ from bench.harness import (
 from common import autocast, resolve_device, resolve_path, run_cli, seed_everything
 from data import ImageFolderDataset
 from models.config import MASKGIT_TRAIN, apply_overrides, load_maskgit_file
-from models.maskgit import MaskGit
-from training_transformer import encode_images, masked_token_loss, param_groups
+from models.maskgit import MaskGit, encode_images, masked_token_loss
+from training import param_groups
 
 TRAIN_DIR = "datasets/twemoji/train"
 GOAL = {"cuda": 5.0}  # none set for the CPU

@@ -13,8 +13,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from common import UserError, load_state, load_weights, native_bf16, resolve_device
+from common import UserError, load_state, load_weights, native_bf16, progress_bar, resolve_device
 from models.config import load_maskgit_config
 from models.pretrained import (
     DEFAULT_MODEL,
@@ -275,6 +276,33 @@ class MaskGit(nn.Module):
         if history is not None:
             history.masks.append(torch.zeros_like(unknown).cpu())
         return Decoded(sampled, history, probs)
+
+
+# ----------------------------------------------------------------------------- training
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy per masked position (M,) and whether its top prediction is right (M,), in fp32.
+    The mask token (the last logit) is never a target, so it is left out of the softmax."""
+    picked = logits[mask][:, :-1].float()  # (M, num_codebook_vectors)
+    targets = targets[mask]
+    losses = F.cross_entropy(picked, targets, label_smoothing=label_smoothing, reduction="none")
+    return losses, picked.argmax(-1) == targets
+
+
+@torch.no_grad()
+def encode_images(model: MaskGit, dataset: Sequence[torch.Tensor], flip: bool, batch_size: int, num_workers: int,
+                  device: torch.device, desc: str) -> torch.Tensor:
+    """Token ids of every image, and of its mirror image when `flip`: (N, views, h*w) int16 on the CPU.
+    Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
+    dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
+    chunks = []
+    for images in progress_bar(loader, desc=desc, unit="batch"):
+        images = images.to(device)
+        views = [images, images.flip(-1)] if flip else [images]
+        chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
+    return torch.cat(chunks)
 
 
 def _load_vqgan(model: MaskGit, path: str | Path, vq_cfg: dict, expected_digest: str | None = None,
