@@ -102,6 +102,26 @@ def in_page_words(note: str) -> str:
     return note
 
 
+def refuse_non_images(widget):
+    """`widget` (a gr.Image) with its decoding of an upload wrapped: gradio decodes the file before
+    any handler runs, so a file that is not an image would be a server traceback; it is one message
+    on the page instead. (A subclass would make gradio write a .pyi stub beside this file.)"""
+    import gradio as gr
+
+    decode = widget.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+            name = getattr(payload, "orig_name", None) or "the file"
+            raise gr.Error(f"{name} is not an image this page can read (PNG, JPEG, WebP, ...): {err}",
+                           print_exception=False) from None
+
+    widget.preprocess = preprocess
+    return widget
+
+
 def build(model: MaskGit, test_images: list[Path]):
     """The gradio Blocks of the page."""
     import gradio as gr
@@ -120,8 +140,8 @@ def build(model: MaskGit, test_images: list[Path]):
                     "model's 64x64 and the result is given back at their size; unpainted pixels are kept exactly.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload"], format="png",
-                                 height=PANEL, elem_id="image")
+                image = refuse_non_images(gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload"],
+                                                     format="png", height=PANEL, elem_id="image"))
                 if test_images:
                     picker = gr.Gallery([str(p) for p in test_images], label="or pick a test image", columns=8,
                                         height=2 * PANEL // 3, allow_preview=False, elem_id="picker")

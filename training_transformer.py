@@ -30,9 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import training
@@ -58,7 +56,7 @@ from maskgit_inpaint.blending import nearest_known
 from maskgit_inpaint.metrics import compute_metrics, result_metrics
 from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
-from models.maskgit import load_maskgit
+from models.maskgit import encode_images, load_maskgit, masked_token_loss
 from models.pretrained import (
     check_trained_on,
     read_description,
@@ -68,7 +66,7 @@ from models.pretrained import (
     weights_file,
 )
 from models.refit import map_vocabulary, refit_parent
-from training import ResumableSampler, RunLog, check_finite
+from training import ResumableSampler, RunLog, check_finite, param_groups
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 64  # images per batch when encoding the token caches: no gradients, so more than a training batch
@@ -76,8 +74,8 @@ VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, s
 HOLE_BANK_SIZE = 4096  # generated token-level holes that hole-shaped training masks are drawn from
 VAL_HOLE_SEED = 1      # the val inpainting holes (the test masks use the dataset's seed, 0)
 PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accuracy": ["acc", "val_acc"],
-               "val inpainting: hole PSNR (dB)": ["val_psnr_hole", "val_ns_psnr_hole"],
-               "val inpainting: SSIM": ["val_ssim", "val_ns_ssim"], "learning rate": ["lr"]}
+               "val inpainting: hole PSNR (dB)": ["val_psnr_hole", "val_iter_psnr_hole", "val_ns_psnr_hole"],
+               "val inpainting: SSIM": ["val_ssim", "val_iter_ssim", "val_ns_ssim"], "learning rate": ["lr"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,21 +115,6 @@ def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool,
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-@torch.no_grad()
-def encode_images(model: MaskGit, dataset: ImageFolderDataset, flip: bool, batch_size: int, num_workers: int,
-                  device: torch.device, desc: str) -> torch.Tensor:
-    """Token ids of every image, and of its mirror image when `flip`: (N, views, h*w) int16 on the CPU.
-    Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
-    dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
-    chunks = []
-    for images in progress_bar(loader, desc=desc, unit="batch"):
-        images = images.to(device)
-        views = [images, images.flip(-1)] if flip else [images]
-        chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
-    return torch.cat(chunks)
-
-
 def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_digest: str, cache_dir: Path,
                 split: str, batch_size: int, num_workers: int, device: torch.device, rank: int, world: int
                 ) -> torch.Tensor:
@@ -159,24 +142,6 @@ def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_d
 
 
 # ----------------------------------------------------------------------------- training pieces
-
-def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy per masked position (M,) and whether its top prediction is right (M,), in fp32.
-    The mask token (the last logit) is never a target, so it is left out of the softmax."""
-    picked = logits[mask][:, :-1].float()  # (M, num_codebook_vectors)
-    targets = targets[mask]
-    losses = F.cross_entropy(picked, targets, label_smoothing=label_smoothing, reduction="none")
-    return losses, picked.argmax(-1) == targets
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on the weights of linear layers; none on biases, norms, embeddings."""
-    decayed = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
-    params = [p for p in module.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
-
 
 @torch.no_grad()
 def validate(model: MaskGit, tokens: torch.Tensor, masks: torch.Tensor, batch_size: int, label_smoothing: float,
@@ -220,19 +185,28 @@ def baseline_scores(items: list, gt: np.ndarray, mean: list[float], std: list[fl
     return {f"val_ns_{k}": ns[k] for k in ("psnr_hole", "ssim", "l1_hole")}
 
 
+ITERATIVE = Decoding(total_iter=8, readout="sample", blend="none")  # MaskGIT's own decoding, no post-processing
+
+
 def score_inpainting(model: MaskGit, items: list, gt: np.ndarray, device: torch.device, batch_size: int
                      ) -> dict[str, float]:
     """Inpaint `items` with the demo's decoding settings (inpainting.py's defaults, the config's
-    choice temperature): val hole PSNR, SSIM, hole L1 and masked-token accuracy."""
+    choice temperature) and with iterative sampled decoding (`ITERATIVE`): val hole PSNR, SSIM, hole
+    L1 and masked-token accuracy of the first, the `val_iter_` figures of the second."""
     vq = model.vqgan.cfg
     model.eval()
-    with torch.random.fork_rng(devices=[]):  # the loader draws a seed: keep the training's random stream
-        result = run_inpainting(items, model, Decoding(), vq["mean"],
-                                vq["std"], device, batch_size, gt=gt, progress=False)
+    scores = {}
+    for prefix, decoding in (("val_", Decoding()), ("val_iter_", ITERATIVE)):
+        with torch.random.fork_rng(devices=[]):  # the loader draws a seed: keep the training's random stream
+            result = run_inpainting(items, model, decoding, vq["mean"], vq["std"], device, batch_size, gt=gt,
+                                    progress=False)
+        metrics = result_metrics(result, gt)
+        scores.update({f"{prefix}psnr_hole": metrics["psnr_hole"], f"{prefix}ssim": metrics["ssim"],
+                       f"{prefix}l1_hole": metrics["l1_hole"]})
+        if prefix == "val_":
+            scores["val_inpaint_token_acc"] = metrics["masked_token_accuracy"]
     model.train()
-    metrics = result_metrics(result, gt)
-    return {"val_psnr_hole": metrics["psnr_hole"], "val_ssim": metrics["ssim"], "val_l1_hole": metrics["l1_hole"],
-            "val_inpaint_token_acc": metrics["masked_token_accuracy"]}
+    return scores
 
 
 def best_score(metrics: dict[str, float]) -> tuple[str, float]:
@@ -247,7 +221,8 @@ def inpainting_summary(metrics: dict[str, float]) -> str:
     """The val inpainting figures of a validation, for the progress line ("" when not measured)."""
     if "val_psnr_hole" not in metrics:
         return ""
-    return (f"; inpainting hole PSNR {metrics['val_psnr_hole']:.2f} dB, SSIM {metrics['val_ssim']:.4f} "
+    return (f"; inpainting hole PSNR {metrics['val_psnr_hole']:.2f} dB, SSIM {metrics['val_ssim']:.4f}, "
+            f"iterative {metrics['val_iter_psnr_hole']:.2f} dB, {metrics['val_iter_ssim']:.4f} "
             f"(Navier-Stokes {metrics['val_ns_psnr_hole']:.2f} dB, {metrics['val_ns_ssim']:.4f})")
 
 

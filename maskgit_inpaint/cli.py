@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
-from common import DEFAULT_NUM_WORKERS, check_minimum, resolve_path, spelled
+from common import DEFAULT_NUM_WORKERS, check_minimum, check_readable, resolve_path, spelled
 from data import FITS
 from maskgit_inpaint.settings import (
     BATCH_SIZE,
@@ -78,11 +78,23 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     add_decoding_arguments(p, skip=SCHEDULE_FIELDS)
 
 
+# the flags that name something a run reads, by their argparse names
+INPUT_FLAGS = {"image": "--image", "mask": "--mask", "test_maskedimage_path": "--test-maskedimage-path",
+               "test_mask_path": "--test-mask-path", "gt_path": "--gt-path", "MaskGitConfig": "--MaskGitConfig",
+               "load_transformer_ckpt_path": "--load-transformer-ckpt-path", "vqgan": "--vqgan"}
+
+
 def check_common_arguments(args: argparse.Namespace) -> None:
-    """Ranges of the flags of add_common_arguments (the decoding flags are checked by Decoding)."""
+    """Ranges of the flags of add_common_arguments (the decoding flags are checked by Decoding), and
+    that every input that exists can be read: one line naming the flag, not a PermissionError
+    (a missing input gets its own message where it is opened)."""
     check_minimum(args, 1, "--batch-size")
     check_minimum(args, 0, "--num_workers")
     decoding_from_args(args)
+    for name, flag in INPUT_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None and resolve_path(value).exists():
+            check_readable(resolve_path(value), flag)
 
 
 GT_NAME = "test_gt.csv"

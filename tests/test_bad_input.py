@@ -339,6 +339,21 @@ def test_unwritable_output_dir(world, tmp_path, monkeypatch, capsys):
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag, path", [("--test-maskedimage-path", "data/masked_image"),
+                                        ("--test-mask-path", "data/mask64"), ("--MaskGitConfig", "model/MaskGit.yml"),
+                                        ("--load-transformer-ckpt-path", "model/transformer.pt")])
+def test_unreadable_inputs(world, tmp_path, monkeypatch, capsys, flag, path):
+    """An input a user may not read: one line naming the flag, before anything is opened or written
+    (root ignores permissions, so os.access answers as for an unprivileged user)."""
+    locked = world / path
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    for cli in ("inpainting", "sweep"):
+        code, err = run_case(cli, [], world, tmp_path, monkeypatch, capsys)
+        assert code == 2 and err == f"error: {flag} {locked} is not readable (permission denied)\n", err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_dir_for_real(world, tmp_path):
     locked = tmp_path / "locked"
@@ -645,3 +660,24 @@ def test_app_refuses_a_port_in_use(monkeypatch):
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=str(port)):
             app.main(["--port", str(port)])
+
+
+def test_a_page_upload_that_is_not_an_image_is_one_message(tmp_path):
+    """gradio decodes an upload before any handler of ours runs: the page's image widget turns a file
+    it cannot decode into one message for the page (gr.Error, no server traceback)."""
+    gr = pytest.importorskip("gradio")
+    from types import SimpleNamespace
+
+    from gradio.data_classes import ImageData
+
+    import app
+
+    page = app.build(SimpleNamespace(mask_func="cosine", choice_temperature=4.5), [])
+    widget = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "image")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    with pytest.raises(gr.Error, match="notes.txt is not an image this page can read") as caught:
+        widget.preprocess(ImageData(path=str(tmp_path / "notes.txt"), orig_name="notes.txt"))
+    assert not caught.value.print_exception
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "ok.png")  # a real image still reads as before
+    pixels = widget.preprocess(ImageData(path=str(tmp_path / "ok.png"), orig_name="ok.png"))
+    assert pixels.shape == (6, 8, 3) and tuple(pixels[0, 0]) == (10, 20, 30)

@@ -447,6 +447,8 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
     for record in logged:
         assert 0 < record["val_psnr_hole"] < 100 and 0 < record["val_ssim"] <= 1
         assert 0 < record["val_ns_psnr_hole"] < 100 and record["val_ns_ssim"] > 0
+        assert 0 < record["val_iter_psnr_hole"] < 100 and 0 < record["val_iter_ssim"] <= 1
+        assert record["val_iter_psnr_hole"] != record["val_psnr_hole"]  # the other decoding, not a copy
     assert logged[0]["val_ns_psnr_hole"] == logged[1]["val_ns_psnr_hole"]  # fixed images and holes
     assert records(tmp_path / "zero", "val_psnr_hole") == []
     zero_loss = records(tmp_path / "zero", "val_loss")[0]
