@@ -46,21 +46,21 @@ def page(tmp_path_factory):
     pictures = tmp_path_factory.mktemp("picker")  # the picker's folder: CI has no built dataset
     for i, colour in enumerate([(200, 40, 40), (40, 160, 60), (50, 60, 200)]):
         Image.new("RGB", (64, 64), colour).save(pictures / f"picture_{i}.png")
+    log = tmp_path_factory.mktemp("server") / "app.log"  # the server's output, read by the tests
     server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--test-images", str(pictures)],
-                              cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(240):
+        for _ in range(480):  # a busy machine imports gradio and loads the model slowly
             try:
                 urllib.request.urlopen(url, timeout=2)
                 break
             except OSError:
                 if server.poll() is not None:
-                    pytest.fail(f"app.py exited: {server.stdout.read()}")
+                    pytest.fail(f"app.py exited: {log.read_text()}")
                 time.sleep(0.5)
         else:
-            pytest.fail("app.py did not serve within 120 s")
+            pytest.fail("app.py did not serve within 240 s")
         options = webdriver.ChromeOptions()
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1400,1800"):
@@ -71,6 +71,7 @@ def page(tmp_path_factory):
         except WebDriverException as err:
             pytest.skip(f"chromium does not start here: {err.msg}")
         driver.get(url)
+        driver.server_log = log
         yield driver
         driver.quit()
     finally:
@@ -103,6 +104,11 @@ def test_upload_paint_run_changes_only_the_hole(page, tmp_path):
                                                                                          "#status").text)
     assert "Traceback" not in page.page_source
     assert not page.find_elements(By.XPATH, "//*[normalize-space(text())='Error']")
+
+    (tmp_path / "notes.txt").write_text("not an image\n")  # not an image: no server traceback, the page goes on
+    page.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(tmp_path / "notes.txt"))
+    time.sleep(2)
+    assert "Traceback" not in page.server_log.read_text()
 
     page.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(tmp_path / "gradient.png"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#editor button[aria-label=Brush]"))
