@@ -84,6 +84,15 @@ INPUT_FLAGS = {"image": "--image", "mask": "--mask", "test_maskedimage_path": "-
                "load_transformer_ckpt_path": "--load-transformer-ckpt-path", "vqgan": "--vqgan"}
 
 
+def inputs_by_flag(args: argparse.Namespace) -> dict[str, Path]:
+    """The files and folders a run reads, by flag, found as the run finds them: --image and --mask
+    in single-image mode, else the two folders; the flags left unset are left out."""
+    single = getattr(args, "image", None) is not None
+    unread = {"test_maskedimage_path", "test_mask_path"} if single else {"image", "mask"}
+    return {flag: resolve_path(value) for name, flag in INPUT_FLAGS.items()
+            if name not in unread and (value := getattr(args, name, None)) is not None}
+
+
 def check_common_arguments(args: argparse.Namespace) -> None:
     """Ranges of the flags of add_common_arguments (the decoding flags are checked by Decoding), and
     that every input that exists can be read: one line naming the flag, not a PermissionError
@@ -91,10 +100,9 @@ def check_common_arguments(args: argparse.Namespace) -> None:
     check_minimum(args, 1, "--batch-size")
     check_minimum(args, 0, "--num_workers")
     decoding_from_args(args)
-    for name, flag in INPUT_FLAGS.items():
-        value = getattr(args, name, None)
-        if value is not None and resolve_path(value).exists():
-            check_readable(resolve_path(value), flag)
+    for flag, path in inputs_by_flag(args).items():
+        if path.exists():
+            check_readable(path, flag)
 
 
 GT_NAME = "test_gt.csv"
@@ -118,8 +126,6 @@ def default_gt_path(args: argparse.Namespace) -> tuple[Path | None, str | None]:
 
 
 def input_paths(args: argparse.Namespace) -> list[Path]:
-    """The files and folders a run reads images from, found as the run finds them."""
-    single = getattr(args, "image", None) is not None
-    paths = [args.image, args.mask] if single else [args.test_maskedimage_path, args.test_mask_path]
-    return [resolve_path(p) for p in [*paths, args.gt_path, args.load_transformer_ckpt_path, args.vqgan]
-            if p is not None]
+    """The files and folders a run reads images and weights from (`inputs_by_flag` less the config),
+    for the check that outputs do not overlap them."""
+    return [path for flag, path in inputs_by_flag(args).items() if flag != "--MaskGitConfig"]
