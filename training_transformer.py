@@ -332,6 +332,17 @@ class HoleContext:
         return z.index_copy(0, rows.to(device), context.to(z.dtype))
 
 
+def token_shifts(batch: int, side: int, max_shift: int) -> torch.Tensor:
+    """For each of `batch` samples a random move of its (side x side) token grid by up to
+    `max_shift` whole tokens down/right or up/left: the index (B, side*side) of the token each
+    position takes, the edge row or column repeated into the uncovered strip. An emoji's edge is
+    mostly background, so a moved grid is the tokens of the same picture placed elsewhere."""
+    moves = torch.randint(-max_shift, max_shift + 1, (batch, 2, 1))  # (B, [rows, cols], 1)
+    pos = torch.arange(side)
+    rows, cols = (pos - moves[:, 0]).clamp(0, side - 1), (pos - moves[:, 1]).clamp(0, side - 1)  # (B, side)
+    return (rows[:, :, None] * side + cols[:, None, :]).flatten(1)
+
+
 def load_uint8_images(dataset: ImageFolderDataset) -> torch.Tensor:
     """Every image of `dataset` as (N, 3, H, W) uint8, for on-the-fly pre-filled encodings."""
     return torch.stack([torch.from_numpy(read_image(f, "RGB", dataset.size, dataset.fit)).permute(2, 0, 1)
@@ -343,7 +354,8 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
                hole_context: HoleContext | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step over `micro_batches` (accum, B) rows of `tokens` (N, views, h*w), one
     random view per row, masked anywhere or inside holes of `hole_bank` (see hole_regions), shown
-    with the pre-filled context of `hole_context` around the hole when given.
+    with the pre-filled context of `hole_context` around the hole when given, and moved by whole
+    tokens when `shift_tokens` is on (see token_shifts).
     Returns the cross-entropy (mean over micro-batches and ranks), the masked-token accuracy and the
     gradient norm before clipping."""
     device, accum = next(s.model.transformer.parameters()).device, len(micro_batches)
@@ -353,6 +365,10 @@ def train_step(s: Stage2, tokens: torch.Tensor, micro_batches: torch.Tensor, tcf
         z = tokens[idx, views].long().to(device, non_blocking=True)  # (B, h*w)
         within, picks = hole_regions(hole_bank, tcfg["hole_mask_share"], len(idx))
         context = None if hole_context is None else hole_context.tokens(s.model, z, idx, views, picks)
+        if tcfg["shift_tokens"]:
+            source = token_shifts(len(idx), s.model.vqgan.latent_resolution, tcfg["shift_tokens"]).to(device)
+            z, context, within = (None if t is None else t.to(device).gather(1, source)
+                                  for t in (z, context, within))
         with s.ddp.no_sync() if world > 1 and i < accum - 1 else nullcontext():
             with autocast(device):
                 logits, targets, mask = s.ddp(z, within=within, context=context)  # logits (B, h*w, vocab)

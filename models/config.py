@@ -227,6 +227,9 @@ MASKGIT_TRAIN = {
     # what such a sample shows around its hole: the clean image's tokens, or (prefilled) the tokens of
     # the image with the hole pre-filled by the nearest known pixel, which is what decoding encodes
     "hole_context": Key(choice(("clean", "prefilled")), "clean"),
+    # augmentation: each sample's token grid (and its hole) moved by up to this many whole tokens
+    # each way, the edge tokens repeated into what the move uncovers; 0 = off
+    "shift_tokens": Key(integer(0), 0),
 }
 
 

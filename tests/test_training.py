@@ -830,7 +830,8 @@ def test_prefilled_context_is_shown_outside_the_hole_and_the_clean_tokens_inside
 
 def test_stage2_prefilled_context_resumes_exactly(ws, tmp_path):
     config = tmp_path / "maskgit_prefilled.yml"
-    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  hole_context: prefilled")
+    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  hole_context: prefilled\n"
+                                "  shift_tokens: 1")
     config.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
     flags = ("--MaskGitConfig", str(config), "--save-every", "100")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -843,6 +844,47 @@ def test_stage2_prefilled_context_resumes_exactly(ws, tmp_path):
     run_stage2(ws, clean, *flags, "--max-steps", "4")
     assert not torch.equal(load_checkpoint(clean / "last.pt")["model"]["tok_emb.weight"],
                            load_checkpoint(straight / "last.pt")["model"]["tok_emb.weight"])
+
+
+def test_token_shifts_move_the_grid_by_whole_tokens_and_repeat_the_edge():
+    """Each sample's source index is one move (dy, dx) within the limit, edge tokens repeated (not
+    wrapped around), and every move of the range is drawn."""
+    torch.manual_seed(0)
+    side, limit = 5, 2
+    sources = stage2.token_shifts(400, side, limit)
+    grid = np.arange(side * side).reshape(side, side)
+    pos = np.arange(side)
+    seen = set()
+    for source in sources.numpy():
+        matches = [(dy, dx) for dy in range(-limit, limit + 1) for dx in range(-limit, limit + 1)
+                   if np.array_equal(source.reshape(side, side),
+                                     grid[np.clip(pos - dy, 0, side - 1)][:, np.clip(pos - dx, 0, side - 1)])]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == (2 * limit + 1) ** 2
+
+
+def test_shift_moves_the_tokens_their_hole_and_context_together(ws, monkeypatch):
+    """With shift_tokens on, the transformer is trained on the moved targets, inside the moved hole,
+    with the moved pre-filled context around it."""
+    model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
+    optimizer = torch.optim.SGD(model.transformer.parameters(), lr=0.0)
+    s = stage2.Stage2(model, model, optimizer, training.lr_scheduler(optimizer, 10, 0))
+    seen, forward = {}, model.forward
+    monkeypatch.setattr(model, "forward", lambda z, within=None, context=None: (
+        seen.update(z=z, within=within, context=context), forward(z, within=within, context=context))[1])
+    down_one = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])  # 4x4 grid moved one row down
+    monkeypatch.setattr(stage2, "token_shifts", lambda batch, side, limit: down_one.repeat(batch, 1))
+    hole = torch.zeros(1, 16, dtype=torch.bool)
+    hole[0, [5, 6, 9, 10]] = True
+    context = SimpleNamespace(tokens=lambda model, z, idx, views, picks: 15 - z)
+    tokens = torch.arange(16).repeat(4, 1, 1)  # (N, views, h*w)
+    tcfg = {"hole_mask_share": 1.0, "shift_tokens": 1, "grad_clip": 1.0}
+    stage2.train_step(s, tokens, torch.tensor([[0, 1, 2, 3]]), tcfg, 0.0, 0, ws.root / "unused.pt", 1, hole,
+                      context)
+    assert torch.equal(seen["z"], down_one.repeat(4, 1))
+    assert torch.equal(seen["context"], 15 - down_one.repeat(4, 1))
+    assert seen["within"][0].nonzero().flatten().tolist() == [9, 10, 13, 14]
 
 
 def test_the_labs_spellings_are_aliases_of_the_flags():
