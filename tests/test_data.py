@@ -1,5 +1,5 @@
-"""Tests for data/: the Twemoji builder (on a small subset), the OpenMoji one (on SVGs written here), masks,
-loaders and every bad-input path."""
+"""Tests for data/: the Twemoji builder (on a small subset), the OpenMoji one (on SVGs written here), the Noto
+one (on a tiny npm package written here), masks, loaders and every bad-input path."""
 from __future__ import annotations
 
 import collections
@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,92 @@ def test_prepare_openmoji_names_a_broken_svg(tmp_path):
     with pytest.raises(UserError, match="no SVG files"):
         prepare_dataset(tmp_path / "out", tmp_path, progress=False, style="openmoji")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["svg"]
+
+
+# ---- Noto ---------------------------------------------------------------------------------------
+
+NOTO_WAVING = ["1f44b", *(f"1f44b-{tone}" for tone in sorted(SKIN_TONES))]
+NOISE = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+
+
+def write_noto_package(root: Path, name: str = "emoji-datasource-google") -> Path:
+    """A tiny emoji-datasource-google package: package.json and, in img/google/64, 64x64 PNGs under Google's
+    names (leading zeros, skin tones, a private-use one), plus a sprite sheet that is no emoji."""
+    pngs = root / "img" / "google" / "64"
+    pngs.mkdir(parents=True)
+    (root / "package.json").write_text(json.dumps({"name": name, "version": "16.0.0", "license": "MIT"}))
+    disc = np.zeros((64, 64, 4), np.uint8)  # transparent, a yellow disc in the middle
+    yy, xx = np.mgrid[:64, :64]
+    disc[(yy - 32) ** 2 + (xx - 32) ** 2 < 20**2] = (0xF1, 0xB3, 0x1C, 255)
+    for stem in [*NOTO_WAVING, "0023-fe0f-20e3", *(f"1f60{i}" for i in range(1, 10)), "e50a"]:
+        save(pngs / f"{stem}.png", disc)
+    save(pngs / "1f600.png", NOISE)  # opaque and already 64x64: kept exactly
+    gray = np.zeros((64, 64, 2), np.uint8)  # gray + alpha ("LA"), as 62 of Google's PNGs are
+    gray[16:48, 16:48] = (90, 255)
+    save(pngs / "00a9.png", gray)
+    (root / "img" / "google" / "sheets").mkdir()
+    save(root / "img" / "google" / "sheets" / "64.png", np.zeros((64, 64, 3)))
+    return root
+
+
+def test_prepare_noto_takes_twemoji_names_and_keeps_variants_together(tmp_path, monkeypatch, capsys):
+    package = write_noto_package(tmp_path / "package")
+    out = tmp_path / "noto"
+    args = ["--style", "noto", "--source", str(package), "--out", str(out)]
+    code, err = run_in_process(monkeypatch, capsys, data.prepare, *args)
+    assert code == 0 and "error" not in err, err
+    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    # leading zeros dropped, the private-use e50a and the sheet left out
+    assert sorted(split_of) == sorted([*NOTO_WAVING, "23-fe0f-20e3", "a9", *(f"1f60{i}" for i in range(10))])
+    assert len({split_of[s] for s in NOTO_WAVING}) == 1
+    counts = json.loads((out / "stats.json").read_text())["counts"]
+    assert counts == {"train": 14, "val": 2, "test": 2}
+    assert np.array_equal(read(out / split_of["1f600"] / "1f600.png"), NOISE)
+    disc = read(out / split_of["1f44b-1f3fd"] / "1f44b-1f3fd.png")
+    assert disc.shape == (64, 64, 3) and disc[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert disc[32, 32].tolist() == [0xF1, 0xB3, 0x1C]
+    gray = read(out / split_of["a9"] / "a9.png")
+    assert gray[0, 0].tolist() == [255, 255, 255] and gray[32, 32].tolist() == [90, 90, 90]
+    names = [p.name for p in list_images(out / "test")]
+    assert names == [p.name for p in list_images(out / "mask64")] == [p.name for p in list_images(out / "masked_image")]
+    assert np.array_equal(read_gt_csv(out / "test_gt.csv"), np.stack([read(out / "test" / n) for n in names]))
+    credits = (out / "CREDITS.md").read_text()
+    assert "Noto Emoji" in credits and "Apache License 2.0" in credits and "CC-BY" not in credits
+    assert "emoji-datasource-google" in credits and "public domain" in credits  # flags, per noto-emoji
+    params = json.loads((out / "MANIFEST.json").read_text())["params"]
+    assert params["style"] == "noto" and params["package"] == "emoji-datasource-google 16.0.0"
+
+
+def test_prepare_noto_builds_the_same_bytes_from_the_folder_its_pngs_or_the_tgz(tmp_path, capsys):
+    package = write_noto_package(tmp_path / "package")
+    built = prepare_dataset(tmp_path / "a", package, progress=False, style="noto")
+    from_pngs = prepare_dataset(tmp_path / "b", package / "img" / "google" / "64", progress=False, style="noto")
+    tgz = tmp_path / "emoji-datasource-google-16.0.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(package, arcname="package")  # as `npm pack` makes it, sheets and all
+    from_tgz = prepare_dataset(tmp_path / "c", tgz, progress=False, style="noto")
+    assert tree_bytes(from_pngs) == tree_bytes(from_tgz) == tree_bytes(built)
+    prepare_dataset(built, tgz, progress=False, style="noto")
+    assert "up to date" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", tgz.name, "package"]
+
+
+def test_prepare_noto_without_its_package_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):
+    apple = write_noto_package(tmp_path / "apple", name="emoji-datasource-apple")
+    (tmp_path / "notes.tgz").write_text("not a tar")
+    cases = [
+        ([], "needs the 64x64 PNGs of the npm package emoji-datasource-google 16.0.0"),
+        (["--source", str(tmp_path / "nope")], "nope not found"),
+        (["--source", str(tmp_path)], "is not the extracted emoji-datasource-google package folder"),
+        (["--source", str(apple)], "is the npm package emoji-datasource-apple"),
+        (["--source", str(tmp_path / "notes.tgz")], "notes.tgz as the package's .tgz"),
+    ]
+    for args, needle in cases:
+        code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "noto", "--out",
+                                   str(tmp_path / "out"), *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert "`npm pack emoji-datasource-google@16.0.0` and `tar xzf emoji-datasource-google-16.0.0.tgz`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apple", "notes.tgz"]  # nothing written
 
 
 # ---- masks --------------------------------------------------------------------------------------
