@@ -49,10 +49,11 @@ def to_uint8_image(x: torch.Tensor, mean: Stats, std: Stats) -> np.ndarray:
     return pixels.movedim(-3, -1).cpu().numpy()
 
 
-def pixel_to_token_mask(hole: torch.Tensor, latent_size: int) -> torch.Tensor:
+def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, above: float = 0.0) -> torch.Tensor:
     """Pixel hole mask (B, 1, H, W) or (H, W), True = hole -> token mask (B, L*L) or (L*L,) with
-    L = latent_size, in row-major token order. A token is masked when any hole pixel falls in its
-    patch of (H / L) x (W / L) pixels, so no token mixes known and unknown content."""
+    L = latent_size, in row-major token order. A token is masked when more than `above` of its patch
+    of (H / L) x (W / L) pixels is hole; with 0, when any hole pixel falls in it, so no token mixes
+    known and unknown content."""
     squeeze = hole.dim() == 2
     if squeeze:
         hole = hole[None, None]
@@ -63,7 +64,7 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int) -> torch.Tensor:
         raise ValueError(f"image size {h}x{w} is not a multiple of the latent size {latent_size}")
     ph, pw = h // latent_size, w // latent_size
     patches = hole.bool().reshape(b, latent_size, ph, latent_size, pw)  # (B, L, ph, L, pw)
-    tokens = patches.any(dim=4).any(dim=2)  # (B, L, L)
+    tokens = patches.float().mean(dim=(2, 4)) > above if above else patches.any(dim=4).any(dim=2)  # (B, L, L)
     tokens = tokens.reshape(b, latent_size * latent_size)  # (B, L*L)
     return tokens[0] if squeeze else tokens
 

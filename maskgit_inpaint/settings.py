@@ -64,6 +64,11 @@ class Decoding:
                               help="what the VQGAN encoder sees in the hole: the gray of the input, or the nearest "
                                    "known pixel, so the known tokens around the hole look less like a gray edge "
                                    "(default: %(default)s)")
+    token_hole_share: float = option(
+        0.0, "--token-hole-share", type=float,
+        help="regenerate only the tokens whose 4x4 patch is more than this share hole; the others keep "
+             "the code the encoder gives the pre-filled image (--encode-fill) and so use their own "
+             "known pixels (default: %(default)s, any hole pixel)")
     flip_average: bool = option(True, "--flip-average", boolean=True,
                                 help="also fill the mirror image and average the two results, mirrored back (twice "
                                      "the work; smoother, closer in PSNR) (default: %(default)s)")
@@ -80,6 +85,9 @@ class Decoding:
         check_number(self.sample_temperature, "--sample-temperature (sample_temperature; 0 = argmax)", minimum=0)
         if self.choice_temperature is not None:
             check_number(self.choice_temperature, "--choice-temperature (choice_temperature)", minimum=0)
+        check_number(self.token_hole_share, "--token-hole-share (token_hole_share)", minimum=0, maximum=1)
+        if self.token_hole_share == 1:
+            raise UserError("--token-hole-share (token_hole_share) must be below 1: at 1 no token is regenerated")
         check_seed(self.seed, "--random-seed (seed)")
         for name in ("paste", "flip_average"):
             if not isinstance(getattr(self, name), bool):

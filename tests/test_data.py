@@ -537,6 +537,13 @@ def test_pixel_to_token_mask():
     assert pixel_to_token_mask(hole, 16)[1].nonzero().flatten().tolist() == [31]
     with pytest.raises(ValueError):
         pixel_to_token_mask(hole, 10)
+    share = torch.zeros(64, 64, dtype=torch.bool)
+    share[0, 0:4] = True  # patch 0: 4 of 16 pixels
+    share[4:6, 4:7] = True  # patch 17: 6 of 16
+    share[12, 12] = True  # patch 51: 1 of 16
+    assert pixel_to_token_mask(share, 16, above=0.25).nonzero().flatten().tolist() == [17]
+    assert pixel_to_token_mask(share, 16, above=0.2).nonzero().flatten().tolist() == [0, 17]
+    assert pixel_to_token_mask(share, 16).nonzero().flatten().tolist() == [0, 17, 51]
 
 
 def test_token_hole_bank_matches_its_pixel_masks():

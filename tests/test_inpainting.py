@@ -205,6 +205,29 @@ def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny
     assert not torch.allclose(plain, mirror)  # the tiny model is not mirror-symmetric: the test has teeth
 
 
+def test_token_hole_share_keeps_the_pre_filled_codes_of_mostly_known_tokens(tiny):
+    cfg = load_config(tiny["config"])
+    model = load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    dataset = open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
+    images, holes, indices = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    holes = torch.zeros_like(holes)
+    holes[:, :, 0:4, 0:3] = True  # 12 of the 16 pixels of token 0
+    holes[:, :, 5, 4:8] = True  # 4 of the 16 pixels of token 5
+    decoding = Decoding(total_iter=2, readout="sample", flip_average=False, blend="none", token_hole_share=0.25)
+    decoded, tokens, token_mask, _ = decode_holes(model, images, holes, indices, decoding)
+    assert token_mask.sum(1).tolist() == [1] * 4 and token_mask[:, 0].all()
+    _, prefilled = model.encode_to_z(nearest_filled(images, holes))
+    assert torch.equal(tokens[:, 1:], prefilled[:, 1:])  # kept: the pre-filled image's codes
+    assert torch.equal(decode_holes(model, images, holes, indices, replace(decoding, token_hole_share=0.0))[2][:, 5],
+                       torch.ones(4, dtype=torch.bool))  # by default any hole pixel regenerates its token
+    small = torch.zeros_like(holes)
+    small[:, :, 5, 5] = True  # no token is more than a quarter hole: nothing to regenerate
+    decoded, tokens, token_mask, _ = decode_holes(model, images, small, indices, decoding)
+    assert not token_mask.any() and torch.equal(tokens, model.encode_to_z(nearest_filled(images, small))[1])
+    known = ~small.expand_as(images)
+    assert torch.equal(decoded[known], images[known]) and torch.isfinite(decoded).all()
+
+
 @pytest.mark.parametrize("readout, flip_average", [("sample", False), ("mean", False), ("mean", True)])
 def test_early_sweet_spots_equal_separate_runs(tiny, readout, flip_average):
     """The sweep scores every sweet spot from one run; each must equal a run stopped there."""
@@ -314,6 +337,8 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
     return {
         "missing checkpoint": (["--load-transformer-ckpt-path", "nope.pt"], "transformer checkpoint not found"),
         "missing config": (["--MaskGitConfig", "nope.yml"], "config not found"),
+        "token hole share of 1": (["--token-hole-share", "1"], "at 1 no token is regenerated"),
+        "negative token hole share": (["--token-hole-share", "-0.5"], "--token-hole-share (token_hole_share)"),
         "shape mismatch": (["--load-transformer-ckpt-path", str(wide.parent / "transformer.pt")], "shape mismatch"),
         "mask count": (["--test-mask-path", str(short)], "7 masked images"),
         "hole outside crop": (["--image", str(odd / "a.png"), "--mask", str(odd / "edge.png"), "--fit", "crop"],
@@ -331,7 +356,8 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
 
 
 CASES = ["missing checkpoint", "missing config", "shape mismatch", "mask count", "hole outside crop", "mask func",
-         "mask kind", "cuda", "bad flag value", "gt count", "image without mask"]
+         "mask kind", "cuda", "bad flag value", "gt count", "image without mask", "token hole share of 1",
+         "negative token hole share"]
 
 
 @pytest.mark.parametrize("case", CASES)
