@@ -64,7 +64,7 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, above: float = 0.0
         raise ValueError(f"image size {h}x{w} is not a multiple of the latent size {latent_size}")
     ph, pw = h // latent_size, w // latent_size
     patches = hole.bool().reshape(b, latent_size, ph, latent_size, pw)  # (B, L, ph, L, pw)
-    tokens = patches.float().mean(dim=(2, 4)) > above if above else patches.any(dim=4).any(dim=2)  # (B, L, L)
+    tokens = patches.float().mean(dim=(2, 4)) > above  # (B, L, L): share of hole pixels per patch
     tokens = tokens.reshape(b, latent_size * latent_size)  # (B, L*L)
     return tokens[0] if squeeze else tokens
 
