@@ -26,7 +26,7 @@ from common import ArgumentParser, UserError, check_number, check_readable, reso
 from data import list_images, read_hole
 from maskgit_inpaint import Decoding, Inpainted, inpaint
 from maskgit_inpaint.figures import steps_figure
-from maskgit_inpaint.settings import BLENDS
+from maskgit_inpaint.settings import BLENDS, TOKEN_HOLE_SHARE
 from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
@@ -57,9 +57,10 @@ def to_editor(image: np.ndarray | None) -> dict | None:
 
 # the page's widgets, in order: the Decoding fields they set (the rest keep Decoding's defaults)
 WIDGET_FIELDS = ("total_iter", "sweet_spot", "mask_func", "choice_temperature", "sample_temperature", "seed",
-                 "readout", "flip_average", "blend")
+                 "readout", "token_hole_share", "flip_average", "blend")
 CASTS = {"total_iter": int, "seed": int, "choice_temperature": float, "sample_temperature": float,
-         "flip_average": bool, "sweet_spot": lambda s: int(s) or None}  # a sweet spot of 0: follow T
+         "token_hole_share": float, "flip_average": bool,
+         "sweet_spot": lambda s: int(s) or None}  # a sweet spot of 0: follow T
 
 
 def run(model: MaskGit, image: np.ndarray | None, editor: dict | None, *values: object
@@ -168,6 +169,10 @@ def build(model: MaskGit, test_images: list[Path]):
                                                label="sample temperature (0 = argmax)")
                 readout = gr.Dropdown(list(READOUTS), value=Decoding.readout,
                                       label="readout: the mean code vector of each prediction, or the sampled token")
+                token_hole_share = gr.Slider(0, 0.95, value=Decoding().hole_share, step=0.05,
+                                             label="token hole share: regenerate the tokens more than this share "
+                                                   "hole; the others keep the code of their known pixels")
+                readout.change(TOKEN_HOLE_SHARE.get, readout, token_hole_share)  # the readout's default
                 flip_average = gr.Checkbox(Decoding.flip_average, label="average with the mirror image's result")
                 blend = gr.Dropdown(list(BLENDS), value=Decoding.blend,
                                     label="blend: Poisson (no colour seam at the hole's edge) or none")
@@ -182,7 +187,7 @@ def build(model: MaskGit, test_images: list[Path]):
         figure = gr.Image(show_label=False, format="png", type="numpy", elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
         settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
-                    flip_average, blend]  # as WIDGET_FIELDS
+                    token_hole_share, flip_average, blend]  # as WIDGET_FIELDS
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

@@ -43,7 +43,7 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     views = [(images, holes)] + ([(images.flip(-1), holes.flip(-1))] if decoding.flip_average else [])
     token_masks, results = [], []
     for view, hole in views:
-        token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.token_hole_share))
+        token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.hole_share))
         _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
         results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.steps, history))
     decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs) for r in results])

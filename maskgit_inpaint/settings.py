@@ -22,6 +22,10 @@ BATCH_SIZE = {"cuda": 64, "cpu": 16}
 # known pixel, so that the known tokens next to the hole are encoded from something like the image
 ENCODE_FILLS = ("gray", "nearest")
 BLENDS = ("poisson", "none")  # how a pasted decode meets the known pixels: poisson_blend, or as it is
+# the token hole share when none is given, by readout, chosen on the val holes of three emoji styles
+# (docs/tokens.md): a mean code blends its candidates, so a mostly known token still gains from the
+# transformer; a sampled code is one sharp guess, which the token's own known pixels beat
+TOKEN_HOLE_SHARE = {"mean": 0.5, "sample": 0.9}
 CHOICES = {"method": ("maskgit", *BASELINES), "mask_func": GAMMA_FUNCTIONS, "scheduler": SCHEDULERS,
            "readout": READOUTS, "encode_fill": ENCODE_FILLS, "blend": BLENDS}
 
@@ -35,7 +39,8 @@ def option(default: object, *flags: str, help: str, **argparse_kwargs: object) -
 class Decoding:
     """How the holes are filled: MaskGIT's schedule and sampling, or a baseline. The defaults are the
     best setting measured on the val holes (docs/results.md). Fields left None take the model's
-    config (mask_func, choice_temperature) or follow T (sweet_spot): see `resolved`."""
+    config (mask_func, choice_temperature), follow T (sweet_spot) or the readout (token_hole_share):
+    see `resolved`."""
     method: str = option("maskgit", "--baseline", choices=BASELINES,
                          help="fill holes without the model, for the results table")
     total_iter: int = option(1, "--total-iter", type=int, help="T: steps of the mask schedule (default: %(default)s)")
@@ -64,11 +69,13 @@ class Decoding:
                               help="what the VQGAN encoder sees in the hole: the gray of the input, or the nearest "
                                    "known pixel, so the known tokens around the hole look less like a gray edge "
                                    "(default: %(default)s)")
-    token_hole_share: float = option(
-        0.0, "--token-hole-share", type=float,
+    token_hole_share: float | None = option(
+        None, "--token-hole-share", type=float,
         help="regenerate only the tokens whose 4x4 patch is more than this share hole; the others keep "
              "the code the encoder gives the pre-filled image (--encode-fill) and so use their own "
-             "known pixels (default: %(default)s, any hole pixel)")
+             "known pixels; 0 regenerates every token with a hole pixel, as the paper does (default: "
+             + ", ".join(f"{share} with --readout {readout}" for readout, share in TOKEN_HOLE_SHARE.items())
+             + ")")
     flip_average: bool = option(True, "--flip-average", boolean=True,
                                 help="also fill the mirror image and average the two results, mirrored back (twice "
                                      "the work; smoother, closer in PSNR) (default: %(default)s)")
@@ -85,9 +92,11 @@ class Decoding:
         check_number(self.sample_temperature, "--sample-temperature (sample_temperature; 0 = argmax)", minimum=0)
         if self.choice_temperature is not None:
             check_number(self.choice_temperature, "--choice-temperature (choice_temperature)", minimum=0)
-        check_number(self.token_hole_share, "--token-hole-share (token_hole_share)", minimum=0, maximum=1)
-        if self.token_hole_share == 1:
-            raise UserError("--token-hole-share (token_hole_share) must be below 1: at 1 no token is regenerated")
+        if self.token_hole_share is not None:
+            check_number(self.token_hole_share, "--token-hole-share (token_hole_share)", minimum=0, maximum=1)
+            if self.token_hole_share == 1:
+                raise UserError("--token-hole-share (token_hole_share) must be below 1: at 1 no token is "
+                                "regenerated")
         check_seed(self.seed, "--random-seed (seed)")
         for name in ("paste", "flip_average"):
             if not isinstance(getattr(self, name), bool):
@@ -103,17 +112,23 @@ class Decoding:
         """S: the steps actually run (the sweet spot, T when unset, at most T)."""
         return min(self.sweet_spot or self.total_iter, self.total_iter)
 
+    @property
+    def hole_share(self) -> float:
+        """The token hole share in use: the one given, else the readout's (TOKEN_HOLE_SHARE)."""
+        return TOKEN_HOLE_SHARE[self.readout] if self.token_hole_share is None else self.token_hole_share
+
     def resolved(self, mask_func: str, choice_temperature: float, num_tokens: int) -> tuple[Decoding, str | None]:
-        """These settings with the model's `mask_func` and `choice_temperature` where unset and the
-        sweet spot clamped to T, and the note that says so when it was larger (the one clamp of the
-        CLI, the sweep, inpaint() and the page). T above the model's `num_tokens` is a UserError:
-        each step fixes at least one token."""
+        """These settings with the model's `mask_func` and `choice_temperature` and the readout's token
+        hole share where unset and the sweet spot clamped to T, and the note that says so when it was
+        larger (the one clamp of the CLI, the sweep, inpaint() and the page). T above the model's
+        `num_tokens` is a UserError: each step fixes at least one token."""
         check_number(self.total_iter, "--total-iter (total_iter)", minimum=1, maximum=num_tokens, integer=True)
         note = None
         if self.sweet_spot is not None and self.sweet_spot > self.total_iter:
             note = (f"--sweet-spot {self.sweet_spot} is larger than --total-iter {self.total_iter}; "
                     f"using {self.total_iter}")
-        return replace(self, sweet_spot=self.steps, mask_func=self.mask_func or mask_func,
+        return replace(self, sweet_spot=self.steps, token_hole_share=self.hole_share,
+                       mask_func=self.mask_func or mask_func,
                        choice_temperature=choice_temperature if self.choice_temperature is None
                        else self.choice_temperature), note
 

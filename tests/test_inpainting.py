@@ -23,6 +23,7 @@ from maskgit_inpaint import Decoding, load_config, load_model, run_inpainting
 from maskgit_inpaint.blending import nearest_filled, poisson_blend
 from maskgit_inpaint.decoding import decode_holes, fill_tokens
 from maskgit_inpaint.preparation import open_dataset, open_ground_truth
+from maskgit_inpaint.settings import TOKEN_HOLE_SHARE
 from models.maskgit import MaskGit
 from scripts import compare_runs, sweep
 
@@ -219,7 +220,14 @@ def test_token_hole_share_keeps_the_pre_filled_codes_of_mostly_known_tokens(tiny
     _, prefilled = model.encode_to_z(nearest_filled(images, holes))
     assert torch.equal(tokens[:, 1:], prefilled[:, 1:])  # kept: the pre-filled image's codes
     assert torch.equal(decode_holes(model, images, holes, indices, replace(decoding, token_hole_share=0.0))[2][:, 5],
-                       torch.ones(4, dtype=torch.bool))  # by default any hole pixel regenerates its token
+                       torch.ones(4, dtype=torch.bool))  # at 0 any hole pixel regenerates its token
+    # left unset, the share follows the readout: token 0 (three quarters hole) is regenerated for the
+    # mean readout (0.5) and keeps its pre-filled code for sampled tokens (0.9)
+    for readout, regenerated in (("mean", True), ("sample", False)):
+        unset = replace(decoding, readout=readout, token_hole_share=None)
+        assert unset.hole_share == TOKEN_HOLE_SHARE[readout]
+        assert decode_holes(model, images, holes, indices, unset)[2][:, 0].tolist() == [regenerated] * 4
+        assert unset.resolved("cosine", 4.5, 16)[0].token_hole_share == TOKEN_HOLE_SHARE[readout]
     small = torch.zeros_like(holes)
     small[:, :, 5, 5] = True  # no token is more than a quarter hole: nothing to regenerate
     decoded, tokens, token_mask, _ = decode_holes(model, images, small, indices, decoding)
