@@ -167,9 +167,10 @@ def build(model: MaskGit, test_images: list[Path]):
                                                label="choice temperature (Gumbel noise when choosing tokens to keep)")
                 sample_temperature = gr.Slider(0, 2, value=Decoding.sample_temperature, step=0.1,
                                                label="sample temperature (0 = argmax)")
-                readout = gr.Dropdown(list(READOUTS), value=Decoding.readout,
+                readout = gr.Dropdown(list(READOUTS), value=Decoding.readout, elem_id="readout",
                                       label="readout: the mean code vector of each prediction, or the sampled token")
                 token_hole_share = gr.Slider(0, 0.95, value=Decoding().hole_share, step=0.05,
+                                             elem_id="token_hole_share",
                                              label="token hole share: regenerate the tokens more than this share "
                                                    "hole; the others keep the code of their known pixels")
                 readout.change(TOKEN_HOLE_SHARE.get, readout, token_hole_share)  # the readout's default

@@ -243,3 +243,23 @@ def test_shipped_model_is_self_describing():
     assert "CC-BY 4.0" in meta["data"]["credits"]
     model = MaskGit.from_pretrained()
     assert weights_digest(model.vqgan.state_dict()) == meta["vqgan"]["digest"]
+
+
+def test_page_token_hole_share_starts_at_the_default_and_follows_the_readout():
+    """The page's slider shows the share the library would use, and picking a readout moves it to
+    that readout's default (the event's own function, as gradio calls it)."""
+    pytest.importorskip("gradio")
+    from types import SimpleNamespace
+
+    import app
+    from maskgit_inpaint.settings import TOKEN_HOLE_SHARE
+
+    page = app.build(SimpleNamespace(mask_func="cosine", choice_temperature=4.5), [])
+    widgets = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
+    readout, share = widgets["readout"], widgets["token_hole_share"]
+    assert share.value == Decoding().hole_share == TOKEN_HOLE_SHARE[readout.value]
+    follow = [f for f in page.fns.values() if [b._id for b in f.inputs] == [readout._id]
+              and [b._id for b in f.outputs] == [share._id]]
+    assert len(follow) == 1 and follow[0].targets == [(readout._id, "change")]
+    assert {name: follow[0].fn(name) for name in TOKEN_HOLE_SHARE} == TOKEN_HOLE_SHARE
+    assert len(set(TOKEN_HOLE_SHARE.values())) > 1  # the readouts differ, so following is visible
