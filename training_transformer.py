@@ -48,8 +48,8 @@ from common import (
     save_checkpoint,
     seed_everything,
 )
-from data import ImageFolderDataset, apply_mask, normalize, read_image, to_uint8_image
-from data.masks import dataset_mask, pixel_hole_bank, token_holes
+from data import ImageFolderDataset, apply_mask, normalize, pixel_to_token_mask, read_image, to_uint8_image
+from data.masks import dataset_mask, pixel_hole_bank
 from maskgit_inpaint import Decoding, run_inpainting
 from maskgit_inpaint.baselines import fill_baseline
 from maskgit_inpaint.blending import nearest_known
@@ -404,8 +404,11 @@ def hole_sampling(tcfg: dict, vq: dict, train_set: ImageFolderDataset, seed: int
     context, each None when the config does not ask for it."""
     hole_bank = hole_context = None
     if tcfg["hole_mask_share"] > 0:
-        pixel_bank = pixel_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"], seed)
-        hole_bank = torch.from_numpy(token_holes(pixel_bank, vq["latent_resolution"]))
+        pixel_bank = pixel_hole_bank(HOLE_BANK_SIZE, vq["img_resolution"], seed)  # (K, H, W)
+        hole_bank = pixel_to_token_mask(torch.from_numpy(pixel_bank)[:, None], vq["latent_resolution"],
+                                        tcfg["hole_token_share"])  # (K, h*w)
+        keep = hole_bank.any(1)  # a thin stroke may have no token above the share: nothing to mask
+        pixel_bank, hole_bank = pixel_bank[keep.numpy()], hole_bank[keep]
         if tcfg["hole_context"] == "prefilled":
             hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"])
     return hole_bank, hole_context

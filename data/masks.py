@@ -143,19 +143,6 @@ def pixel_hole_bank(count: int, size: int, seed: int = 0, kinds: dict[str, float
     return bank
 
 
-def token_holes(holes: np.ndarray, latent_size: int) -> np.ndarray:
-    """Pixel holes (K, H, W) bool -> (K, latent_size**2) bool in row-major token order, True where
-    any pixel of the token's patch is hole."""
-    k, size = holes.shape[0], holes.shape[-1]
-    patch = size // latent_size
-    return holes.reshape(k, latent_size, patch, latent_size, patch).any(axis=(2, 4)).reshape(k, -1)
-
-
-def token_hole_bank(count: int, size: int, latent_size: int, seed: int = 0) -> np.ndarray:
-    """pixel_hole_bank at token level: (count, latent_size**2) bool."""
-    return token_holes(pixel_hole_bank(count, size, seed), latent_size)
-
-
 # ----------------------------------------------------------------------------- reading a user's mask
 
 MaskSource = str | os.PathLike | Image.Image | np.ndarray

@@ -224,6 +224,9 @@ MASKGIT_TRAIN = {
     "flip": Key(boolean, True),                      # the tokens of the image or of its mirror image, at random
     "embedding_init": Key(choice(("random", "codebook")), "random"),  # codebook: start from the VQGAN's codes
     "hole_mask_share": Key(number(0.0, below=1.0), 0.0),  # samples masked inside a generated hole, not anywhere
+    # a token is in such a hole when more than this share of its pixels is hole (0: any pixel); the
+    # rest of its pixels shows as context, as decoding keeps the tokens at most --token-hole-share hole
+    "hole_token_share": Key(number(0.0, below=1.0), 0.0),
     # what such a sample shows around its hole: the clean image's tokens, or (prefilled) the tokens of
     # the image with the hole pre-filled by the nearest known pixel, which is what decoding encodes
     "hole_context": Key(choice(("clean", "prefilled")), "clean"),

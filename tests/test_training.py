@@ -20,7 +20,7 @@ import training
 import training_transformer as stage2
 import training_vqgan as stage1
 from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
-from data import ImageFolderDataset
+from data import ImageFolderDataset, pixel_to_token_mask
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config, transformer_param
 from models.kmeans import kmeans
@@ -811,6 +811,25 @@ def test_hole_context_is_what_decoding_encodes(ws):
         expected = model.encode_to_z(nearest_filled(view, hole))[1][0]
         assert torch.equal(got[row], expected)
     assert not torch.equal(got[0], model.encode_to_z(train_set[3][None].flip(-1))[1][0])  # the hole shows
+
+
+def test_hole_token_share_keeps_the_mostly_known_tokens_of_a_training_hole_as_context(ws, monkeypatch):
+    """With hole_token_share S a training hole holds only the tokens more than S hole, as decoding
+    regenerates them; the pre-filled context is drawn from the same pixel holes, and a hole left with
+    no token is dropped from the bank."""
+    monkeypatch.setattr(stage2, "HOLE_BANK_SIZE", 512)
+    model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
+    vq = model.vqgan.cfg
+    train_set = ImageFolderDataset(ws.train, vq["mean"], vq["std"], size=vq["img_resolution"])
+    tcfg = {"hole_mask_share": 0.5, "hole_context": "prefilled"}
+    banks = {share: stage2.hole_sampling({**tcfg, "hole_token_share": share}, vq, train_set, seed=2)
+             for share in (0.0, 0.5)}
+    (anywhere, _), (mostly, context) = banks[0.0], banks[0.5]
+    side, latent = vq["img_resolution"], vq["latent_resolution"]
+    pixels = context.sources != torch.arange(side * side)  # (K, H*W): a hole pixel is filled from elsewhere
+    assert torch.equal(mostly, pixel_to_token_mask(pixels.view(-1, 1, side, side), latent, above=0.5))
+    assert mostly.any(1).all() and len(mostly) < len(anywhere) == 512
+    assert 0 < mostly.sum() < pixel_to_token_mask(pixels.view(-1, 1, side, side), latent).sum()
 
 
 def test_prefilled_context_is_shown_outside_the_hole_and_the_clean_tokens_inside(ws, monkeypatch):
