@@ -3,7 +3,7 @@ decoding settings, and see the result beside a labelled figure of every step.
 
     pip install -r requirements-demo.txt
     python app.py                       # http://127.0.0.1:7860, offline, the shipped model
-    python app.py --model checkpoints/transformer_small --vqgan checkpoints/vqgan_small --port 7861
+    python app.py --model checkpoints/transformer_small --port 7861   # the earlier 1024-code pair
 
 The page calls maskgit_inpaint.inpaint(), the function the CLI's single-image mode matches: the painted
 layer is the mask (opaque = hole, data.masks.read_hole's rule for RGBA masks), and the result

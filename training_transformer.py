@@ -1,10 +1,10 @@
 """Stage 2: train MaskGit's bidirectional transformer by masked visual token modeling on the tokens
 of a frozen stage-1 VQGAN.
 
-    python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small
-    python training_transformer.py --vqgan-ckpt runs/vqgan_small/vqgan.pt --checkpoint-path runs/maskgit_small --resume
+    python training_transformer.py --vqgan-ckpt runs/vqgan_local/vqgan.pt --checkpoint-path runs/maskgit_local
+    python training_transformer.py --vqgan-ckpt runs/vqgan_local/vqgan.pt --checkpoint-path runs/maskgit_local --resume
     torchrun --nproc_per_node 4 training_transformer.py --MaskGitConfig configs/MaskGit.yml --checkpoint-path runs/lab
-    python training_transformer.py --checkpoint-path runs/maskgit_small --export checkpoints/transformer_small \
+    python training_transformer.py --checkpoint-path runs/maskgit_local --export checkpoints/transformer_local \
         --overwrite
 
 The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
@@ -80,7 +80,7 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    training.add_run_arguments(p, config="configs/small/MaskGit.yml", run_dir="runs/maskgit", save_every=200,
+    training.add_run_arguments(p, config="configs/small/MaskGit_local.yml", run_dir="runs/maskgit", save_every=200,
                                log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
     p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")

@@ -1,7 +1,7 @@
 """Stage 1: train the VQGAN (reconstruction + codebook losses, PatchGAN after `disc_start` steps).
 
-    python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small
-    python training_vqgan.py --config configs/small/VQGAN.yml --run-dir runs/vqgan_small --resume
+    python training_vqgan.py --run-dir runs/vqgan_local            # configs/small/VQGAN_local.yml
+    python training_vqgan.py --run-dir runs/vqgan_local --resume
     torchrun --nproc_per_node 4 training_vqgan.py --config configs/VQGAN.yml --run-dir runs/vqgan_lab
     python training_vqgan.py --refit-codebook 256 --weights checkpoints/vqgan_small --export runs/refit256
 
@@ -55,7 +55,7 @@ PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    training.add_run_arguments(p, config="configs/small/VQGAN.yml", run_dir="runs/vqgan", save_every=100,
+    training.add_run_arguments(p, config="configs/small/VQGAN_local.yml", run_dir="runs/vqgan", save_every=100,
                                log_every=20)
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "

@@ -1,8 +1,8 @@
 """How predictable a VQGAN's tokens are: codebook use, how many codes flat regions take, and how
 stable the codes of known pixels stay when a hole appears (what stage 2 is asked to work from).
 
-    python training_vqgan.py --config configs/small/VQGAN.yml --evaluate datasets/twemoji/test \
-        --weights checkpoints/vqgan_small
+    python training_vqgan.py --config configs/small/VQGAN_local.yml --evaluate datasets/twemoji/test \
+        --weights checkpoints/vqgan_local
 """
 from __future__ import annotations
 

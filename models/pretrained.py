@@ -1,8 +1,8 @@
 """Exported models: self-describing folders that carry their resolved config, their weights in
 safetensors and, for a transformer, the content digest of the VQGAN it was trained on.
 
-    checkpoints/vqgan_small/        config.json  model.safetensors   (kind "vqgan")
-    checkpoints/transformer_small/  config.json  model.safetensors   (kind "maskgit")
+    checkpoints/vqgan_local/        config.json  model.safetensors   (kind "vqgan")
+    checkpoints/transformer_local/  config.json  model.safetensors   (kind "maskgit")
 
 config.json holds `format`, `kind`, `config` (the checked model_param; a MaskGit's includes its
 VQGAN's as `vqgan`), `vqgan` for a transformer ({"digest": ..., "path": the VQGAN folder relative to
@@ -40,7 +40,7 @@ from models.config import check_maskgit_model, check_vqgan_model
 FORMAT = 1
 CONFIG_FILE = "config.json"
 KINDS = ("vqgan", "maskgit")
-DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_small"
+DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_local"
 TRANSFORMER_KEYS = ("tok_emb.", "pos_emb", "blocks.", "token_prediction.")  # a BidirectionalTransformer's weights
 
 
