@@ -43,7 +43,8 @@ from maskgit_inpaint.metrics import result_metrics
 from maskgit_inpaint.outputs import OUTPUTS, clear_outputs, folder_originals, save_named
 from maskgit_inpaint.pipeline import run_inpainting
 from maskgit_inpaint.preparation import input_files, open_dataset, open_ground_truth, prepare_image
-from maskgit_inpaint.settings import DEFAULT_CONFIG, default_batch_size
+from maskgit_inpaint.settings import default_batch_size
+from models.pretrained import DEFAULT_CONFIG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

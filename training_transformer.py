@@ -58,6 +58,7 @@ from models import BidirectionalTransformer, MaskGit
 from models.config import MASKGIT_TRAIN, Config, apply_overrides, load_maskgit_file
 from models.maskgit import encode_images, load_maskgit, masked_token_loss
 from models.pretrained import (
+    DEFAULT_CONFIG,
     check_trained_on,
     read_description,
     read_vqgan_weights,
@@ -80,7 +81,7 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    training.add_run_arguments(p, config="configs/small/MaskGit_local.yml", run_dir="runs/maskgit", save_every=200,
+    training.add_run_arguments(p, config=DEFAULT_CONFIG, run_dir="runs/maskgit", save_every=200,
                                log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
     p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")

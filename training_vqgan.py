@@ -3,7 +3,8 @@
     python training_vqgan.py --run-dir runs/vqgan_local            # configs/small/VQGAN_local.yml
     python training_vqgan.py --run-dir runs/vqgan_local --resume
     torchrun --nproc_per_node 4 training_vqgan.py --config configs/VQGAN.yml --run-dir runs/vqgan_lab
-    python training_vqgan.py --refit-codebook 256 --weights checkpoints/vqgan_small --export runs/refit256
+    python training_vqgan.py --config configs/small/VQGAN.yml --refit-codebook 256 --weights checkpoints/vqgan_small \
+        --export runs/refit256
 
 Hyper-parameters come from the config's `train_param` section (defaults in models/config.py);
 flags override them. The run folder holds last.pt (resumable), best.pt (best validation PSNR),
@@ -45,7 +46,7 @@ from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
 from models.kmeans import kmeans
 from models.perceptual import PerceptualLoss
-from models.pretrained import check_export_destination, read_vqgan_weights, weights_digest
+from models.pretrained import DEFAULT_VQGAN_CONFIG, check_export_destination, read_vqgan_weights, weights_digest
 from models.refit import refit_record, with_codebook
 from training import ResumableSampler, RunLog, check_finite
 
@@ -55,7 +56,7 @@ PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    training.add_run_arguments(p, config="configs/small/VQGAN_local.yml", run_dir="runs/vqgan", save_every=100,
+    training.add_run_arguments(p, config=DEFAULT_VQGAN_CONFIG, run_dir="runs/vqgan", save_every=100,
                                log_every=20)
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "

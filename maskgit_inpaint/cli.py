@@ -11,13 +11,13 @@ from common import DEFAULT_NUM_WORKERS, check_minimum, check_readable, resolve_p
 from data import FITS
 from maskgit_inpaint.settings import (
     BATCH_SIZE,
-    DEFAULT_CONFIG,
     DEFAULT_MASKED,
     DEFAULT_MASKS,
     DEFAULT_TRANSFORMER,
     Decoding,
 )
 from models.maskgit import PRECISIONS
+from models.pretrained import DEFAULT_CONFIG
 
 SCHEDULE_FIELDS = ("method", "total_iter", "sweet_spot", "mask_func")  # inpainting.py's; the sweep has grids instead
 

@@ -6,10 +6,9 @@ import os
 import torch
 
 from common import UserError, resolve_path
-from maskgit_inpaint.settings import DEFAULT_CONFIG
 from models.config import load_maskgit_config
 from models.maskgit import MaskGit, default_precision, load_maskgit
-from models.pretrained import maskgit_config
+from models.pretrained import DEFAULT_CONFIG, maskgit_config
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -19,7 +18,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def model_config(transformer: str | os.PathLike, config: str | os.PathLike | None = None) -> dict:
     """The config of a transformer: an exported folder's own (then `config` must not be given), or
-    for a plain .pt the MaskGit YAML `config` (default: the small one)."""
+    for a plain .pt the MaskGit YAML `config` (default: DEFAULT_CONFIG, the default model's)."""
     path = resolve_path(transformer)
     if path.is_dir():  # an exported folder; one without config.json is refused by maskgit_config
         if config is not None:

@@ -13,7 +13,6 @@ from models.maskgit import READOUTS
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS, SCHEDULERS
 
-DEFAULT_CONFIG = "configs/small/MaskGit_local.yml"  # for a plain .pt transformer given without --MaskGitConfig
 DEFAULT_TRANSFORMER = str(DEFAULT_MODEL.relative_to(REPO_ROOT))  # DEFAULT_MODEL as the flags spell it
 DEFAULT_MASKED = "datasets/twemoji/masked_image"
 DEFAULT_MASKS = "datasets/twemoji/mask64"

@@ -41,6 +41,8 @@ FORMAT = 1
 CONFIG_FILE = "config.json"
 KINDS = ("vqgan", "maskgit")
 DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "transformer_local"
+DEFAULT_CONFIG = "configs/small/MaskGit_local.yml"  # DEFAULT_MODEL's recipe (repo-relative, as flags spell it)
+DEFAULT_VQGAN_CONFIG = "configs/small/VQGAN_local.yml"  # that of the VQGAN it names
 TRANSFORMER_KEYS = ("tok_emb.", "pos_emb", "blocks.", "token_prediction.")  # a BidirectionalTransformer's weights
 
 

@@ -15,14 +15,22 @@ from PIL import Image
 from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
 import inpainting
-from common import UserError, load_checkpoint, read_safetensors, run_cli
+from common import REPO_ROOT, UserError, load_checkpoint, read_safetensors, run_cli
 from data import normalize
 from data.masks import fit_hole, read_hole
 from maskgit_inpaint import Decoding, inpaint, run_inpainting
 from maskgit_inpaint.figures import steps_figure
 from maskgit_inpaint.preparation import prepare_image
+from models.config import load_maskgit_config, load_vqgan_config
 from models.maskgit import MaskGit
-from models.pretrained import DEFAULT_MODEL, read_description, weights_digest
+from models.pretrained import (
+    DEFAULT_CONFIG,
+    DEFAULT_MODEL,
+    DEFAULT_VQGAN_CONFIG,
+    maskgit_config,
+    read_description,
+    weights_digest,
+)
 from scripts.convert_weights import convert
 
 
@@ -243,6 +251,14 @@ def test_shipped_model_is_self_describing():
     assert "CC-BY 4.0" in meta["data"]["credits"]
     model = MaskGit.from_pretrained()
     assert weights_digest(model.vqgan.state_dict()) == meta["vqgan"]["digest"]
+
+
+def test_default_configs_are_the_shipped_models_recipe():
+    """The training scripts' default configs (and a plain .pt's) build the default model and its VQGAN."""
+    shipped, recipe = maskgit_config(DEFAULT_MODEL), load_maskgit_config(REPO_ROOT / DEFAULT_CONFIG)
+    assert {k: v for k, v in recipe.items() if k != "VQ_Configs"} == shipped
+    assert recipe["VQ_Configs"]["VQ_config_path"] == DEFAULT_VQGAN_CONFIG
+    assert load_vqgan_config(REPO_ROOT / DEFAULT_VQGAN_CONFIG) == shipped["vqgan"]
 
 
 def test_page_token_hole_share_starts_at_the_default_and_follows_the_readout():
