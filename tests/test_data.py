@@ -1,5 +1,5 @@
 """Tests for data/: the Twemoji builder (on a small subset), the OpenMoji one (on SVGs written here), the Noto
-one (on a tiny npm package written here), masks, loaders and every bad-input path."""
+and Fluent ones (on tiny npm packages written here), masks, loaders and every bad-input path."""
 from __future__ import annotations
 
 import collections
@@ -208,6 +208,7 @@ def write_svg(folder: Path, stem: str, fill: str = "#FCEA2B") -> None:
 def test_openmoji_names_take_twemoji_form():
     assert openmoji_stem("1F3C3-1F3FB-200D-2640-FE0F") == "1f3c3-1f3fb-200d-2640-fe0f"
     assert openmoji_stem("00A9") == "a9" and openmoji_stem("0023-FE0F-20E3") == "23-fe0f-20e3"
+    assert openmoji_stem("1f3f4-e0067_e0062_e0077_e006c_e0073") == "1f3f4-e0067-e0062-e0077-e006c-e0073"  # Fluent
     assert group_key(openmoji_stem("1F469-1F3FD-200D-1F373")) == group_key("1f9d1-200d-1f373") == "1f373"
     assert openmoji_stem("Smile") == "smile"  # not codepoints: only lowercased
     assert is_private_use("e0ac-200d-2640-fe0f") and is_private_use("f8ff") and is_private_use("f0000")
@@ -337,7 +338,7 @@ def test_prepare_noto_without_its_package_says_how_to_fetch_it(tmp_path, monkeyp
     apple = write_noto_package(tmp_path / "apple", name="emoji-datasource-apple")
     (tmp_path / "notes.tgz").write_text("not a tar")
     cases = [
-        ([], "needs the 64x64 PNGs of the npm package emoji-datasource-google 16.0.0"),
+        ([], "needs the PNGs of the npm package emoji-datasource-google 16.0.0"),
         (["--source", str(tmp_path / "nope")], "nope not found"),
         (["--source", str(tmp_path)], "is not the extracted emoji-datasource-google package folder"),
         (["--source", str(apple)], "is the npm package emoji-datasource-apple"),
@@ -349,6 +350,64 @@ def test_prepare_noto_without_its_package_says_how_to_fetch_it(tmp_path, monkeyp
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
         assert "`npm pack emoji-datasource-google@16.0.0` and `tar xzf emoji-datasource-google-16.0.0.tgz`" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["apple", "notes.tgz"]  # nothing written
+
+
+# ---- Fluent --------------------------------------------------------------------------------------
+
+
+def write_fluent_package(root: Path, name: str = "@lobehub/fluent-emoji-flat") -> Path:
+    """A tiny @lobehub/fluent-emoji-flat package: package.json and, in assets/, SVGs under its names
+    (leading zeros, skin tones), plus a README that is no picture."""
+    assets = root / "assets"
+    assets.mkdir(parents=True)
+    (root / "package.json").write_text(json.dumps({"name": name, "version": "1.1.0", "license": "MIT"}))
+    (root / "README.md").write_text("# Fluent Emoji")
+    for stem in [*NOTO_WAVING, "0023-fe0f-20e3"]:
+        write_svg(assets, stem, "#F1B31C")
+    for i in range(10):
+        write_svg(assets, f"1f60{i}")
+    return root
+
+
+def test_prepare_fluent_renders_the_packages_svgs_the_same_from_folder_and_tgz(tmp_path, monkeypatch, capsys):
+    package = write_fluent_package(tmp_path / "package")
+    out = tmp_path / "fluent"
+    code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "fluent", "--source", str(package),
+                               "--out", str(out))
+    assert code == 0 and "error" not in err, err
+    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    assert sorted(split_of) == sorted([*NOTO_WAVING, "23-fe0f-20e3", *(f"1f60{i}" for i in range(10))])
+    assert len({split_of[s] for s in NOTO_WAVING}) == 1
+    disc = read(out / split_of["1f44b"] / "1f44b.png")  # the circle of write_svg, rendered on white
+    assert disc.shape == (64, 64, 3) and disc[0, 0].tolist() == [255, 255, 255]
+    assert disc[32, 32].tolist() == [0xF1, 0xB3, 0x1C]
+    credits = (out / "CREDITS.md").read_text()
+    assert "Fluent Emoji by Microsoft" in credits and "MIT License" in credits and "CC-BY" not in credits
+    params = json.loads((out / "MANIFEST.json").read_text())["params"]
+    assert params["style"] == "fluent" and params["package"] == "@lobehub/fluent-emoji-flat 1.1.0"
+    assert params["renderer"].startswith("resvg-py ")
+    tgz = tmp_path / "lobehub-fluent-emoji-flat-1.1.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(package, arcname="package")
+    from_tgz = prepare_dataset(tmp_path / "b", tgz, progress=False, style="fluent")
+    from_assets = prepare_dataset(tmp_path / "c", package / "assets", progress=False, style="fluent")
+    assert tree_bytes(from_tgz) == tree_bytes(from_assets) == tree_bytes(out)
+
+
+def test_prepare_fluent_without_its_package_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):
+    noto = write_noto_package(tmp_path / "noto")
+    cases = [
+        ([], "needs the SVGs of the npm package @lobehub/fluent-emoji-flat 1.1.0"),
+        (["--source", str(noto)], "is not the extracted @lobehub/fluent-emoji-flat package folder"),
+        (["--source", str(write_fluent_package(tmp_path / "other", name="fluent-emoji"))],
+         "is the npm package fluent-emoji, not @lobehub/fluent-emoji-flat"),
+    ]
+    for args, needle in cases:
+        code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "fluent", "--out",
+                                   str(tmp_path / "out"), *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert "`npm pack @lobehub/fluent-emoji-flat@1.1.0` and `tar xzf lobehub-fluent-emoji-flat-1.1.0.tgz`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noto", "other"]  # nothing written
 
 
 # ---- masks --------------------------------------------------------------------------------------
