@@ -46,7 +46,13 @@ from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
 from models.kmeans import kmeans
 from models.perceptual import PerceptualLoss
-from models.pretrained import DEFAULT_VQGAN_CONFIG, check_export_destination, read_vqgan_weights, weights_digest
+from models.pretrained import (
+    DEFAULT_VQGAN_CONFIG,
+    check_export_destination,
+    read_vqgan_weights,
+    vqgan_config_of,
+    weights_digest,
+)
 from models.refit import refit_record, with_codebook
 from training import ResumableSampler, RunLog, check_finite
 
@@ -62,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
                    "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
     p.add_argument("--weights", help="with --evaluate or --refit-codebook: VQGAN weights (exported folder, training "
-                   "checkpoint or plain weights)")
+                   "checkpoint or plain weights); built from the model_param they record, --config's for plain "
+                   "weights")
     p.add_argument("--refit-codebook", type=int, metavar="K",
                    help="k-means the training latents of --weights into K codes and export that VQGAN at --export")
     p.add_argument("--refit-decoder-steps", type=int, default=0, metavar="N",
@@ -131,8 +138,19 @@ def validate(vqgan: VQGAN, loader: DataLoader, device: torch.device, mean, std, 
     return torch.cat(psnrs).mean().item(), counts
 
 
-def evaluate(cfg: dict, weights: str | Path, folder: str, args: argparse.Namespace) -> None:
+def weights_config(weights: str | Path, config: Config, config_path: str) -> dict:
+    """The model_param of the VQGAN `weights` (vqgan_config_of; `config`'s for plain weights), with a
+    note when it is not --config's: the weights decide the architecture, --config the rest."""
+    cfg = vqgan_config_of(weights, config.model)
+    if cfg != config.model:
+        print(f"note: {weights} records its own model_param, which differs from that of --config {config_path}; "
+              "building the VQGAN from the one it records")
+    return cfg
+
+
+def evaluate(config: Config, weights: str | Path, folder: str, args: argparse.Namespace) -> None:
     """Reconstruction PSNR and codebook use of trained weights on a folder of images."""
+    cfg = weights_config(weights, config, args.config)
     device = resolve_device(args.device)
     vqgan = VQGAN(cfg).to(device)
     load_weights(vqgan, weights, key="vqgan")
@@ -190,7 +208,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     """--refit-codebook K: the VQGAN --weights with its codebook replaced by the k-means centroids of
     its training latents, the decoder optionally fine-tuned on the new codes, exported at --export
     with a record of its parent; the val reconstruction PSNR before and after."""
-    cfg, k = config.model, args.refit_codebook
+    k = args.refit_codebook
     tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
                                                        "learning_rate": args.learning_rate})
     if not args.weights or not args.export:
@@ -198,6 +216,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     check_minimum(args, 1, "--refit-codebook")
     check_minimum(args, 0, "--refit-decoder-steps")
     parent_digest = weights_digest(read_vqgan_weights(args.weights))
+    cfg = weights_config(args.weights, config, args.config)
     origin = "refit:" + parent_digest  # an earlier refit of the same parent may be replaced
     check_export_destination(args.export, "--export", "vqgan", origin,
                              [args.weights, args.config, *args.train_path, args.val_path], args.overwrite)
@@ -449,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = best.get("config", config.model)
         training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path, origin)
     elif args.evaluate:
-        evaluate(config.model, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
+        evaluate(config, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
     else:
         train(args, config)
 

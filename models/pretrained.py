@@ -32,6 +32,7 @@ from common import (
     check_readable,
     file_sha256,
     half_state_dict,
+    load_checkpoint,
     read_safetensors,
     read_weights,
 )
@@ -142,6 +143,19 @@ def write_exported(dest: str | os.PathLike, kind: str, module: nn.Module, config
 def vqgan_config(path: str | os.PathLike) -> dict:
     """The checked VQGAN model_param an exported VQGAN folder carries."""
     return check_vqgan_model(read_description(path, "vqgan")["config"], Path(path) / CONFIG_FILE)
+
+
+def vqgan_config_of(path: str | os.PathLike, default: dict) -> dict:
+    """The VQGAN model_param the weights at `path` were made with: an exported folder's own
+    (vqgan_config), a training checkpoint's recorded one, else `default` for plain weights such as
+    the lab's VQGAN.pt, which record none."""
+    if is_exported(path):
+        return vqgan_config(path)
+    if Path(path).is_file():
+        checkpoint = load_checkpoint(path)
+        if "vqgan" in checkpoint and isinstance(checkpoint.get("config"), dict):
+            return check_vqgan_model(checkpoint["config"], path)
+    return default
 
 
 def maskgit_config(path: str | os.PathLike) -> dict:

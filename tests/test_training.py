@@ -536,6 +536,26 @@ def test_refit_codebook_exports_the_kmeans_codes_and_names_its_parent(ws, tmp_pa
                                                                       tuned[CODEBOOK])
 
 
+def test_evaluate_builds_the_vqgan_its_weights_record(ws, tmp_path, capsys):
+    refit4 = tmp_path / "refit4"
+    stage1.main(refit_argv(ws, ws.vq_ckpt, refit4, 4))
+    capsys.readouterr()
+
+    def evaluate(weights: Path) -> tuple[str, dict]:
+        run = tmp_path / f"eval_{weights.name}"
+        stage1.main(["--config", str(ws.vq_config), "--run-dir", str(run), "--device", "cpu", "--num_workers", "0",
+                     "--evaluate", str(ws.val), "--weights", str(weights)])
+        return capsys.readouterr().out, json.loads((run / "tokens_val.json").read_text())
+
+    # the refit folder records a 4-code VQGAN: built as such, though --config has 16 codes
+    out, report = evaluate(refit4)
+    assert "records its own model_param" in out and "of 4 codes)" in out
+    assert report["num_codes"] == 4 and report["images"] == 8
+    # plain weights record nothing: --config's 16 codes, no note
+    out, report = evaluate(ws.vq_ckpt)
+    assert "records its own" not in out and "of 16 codes)" in out and report["num_codes"] == 16
+
+
 def test_vocabulary_map_onto_a_refit_sums_the_probabilities_of_merged_codes():
     """An old transformer whose codes that map to one new code share an embedding row: the mapped
     transformer gives each new code exactly the summed probability of its old codes."""
