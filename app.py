@@ -26,7 +26,7 @@ from common import ArgumentParser, UserError, check_number, check_readable, reso
 from data import list_images, read_hole
 from maskgit_inpaint import Decoding, Inpainted, inpaint
 from maskgit_inpaint.figures import steps_figure
-from maskgit_inpaint.settings import BLENDS, TOKEN_HOLE_SHARE
+from maskgit_inpaint.settings import BLENDS, TOKEN_HOLE_SHARE, TOP_P
 from models.maskgit import PRECISIONS, READOUTS, MaskGit
 from models.pretrained import DEFAULT_MODEL
 from models.schedules import GAMMA_FUNCTIONS
@@ -57,9 +57,9 @@ def to_editor(image: np.ndarray | None) -> dict | None:
 
 # the page's widgets, in order: the Decoding fields they set (the rest keep Decoding's defaults)
 WIDGET_FIELDS = ("total_iter", "sweet_spot", "mask_func", "choice_temperature", "sample_temperature", "seed",
-                 "readout", "token_hole_share", "flip_average", "blend")
+                 "readout", "token_hole_share", "top_p", "flip_average", "blend")
 CASTS = {"total_iter": int, "seed": int, "choice_temperature": float, "sample_temperature": float,
-         "token_hole_share": float, "flip_average": bool,
+         "token_hole_share": float, "top_p": float, "flip_average": bool,
          "sweet_spot": lambda s: int(s) or None}  # a sweet spot of 0: follow T
 
 
@@ -174,6 +174,10 @@ def build(model: MaskGit, test_images: list[Path]):
                                              label="token hole share: regenerate the tokens more than this share "
                                                    "hole; the others keep the code of their known pixels")
                 readout.change(TOKEN_HOLE_SHARE.get, readout, token_hole_share)  # the readout's default
+                top_p = gr.Slider(0.05, 1, value=Decoding().nucleus, step=0.05, elem_id="top_p",
+                                  label="top-p: draw tokens only from the likeliest codes that make up this share "
+                                        "of the probability (1 = every code)")
+                readout.change(TOP_P.get, readout, top_p)  # the readout's default
                 flip_average = gr.Checkbox(Decoding.flip_average, label="average with the mirror image's result")
                 blend = gr.Dropdown(list(BLENDS), value=Decoding.blend,
                                     label="blend: Poisson (no colour seam at the hole's edge) or none")
@@ -188,7 +192,7 @@ def build(model: MaskGit, test_images: list[Path]):
         figure = gr.Image(show_label=False, format="png", type="numpy", elem_id="steps", interactive=False)
         status = gr.Markdown(elem_id="status")
         settings = [total_iter, sweet_spot, mask_func, choice_temperature, sample_temperature, seed, readout,
-                    token_hole_share, flip_average, blend]  # as WIDGET_FIELDS
+                    token_hole_share, top_p, flip_average, blend]  # as WIDGET_FIELDS
         button.click(on_run, [image, editor, *settings], [result, hole, figure, status])
     return page
 

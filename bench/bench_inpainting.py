@@ -74,7 +74,8 @@ def lab_style_inpainting(model: MaskGit, items: Items, decoding: Decoding, cfg: 
         _, z = model.encode_to_z(images)
         history = model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=decoding.steps,
                                 mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
-                                sample_temperature=decoding.sample_temperature, readout=decoding.readout,
+                                sample_temperature=decoding.sample_temperature, top_p=decoding.nucleus,
+                                readout=decoding.readout,
                                 scheduler=decoding.scheduler, generators=make_generators(decoding.seed, [index]),
                                 return_history=True).history
         steps = [model.decode_tokens(tokens.to(device)) for tokens in history.tokens]  # (1, 3, H, W) each

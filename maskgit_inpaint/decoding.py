@@ -27,7 +27,8 @@ def fill_tokens(model: MaskGit, z: torch.Tensor, token_mask: torch.Tensor, indic
     """Run the first `steps` steps of the schedule on tokens z (B, N) (MaskGit.inpaint)."""
     return model.inpaint(z, token_mask, total_iter=decoding.total_iter, sweet_spot=steps,
                          mask_func=decoding.mask_func, choice_temperature=decoding.choice_temperature,
-                         sample_temperature=decoding.sample_temperature, scheduler=decoding.scheduler,
+                         sample_temperature=decoding.sample_temperature, top_p=decoding.nucleus,
+                         scheduler=decoding.scheduler,
                          generators=make_generators(decoding.seed, indices), return_history=history,
                          readout=decoding.readout)
 

@@ -25,6 +25,10 @@ BLENDS = ("poisson", "none")  # how a pasted decode meets the known pixels: pois
 # (docs/tokens.md): a mean code blends its candidates, so a mostly known token still gains from the
 # transformer; a sampled code is one sharp guess, which the token's own known pixels beat
 TOKEN_HOLE_SHARE = {"mean": 0.5, "sample": 0.9}
+# nucleus sampling's top-p when none is given, by readout, chosen on the val holes of four emoji
+# styles (docs/tokens.md): cutting the tail of unlikely codes keeps a sampled token from taking a
+# colour the picture does not have
+TOP_P = {"mean": 1.0, "sample": 0.8}
 CHOICES = {"method": ("maskgit", *BASELINES), "mask_func": GAMMA_FUNCTIONS, "scheduler": SCHEDULERS,
            "readout": READOUTS, "encode_fill": ENCODE_FILLS, "blend": BLENDS}
 
@@ -38,8 +42,8 @@ def option(default: object, *flags: str, help: str, **argparse_kwargs: object) -
 class Decoding:
     """How the holes are filled: MaskGIT's schedule and sampling, or a baseline. The defaults are the
     best setting measured on the val holes (docs/results.md). Fields left None take the model's
-    config (mask_func, choice_temperature), follow T (sweet_spot) or the readout (token_hole_share):
-    see `resolved`."""
+    config (mask_func, choice_temperature), follow T (sweet_spot) or the readout (token_hole_share,
+    top_p): see `resolved`."""
     method: str = option("maskgit", "--baseline", choices=BASELINES,
                          help="fill holes without the model, for the results table")
     total_iter: int = option(1, "--total-iter", type=int, help="T: steps of the mask schedule (default: %(default)s)")
@@ -75,6 +79,11 @@ class Decoding:
              "known pixels; 0 regenerates every token with a hole pixel, as the paper does (default: "
              + ", ".join(f"{share} with --readout {readout}" for readout, share in TOKEN_HOLE_SHARE.items())
              + ")")
+    top_p: float | None = option(
+        None, "--top-p", type=float,
+        help="nucleus sampling: draw each token only from the most likely codes whose probabilities first "
+             "reach this sum (1 = every code) (default: "
+             + ", ".join(f"{top_p} with --readout {readout}" for readout, top_p in TOP_P.items()) + ")")
     flip_average: bool = option(True, "--flip-average", boolean=True,
                                 help="also fill the mirror image and average the two results, mirrored back (twice "
                                      "the work; smoother, closer in PSNR) (default: %(default)s)")
@@ -96,6 +105,10 @@ class Decoding:
             if self.token_hole_share == 1:
                 raise UserError("--token-hole-share (token_hole_share) must be below 1: at 1 no token is "
                                 "regenerated")
+        if self.top_p is not None:
+            check_number(self.top_p, "--top-p (top_p)", minimum=0, maximum=1)
+            if self.top_p == 0:
+                raise UserError("--top-p (top_p) must be above 0: at 0 no code could be drawn")
         check_seed(self.seed, "--random-seed (seed)")
         for name in ("paste", "flip_average"):
             if not isinstance(getattr(self, name), bool):
@@ -112,13 +125,18 @@ class Decoding:
         return min(self.sweet_spot or self.total_iter, self.total_iter)
 
     @property
+    def nucleus(self) -> float:
+        """The top-p in use: the one given, else the readout's (TOP_P)."""
+        return TOP_P[self.readout] if self.top_p is None else self.top_p
+
+    @property
     def hole_share(self) -> float:
         """The token hole share in use: the one given, else the readout's (TOKEN_HOLE_SHARE)."""
         return TOKEN_HOLE_SHARE[self.readout] if self.token_hole_share is None else self.token_hole_share
 
     def resolved(self, mask_func: str, choice_temperature: float, num_tokens: int) -> tuple[Decoding, str | None]:
         """These settings with the model's `mask_func` and `choice_temperature` and the readout's token
-        hole share where unset and the sweet spot clamped to T, and the note that says so when it was
+        hole share and top-p where unset and the sweet spot clamped to T, and the note that says so when it was
         larger (the one clamp of the CLI, the sweep, inpaint() and the page). T above the model's
         `num_tokens` is a UserError: each step fixes at least one token."""
         check_number(self.total_iter, "--total-iter (total_iter)", minimum=1, maximum=num_tokens, integer=True)
@@ -126,7 +144,7 @@ class Decoding:
         if self.sweet_spot is not None and self.sweet_spot > self.total_iter:
             note = (f"--sweet-spot {self.sweet_spot} is larger than --total-iter {self.total_iter}; "
                     f"using {self.total_iter}")
-        return replace(self, sweet_spot=self.steps, token_hole_share=self.hole_share,
+        return replace(self, sweet_spot=self.steps, token_hole_share=self.hole_share, top_p=self.nucleus,
                        mask_func=self.mask_func or mask_func,
                        choice_temperature=choice_temperature if self.choice_temperature is None
                        else self.choice_temperature), note

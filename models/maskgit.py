@@ -44,17 +44,24 @@ def uniform_noise(generators: Sequence[torch.Generator] | None, shape: tuple[int
     return u.clamp(1e-20, 1 - 1e-7)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None,
+                  top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per position from softmax(logits / temperature), by inverse CDF with per-sample
     noise (the argmax when temperature is 0), and the distribution it was drawn from (one-hot for
     the argmax): logits (B, N, vocab) -> (token ids (B, N), probs (B, N, vocab - 1)). The last id,
-    the mask token, is never drawn."""
+    the mask token, is never drawn. With `top_p` < 1, nucleus sampling (Holtzman et al., 2020): only
+    the most likely tokens whose probabilities first reach `top_p` in sum (at least the top one)
+    keep their share, renormalized, so the long tail of unlikely codes is never drawn."""
     logits = logits[..., :-1]
     if temperature <= 0:
         tokens = logits.argmax(-1)
         return tokens, F.one_hot(tokens, logits.shape[-1]).float()
     probs = F.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        ranked, order = probs.sort(-1, descending=True)
+        ranked = ranked * ((ranked.cumsum(-1) - ranked) < top_p)  # the mass before a token is under top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, ranked)
+        probs = probs / probs.sum(-1, keepdim=True)
     u = uniform_noise(generators, (*logits.shape[:2], 1), logits.device)
     return (probs.cumsum(-1) < u).sum(-1).clamp(max=logits.shape[-1] - 1), probs
 
@@ -218,7 +225,7 @@ class MaskGit(nn.Module):
 
     @torch.no_grad()
     def inpaint(self, z_indices: torch.Tensor, token_mask: torch.Tensor, *, total_iter: int,
-                sample_temperature: float, readout: str, scheduler: str, sweet_spot: int | None = None,
+                sample_temperature: float, top_p: float, readout: str, scheduler: str, sweet_spot: int | None = None,
                 mask_func: str | None = None, choice_temperature: float | None = None,
                 generators: Sequence[torch.Generator] | None = None, return_history: bool = False) -> Decoded:
         """Iterative decoding (MaskGIT, section 3.2): fill the tokens of `z_indices` (B, N) where
@@ -226,11 +233,12 @@ class MaskGit(nn.Module):
 
         The decoding settings have no defaults here: maskgit_inpaint.Decoding owns them.
         `mask_func` and `choice_temperature` default to the config's; `sample_temperature` 0 takes
-        the argmax. With `sweet_spot` S < T the loop stops after S steps and fills what is still
-        masked with that step's choices. `generators` (one per sample) make a sample's result
-        independent of its batch. `scheduler` "halton" reveals tokens in a fixed Halton order instead
-        of by confidence (see models.schedules). `readout` "mean" also returns the distribution each
-        token was sampled from, for decode_tokens (with `sample_temperature` 0: the argmax, one-hot).
+        the argmax; `top_p` < 1 samples from the nucleus (sample_tokens). With `sweet_spot` S < T the
+        loop stops after S steps and fills what is still masked with that step's choices. `generators`
+        (one per sample) make a sample's result independent of its batch. `scheduler` "halton" reveals
+        tokens in a fixed Halton order instead of by confidence (see models.schedules). `readout` "mean"
+        also returns the distribution each token was sampled from, for decode_tokens (with
+        `sample_temperature` 0: the argmax, one-hot).
         """
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
@@ -251,7 +259,7 @@ class MaskGit(nn.Module):
             # 1. Predict: the probabilities of every token at every masked location, in parallel.
             logits = self.predict(tokens)
             # 2. Sample: a token at each masked location; its predicted probability is its confidence.
-            drawn, drawn_from = sample_tokens(logits, sample_temperature, generators)
+            drawn, drawn_from = sample_tokens(logits, sample_temperature, generators, top_p)
             sampled = torch.where(unknown, drawn, tokens)
             if history is not None:
                 history.tokens.append(sampled.cpu())

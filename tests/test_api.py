@@ -261,21 +261,24 @@ def test_default_configs_are_the_shipped_models_recipe():
     assert load_vqgan_config(REPO_ROOT / DEFAULT_VQGAN_CONFIG) == shipped["vqgan"]
 
 
-def test_page_token_hole_share_starts_at_the_default_and_follows_the_readout():
-    """The page's slider shows the share the library would use, and picking a readout moves it to
-    that readout's default (the event's own function, as gradio calls it)."""
+@pytest.mark.parametrize("field, prop, table", [("token_hole_share", "hole_share", "TOKEN_HOLE_SHARE"),
+                                                ("top_p", "nucleus", "TOP_P")])
+def test_page_readout_defaults_start_at_the_default_and_follow_the_readout(field, prop, table):
+    """The page's sliders of the readout-dependent settings show the value the library would use, and
+    picking a readout moves each to that readout's default (the event's own function, as gradio calls it)."""
     pytest.importorskip("gradio")
     from types import SimpleNamespace
 
     import app
-    from maskgit_inpaint.settings import TOKEN_HOLE_SHARE
+    import maskgit_inpaint.settings
 
+    defaults = getattr(maskgit_inpaint.settings, table)
     page = app.build(SimpleNamespace(mask_func="cosine", choice_temperature=4.5), [])
     widgets = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
-    readout, share = widgets["readout"], widgets["token_hole_share"]
-    assert share.value == Decoding().hole_share == TOKEN_HOLE_SHARE[readout.value]
+    readout, slider = widgets["readout"], widgets[field]
+    assert slider.value == getattr(Decoding(), prop) == defaults[readout.value]
     follow = [f for f in page.fns.values() if [b._id for b in f.inputs] == [readout._id]
-              and [b._id for b in f.outputs] == [share._id]]
+              and [b._id for b in f.outputs] == [slider._id]]
     assert len(follow) == 1 and follow[0].targets == [(readout._id, "change")]
-    assert {name: follow[0].fn(name) for name in TOKEN_HOLE_SHARE} == TOKEN_HOLE_SHARE
-    assert len(set(TOKEN_HOLE_SHARE.values())) > 1  # the readouts differ, so following is visible
+    assert {name: follow[0].fn(name) for name in defaults} == defaults
+    assert len(set(defaults.values())) > 1  # the readouts differ, so following is visible

@@ -158,7 +158,7 @@ def test_a_decode_step_keeps_its_tensors_on_the_models_device(tmp_path, monkeypa
     with OneDevice():
         for generators in (None, [torch.Generator().manual_seed(i) for i in range(2)]):
             for scheduler, readout in (("confidence", "sample"), ("halton", "mean")):
-                out = model.inpaint(z, mask, total_iter=3, sample_temperature=1.0, generators=generators,
+                out = model.inpaint(z, mask, total_iter=3, sample_temperature=1.0, top_p=0.9, generators=generators,
                                     scheduler=scheduler, readout=readout, return_history=False)
                 images = model.decode_tokens(out.tokens, out.probs)
     assert images.shape == (2, 3, 16, 16) and images.device == META

@@ -23,7 +23,7 @@ from maskgit_inpaint import Decoding, load_config, load_model, run_inpainting
 from maskgit_inpaint.blending import nearest_filled, poisson_blend
 from maskgit_inpaint.decoding import decode_holes, fill_tokens
 from maskgit_inpaint.preparation import open_dataset, open_ground_truth
-from maskgit_inpaint.settings import TOKEN_HOLE_SHARE
+from maskgit_inpaint.settings import TOKEN_HOLE_SHARE, TOP_P
 from models.maskgit import MaskGit
 from scripts import compare_runs, sweep
 
@@ -228,6 +228,8 @@ def test_token_hole_share_keeps_the_pre_filled_codes_of_mostly_known_tokens(tiny
         assert unset.hole_share == TOKEN_HOLE_SHARE[readout]
         assert decode_holes(model, images, holes, indices, unset)[2][:, 0].tolist() == [regenerated] * 4
         assert unset.resolved("cosine", 4.5, 16)[0].token_hole_share == TOKEN_HOLE_SHARE[readout]
+        assert replace(unset, top_p=None).resolved("cosine", 4.5, 16)[0].top_p == TOP_P[readout]
+        assert replace(unset, top_p=0.3).resolved("cosine", 4.5, 16)[0].top_p == 0.3
     small = torch.zeros_like(holes)
     small[:, :, 5, 5] = True  # no token is more than a quarter hole: nothing to regenerate
     decoded, tokens, token_mask, _ = decode_holes(model, images, small, indices, decoding)
@@ -347,6 +349,8 @@ def bad_input_cases(tiny: dict) -> dict[str, tuple[list[str], str]]:
         "missing config": (["--MaskGitConfig", "nope.yml"], "config not found"),
         "token hole share of 1": (["--token-hole-share", "1"], "at 1 no token is regenerated"),
         "negative token hole share": (["--token-hole-share", "-0.5"], "--token-hole-share (token_hole_share)"),
+        "top-p of 0": (["--top-p", "0"], "at 0 no code could be drawn"),
+        "top-p above 1": (["--top-p", "1.5"], "--top-p (top_p)"),
         "shape mismatch": (["--load-transformer-ckpt-path", str(wide.parent / "transformer.pt")], "shape mismatch"),
         "mask count": (["--test-mask-path", str(short)], "7 masked images"),
         "hole outside crop": (["--image", str(odd / "a.png"), "--mask", str(odd / "edge.png"), "--fit", "crop"],

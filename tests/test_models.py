@@ -9,14 +9,15 @@ from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 from common import UserError
 from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
 from models.config import load_maskgit_config, transformer_param
-from models.maskgit import default_precision
+from models.maskgit import default_precision, sample_tokens
 from models.schedules import halton_ranks, radical_inverse
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # MaskGit.inpaint has no decoding defaults of its own (maskgit_inpaint.Decoding owns them); these
-# tests decode with T = 8, sampled tokens at temperature 1 and the confidence scheduler unless they say
-SAMPLED = {"total_iter": 8, "sample_temperature": 1.0, "readout": "sample", "scheduler": "confidence"}
+# tests decode with T = 8, sampled tokens at temperature 1 from every code (top-p 1) and the confidence
+# scheduler unless they say
+SAMPLED = {"total_iter": 8, "sample_temperature": 1.0, "top_p": 1.0, "readout": "sample", "scheduler": "confidence"}
 
 
 def decode(model: MaskGit, z: torch.Tensor, mask: torch.Tensor, **settings):
@@ -235,6 +236,22 @@ def test_decoding_invariants(tiny_maskgit, sizes, use_stub):
             assert torch.equal(seen == 16, history[t])  # the transformer saw exactly the current mask
             decided = mask & ~history[t]
             assert torch.equal(seen[decided], tokens[decided])  # decided tokens are kept to the end
+
+
+def test_top_p_draws_only_from_the_nucleus_renormalized():
+    """Codes of probability 0.5, 0.3, 0.15, 0.05 (and the mask token, never drawn): top-p 0.7 keeps the
+    first two (the mass before the third, 0.8, is not below 0.7), as 0.625 / 0.375; 0.1 keeps the top
+    one only; 1 changes nothing."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.cat([probs.log(), torch.tensor([5.0])]).expand(1, 4000, 5)  # (B, N, vocab + mask)
+    generators = [torch.Generator().manual_seed(0)]
+    tokens, drawn_from = sample_tokens(logits, 1.0, generators, top_p=0.7)
+    assert torch.allclose(drawn_from[0, 0], torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    assert set(tokens.unique().tolist()) == {0, 1} and abs((tokens == 0).float().mean().item() - 0.625) < 0.03
+    tokens, drawn_from = sample_tokens(logits, 1.0, generators, top_p=0.1)
+    assert (tokens == 0).all() and torch.equal(drawn_from[0, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    tokens, drawn_from = sample_tokens(logits, 1.0, generators, top_p=1.0)
+    assert torch.allclose(drawn_from[0, 0], probs) and set(tokens.unique().tolist()) == {0, 1, 2, 3}
 
 
 def test_decoding_is_seeded_and_per_sample(tiny_maskgit):
