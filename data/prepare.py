@@ -95,7 +95,8 @@ NPM_PACKAGES = {
     "noto": NpmPackage("emoji-datasource-google", "16.0.0", "img/google/64", ".png"),
     "fluent": NpmPackage("@lobehub/fluent-emoji-flat", "1.1.0", "assets", ".svg"),
 }
-SVG_STYLES = ("openmoji", "fluent")  # rendered with resvg; the others are PNGs
+# rendered with resvg; the others are PNGs
+SVG_STYLES = ("openmoji", *(style for style, package in NPM_PACKAGES.items() if package.suffix == ".svg"))
 
 # Codepoints (lowercase hex, as in Twemoji file names) that make variants of the same picture.
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
@@ -330,12 +331,13 @@ def _codepoint_files(folder: Path, suffix: str) -> list[tuple[str, Path]]:
 
 def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[str, Path]]:
     """(stem, file) of every source picture in file-name order: Twemoji's images, or OpenMoji's SVGs
-    or Noto's PNGs less the private-use ones, under their Twemoji-form stem."""
+    or an npm package's pictures less the private-use ones, under their Twemoji-form stem. For an
+    npm style, `source` is the package folder npm_package found."""
     if style == "twemoji":
         return [(f.stem, f) for f in list_images(twemoji_folder() if source is None else source)]
     if style in NPM_PACKAGES:
         package = NPM_PACKAGES[style]
-        folder = npm_package(style, source)[0] / package.folder
+        folder = Path(source) / package.folder
         files = _codepoint_files(folder, package.suffix)
         if not files:
             raise UserError(f"no {package.suffix[1:].upper()} files (other than private-use ones) in {folder}: "
@@ -499,7 +501,8 @@ def prepare_dataset(
     start = time.time()
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {limit}")
-    files = _source_files(style, source)[:limit]
+    npm = npm_package(style, source) if style in NPM_PACKAGES else None  # (package folder, "name version")
+    files = _source_files(style, source if npm is None else npm[0])[:limit]
     stems = [stem for stem, _ in files]
     folder = files[0][1].parent
     if len(set(stems)) != len(stems):
@@ -514,8 +517,8 @@ def prepare_dataset(
               "source_sha256": _source_digest([f for _, f in files])}
     if style != "twemoji":  # Twemoji's params stay as they were, so its existing builds are kept
         params["style"] = style
-    if style in NPM_PACKAGES:
-        params["package"] = npm_package(style, source)[1]
+    if npm is not None:
+        params["package"] = npm[1]
     if style in SVG_STYLES:
         params["renderer"] = f"resvg-py {_version('resvg-py')}"
     if not force and _is_complete(out, params):
