@@ -33,6 +33,11 @@ CHOICES = {"method": ("maskgit", *BASELINES), "mask_func": GAMMA_FUNCTIONS, "sch
            "readout": READOUTS, "encode_fill": ENCODE_FILLS, "blend": BLENDS}
 
 
+def by_readout(defaults: dict[str, float]) -> str:
+    """A readout-dependent default as a flag's help says it: "0.5 with --readout mean, ..."."""
+    return ", ".join(f"{value} with --readout {readout}" for readout, value in defaults.items())
+
+
 def option(default: object, *flags: str, help: str, **argparse_kwargs: object) -> object:
     """A Decoding field with its command-line flags (maskgit_inpaint.cli.add_decoding_arguments)."""
     return field(default=default, metadata={"flags": flags, "help": help, **argparse_kwargs})
@@ -77,13 +82,11 @@ class Decoding:
         help="regenerate only the tokens whose 4x4 patch is more than this share hole; the others keep "
              "the code the encoder gives the pre-filled image (--encode-fill) and so use their own "
              "known pixels; 0 regenerates every token with a hole pixel, as the paper does (default: "
-             + ", ".join(f"{share} with --readout {readout}" for readout, share in TOKEN_HOLE_SHARE.items())
-             + ")")
+             f"{by_readout(TOKEN_HOLE_SHARE)})")
     top_p: float | None = option(
         None, "--top-p", type=float,
         help="nucleus sampling: draw each token only from the most likely codes whose probabilities first "
-             "reach this sum (1 = every code) (default: "
-             + ", ".join(f"{top_p} with --readout {readout}" for readout, top_p in TOP_P.items()) + ")")
+             f"reach this sum (1 = every code) (default: {by_readout(TOP_P)})")
     flip_average: bool = option(True, "--flip-average", boolean=True,
                                 help="also fill the mirror image and average the two results, mirrored back (twice "
                                      "the work; smoother, closer in PSNR) (default: %(default)s)")
