@@ -35,6 +35,7 @@ from common import (
     autocast,
     check_minimum,
     load_checkpoint,
+    load_state,
     load_weights,
     resolve_device,
     run_cli,
@@ -215,7 +216,8 @@ def refit(config: Config, args: argparse.Namespace) -> None:
         raise UserError("--refit-codebook needs --weights (the trained VQGAN) and --export (the new folder)")
     check_minimum(args, 1, "--refit-codebook")
     check_minimum(args, 0, "--refit-decoder-steps")
-    parent_digest = weights_digest(read_vqgan_weights(args.weights))
+    parent_state = read_vqgan_weights(args.weights)  # read once: for its digest and to load
+    parent_digest = weights_digest(parent_state)
     cfg = weights_config(args.weights, config, args.config)
     origin = "refit:" + parent_digest  # an earlier refit of the same parent may be replaced
     check_export_destination(args.export, "--export", "vqgan", origin,
@@ -223,7 +225,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     seed_everything(args.random_seed)
     parent = VQGAN(cfg).to(device)
-    load_weights(parent, args.weights, key="vqgan")
+    load_state(parent, parent_state, args.weights)
     train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
                           for path in (args.train_path, args.val_path))
     latents = training_latents(parent, train_set, tcfg["flip"], device)
