@@ -70,7 +70,6 @@ STYLES = ("twemoji", "openmoji", "noto", "fluent")
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
 
 
-
 @dataclass(frozen=True)
 class NpmPackage:
     """An npm package of emoji pictures that the user fetches (npm is not PyPI): its name, the version
