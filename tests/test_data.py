@@ -410,6 +410,75 @@ def test_prepare_fluent_without_its_package_says_how_to_fetch_it(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noto", "other"]  # nothing written
 
 
+# ---- Iconify icon sets (EmojiOne, FxEmojis) ------------------------------------------------------
+
+TONES = ["light", "medium-light", "medium", "medium-dark", "dark"]
+
+
+def write_icon_set(root: Path, icons: dict | None = None, name: str = "@iconify-json/emojione") -> Path:
+    """A tiny @iconify-json/emojione package: package.json and an icons.json (the set's 64x64 size, one icon
+    with its own 32x16 box, skin-tone variants, an alias), plus a README that is no picture."""
+    root.mkdir(parents=True)
+    (root / "package.json").write_text(json.dumps({"name": name, "version": "1.2.3", "license": "CC-BY-4.0"}))
+    (root / "README.md").write_text("# Emoji One")
+    disc = '<circle cx="32" cy="32" r="20" fill="{}"/>'
+    if icons is None:
+        icons = {"waving-hand": {"body": disc.format("#ffce31")},
+                 **{f"waving-hand-{tone}-skin-tone": {"body": disc.format("#e0a070")} for tone in TONES},
+                 "wide-bar": {"body": '<rect x="0" y="0" width="32" height="16" fill="#428bc1"/>',
+                              "width": 32, "height": 16},
+                 **{f"face-{i}": {"body": disc.format("#ed4c5c")} for i in range(10)}}
+    (root / "icons.json").write_text(json.dumps({"prefix": "emojione", "icons": icons, "width": 64, "height": 64,
+                                                 "aliases": {"hand": {"parent": "waving-hand"}}}))
+    return root
+
+
+def test_prepare_emojione_writes_the_icon_sets_svgs_the_same_from_folder_and_tgz(tmp_path, monkeypatch, capsys):
+    package = write_icon_set(tmp_path / "package")
+    out = tmp_path / "emojione"
+    code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "emojione", "--source", str(package),
+                               "--out", str(out))
+    assert code == 0 and "error" not in err, err
+    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    waving = ["waving-hand", *(f"waving-hand-{tone}-skin-tone" for tone in TONES)]
+    assert sorted(split_of) == sorted([*waving, "wide-bar", *(f"face-{i}" for i in range(10))])  # no alias
+    assert len({split_of[s] for s in waving}) == 1  # the skin tones stay with their picture
+    disc = read(out / split_of["waving-hand"] / "waving-hand.png")  # the set's 64x64 box: drawn at scale
+    assert disc[0, 0].tolist() == [255, 255, 255] and disc[32, 32].tolist() == [0xFF, 0xCE, 0x31]
+    assert disc[32, 10].tolist() == [255, 255, 255] and disc[32, 14].tolist() == [0xFF, 0xCE, 0x31]  # r = 20
+    bar = read(out / split_of["wide-bar"] / "wide-bar.png")  # its own 32x16 box, fitted and centred
+    assert bar[32, 32].tolist() == [0x42, 0x8B, 0xC1] and bar[8, 32].tolist() == [255, 255, 255]
+    credits = (out / "CREDITS.md").read_text()
+    assert "Emoji One" in credits and "CC-BY 4.0" in credits and "@iconify-json/emojione" in credits
+    params = json.loads((out / "MANIFEST.json").read_text())["params"]
+    assert params["style"] == "emojione" and params["package"] == "@iconify-json/emojione 1.2.3"
+    assert not (package / "svg").exists()  # the user's folder is only read
+    tgz = tmp_path / "iconify-json-emojione-1.2.3.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(package, arcname="package")
+    assert tree_bytes(prepare_dataset(tmp_path / "b", tgz, progress=False, style="emojione")) == tree_bytes(out)
+
+
+def test_prepare_icon_set_refuses_what_it_cannot_draw_in_one_line(tmp_path, monkeypatch, capsys):
+    fetch = "`npm pack @iconify-json/emojione@1.2.3` and `tar xzf iconify-json-emojione-1.2.3.tgz`"
+    cases = [
+        (write_icon_set(tmp_path / "a", {"../evil": {"body": "<g/>"}}), "icon '../evil' is not a name"),
+        (write_icon_set(tmp_path / "b", {"turned": {"body": "<g/>", "rotate": 1}}), "is rotated or flipped"),
+        (write_icon_set(tmp_path / "c", {"flat": {"body": "<g/>", "height": 0}}), "no valid left, top, width"),
+        (write_icon_set(tmp_path / "d", {}), 'no "icons" in it'),
+        (write_icon_set(tmp_path / "e", name="@iconify-json/fxemoji"), "is the npm package @iconify-json/fxemoji"),
+        (tmp_path / "a" / "README.md", "cannot read --source"),  # not a .tgz
+    ]
+    (tmp_path / "f").mkdir()
+    cases.append((tmp_path / "f", "is not the extracted @iconify-json/emojione package folder (no icons.json"))
+    for source, needle in cases:
+        code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "emojione", "--source",
+                                   str(source), "--out", str(tmp_path / "out"))
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, (needle, err)
+        assert fetch in err
+    assert not (tmp_path / "out").exists() and not any((tmp_path / d / "svg").exists() for d in "abcde")
+
+
 # ---- masks --------------------------------------------------------------------------------------
 
 
