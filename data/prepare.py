@@ -410,11 +410,15 @@ def _write_icon_set(package: NpmPackage, icon_set: Path, root: Path) -> Path:
     return root
 
 
+def _pictures(folder: Path, suffix: str) -> list[Path]:
+    """The `suffix` files of a folder (any case of the suffix) in file-name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == suffix and p.is_file())
+
+
 def _codepoint_files(folder: Path, suffix: str) -> list[tuple[str, Path]]:
     """(Twemoji-form stem, file) of the `suffix` files of an OpenMoji or Noto folder in file-name
     order, less those with a private-use codepoint."""
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() == suffix and p.is_file())
-    files = [(openmoji_stem(f.stem), f) for f in found]
+    files = [(openmoji_stem(f.stem), f) for f in _pictures(folder, suffix)]
     return [(stem, f) for stem, f in files if not is_private_use(stem)]
 
 
@@ -428,7 +432,7 @@ def _source_files(style: str, source: str | os.PathLike | None) -> list[tuple[st
         package = NPM_PACKAGES[style]
         folder = Path(source) / package.folder
         if package.icon_set:  # named in words: the names are the stems
-            files = [(f.stem, f) for f in sorted(folder.glob(f"*{package.suffix}")) if f.is_file()]
+            files = [(f.stem, f) for f in _pictures(folder, package.suffix)]
         else:
             files = _codepoint_files(folder, package.suffix)
         if not files:
