@@ -53,6 +53,11 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def splits_of(out: Path) -> dict[str, str]:
+    """The split ("train", "val" or "test") each image stem of a built dataset landed in."""
+    return {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+
+
 def run_module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
@@ -189,7 +194,7 @@ def test_prepare_from_a_source_folder_keeps_groups_together(tmp_path):
     for p in picked:
         shutil.copy(p, source)
     out = prepare_dataset(tmp_path / "out", source=source, progress=False)
-    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    split_of = splits_of(out)
     assert sorted(split_of) == sorted(p.stem for p in picked)
     for base in ("1f44b", "1f44d"):
         assert len({s for stem, s in split_of.items() if stem.startswith(base)}) == 1
@@ -229,7 +234,7 @@ def test_prepare_openmoji_renders_svgs_and_keeps_variants_together(tmp_path, mon
     args = ["--style", "openmoji", "--source", str(source), "--out", str(out)]
     code, err = run_in_process(monkeypatch, capsys, data.prepare, *args)
     assert code == 0 and "error" not in err, err
-    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    split_of = splits_of(out)
     assert sorted(split_of) == sorted(openmoji_stem(s) for s in [*waving, *(f"1F60{i}" for i in range(10))])
     assert len({split_of[openmoji_stem(s)] for s in waving}) == 1
     counts = json.loads((out / "stats.json").read_text())["counts"]
@@ -298,7 +303,7 @@ def test_prepare_noto_takes_twemoji_names_and_keeps_variants_together(tmp_path, 
     args = ["--style", "noto", "--source", str(package), "--out", str(out)]
     code, err = run_in_process(monkeypatch, capsys, data.prepare, *args)
     assert code == 0 and "error" not in err, err
-    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    split_of = splits_of(out)
     # leading zeros dropped, the private-use e50a and the sheet left out
     assert sorted(split_of) == sorted([*NOTO_WAVING, "23-fe0f-20e3", "a9", *(f"1f60{i}" for i in range(10))])
     assert len({split_of[s] for s in NOTO_WAVING}) == 1
@@ -375,7 +380,7 @@ def test_prepare_fluent_renders_the_packages_svgs_the_same_from_folder_and_tgz(t
     code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "fluent", "--source", str(package),
                                "--out", str(out))
     assert code == 0 and "error" not in err, err
-    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    split_of = splits_of(out)
     assert sorted(split_of) == sorted([*NOTO_WAVING, "23-fe0f-20e3", *(f"1f60{i}" for i in range(10))])
     assert len({split_of[s] for s in NOTO_WAVING}) == 1
     disc = read(out / split_of["1f44b"] / "1f44b.png")  # the circle of write_svg, rendered on white
@@ -439,7 +444,7 @@ def test_prepare_emojione_writes_the_icon_sets_svgs_the_same_from_folder_and_tgz
     code, err = run_in_process(monkeypatch, capsys, data.prepare, "--style", "emojione", "--source", str(package),
                                "--out", str(out))
     assert code == 0 and "error" not in err, err
-    split_of = {p.stem: s for s in ("train", "val", "test") for p in list_images(out / s)}
+    split_of = splits_of(out)
     waving = ["waving-hand", *(f"waving-hand-{tone}-skin-tone" for tone in TONES)]
     assert sorted(split_of) == sorted([*waving, "wide-bar", *(f"face-{i}" for i in range(10))])  # no alias
     assert len({split_of[s] for s in waving}) == 1  # the skin tones stay with their picture
