@@ -23,8 +23,8 @@ ENCODE_FILLS = ("gray", "nearest")
 BLENDS = ("poisson", "none")  # how a pasted decode meets the known pixels: poisson_blend, or as it is
 # the token hole share when none is given, by readout, chosen on the val holes of three emoji styles
 # (docs/tokens.md): a mean code blends its candidates, so a mostly known token still gains from the
-# transformer; a sampled code is one sharp guess, which the token's own known pixels beat
-TOKEN_HOLE_SHARE = {"mean": 0.5, "sample": 0.9}
+# transformer; a sampled code is one sharp guess, which the token's own known pixels beat more often
+TOKEN_HOLE_SHARE = {"mean": 0.5, "sample": 0.75}
 # nucleus sampling's top-p when none is given, by readout, chosen on the val holes of four emoji
 # styles (docs/tokens.md): cutting the tail of unlikely codes keeps a sampled token from taking a
 # colour the picture does not have

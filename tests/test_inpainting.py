@@ -222,7 +222,7 @@ def test_token_hole_share_keeps_the_pre_filled_codes_of_mostly_known_tokens(tiny
     assert torch.equal(decode_holes(model, images, holes, indices, replace(decoding, token_hole_share=0.0))[2][:, 5],
                        torch.ones(4, dtype=torch.bool))  # at 0 any hole pixel regenerates its token
     # left unset, the share follows the readout: token 0 (three quarters hole) is regenerated for the
-    # mean readout (0.5) and keeps its pre-filled code for sampled tokens (0.9)
+    # mean readout (0.5) and keeps its pre-filled code for sampled tokens (0.75: not more than that)
     for readout, regenerated in (("mean", True), ("sample", False)):
         unset = replace(decoding, readout=readout, token_hole_share=None)
         assert unset.hole_share == TOKEN_HOLE_SHARE[readout]
