@@ -7,13 +7,14 @@ of a frozen stage-1 VQGAN.
     python training_transformer.py --checkpoint-path runs/maskgit_local --export checkpoints/transformer_local \
         --overwrite
 
-The VQGAN encodes the training images (and their mirror images when `flip` is on) and the
-validation images once into token caches under --cache-dir, keyed by the VQGAN checkpoint, its
-config and the image files; an epoch then costs transformer time only. Hyper-parameters come from
-the config's `train_param` section (defaults in models/config.py); flags override them. The run
-folder (--checkpoint-path, or --run-dir) holds last.pt (resumable), best.pt (highest val hole PSNR with
---val-inpaint, else lowest validation loss: best_score), transformer.pt
-(plain weights of the best, for load_maskgit), log.jsonl and curves.png.
+The VQGAN encodes the training images (and their mirror images when `flip` is on, their colour
+variants with `colour_variants`) and the validation images once into token caches under
+--cache-dir, keyed by the VQGAN checkpoint, its config and the image files; an epoch then costs
+transformer time only. Hyper-parameters come from the config's `train_param` section (defaults in
+models/config.py); flags override them. The run folder (--checkpoint-path, or --run-dir) holds
+last.pt (resumable), best.pt (highest val hole PSNR with --val-inpaint, else lowest validation
+loss: best_score), transformer.pt (plain weights of the best, for load_maskgit), log.jsonl and
+curves.png.
 """
 from __future__ import annotations
 
@@ -48,7 +49,15 @@ from common import (
     save_checkpoint,
     seed_everything,
 )
-from data import ImageFolderDataset, apply_mask, normalize, pixel_to_token_mask, read_image, to_uint8_image
+from data import (
+    ImageFolderDataset,
+    apply_mask,
+    normalize,
+    pixel_to_token_mask,
+    read_image,
+    to_uint8_image,
+    view_pixels,
+)
 from data.masks import dataset_mask, pixel_hole_bank
 from maskgit_inpaint import Decoding, run_inpainting
 from maskgit_inpaint.baselines import fill_baseline
@@ -105,25 +114,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- token cache
 
-def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool, device: torch.device) -> str:
+def cache_key(vqgan_digest: str, vqgan_cfg: dict, files: list[Path], flip: bool, device: torch.device,
+              colour_variants: int = 0) -> str:
     """Hash of everything the tokens depend on: VQGAN weights and config, the image files (name,
-    size, modification time), whether mirror images are encoded too, and the device's numerics
-    (TF32 on CUDA changes a few tokens)."""
+    size, modification time), the views encoded (mirror images, colour variants), and the device's
+    numerics (TF32 on CUDA changes a few tokens)."""
     listing = [(f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     blob = json.dumps({"version": CACHE_VERSION, "vqgan": vqgan_digest, "config": vqgan_cfg,
-                       "files": listing, "flip": flip, **({"numerics": n} if (n := numerics(device)) else {})},
+                       "files": listing, "flip": flip, **({"numerics": n} if (n := numerics(device)) else {}),
+                       **({"colour_variants": colour_variants} if colour_variants else {})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_digest: str, cache_dir: Path,
-                split: str, batch_size: int, num_workers: int, device: torch.device, rank: int, world: int
-                ) -> torch.Tensor:
-    """The (N, views, h*w) tokens of `dataset`, read from the cache or encoded and cached by rank 0,
-    then sent to the other ranks (no shared file system needed)."""
+def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, colour_variants: int, vqgan_digest: str,
+                cache_dir: Path, split: str, batch_size: int, num_workers: int, device: torch.device, rank: int,
+                world: int) -> torch.Tensor:
+    """The (N, views, h*w) tokens of `dataset` in its training views (data.training_views), read from
+    the cache or encoded and cached by rank 0, then sent to the other ranks (no shared file system needed)."""
     tokens = None
     if rank == 0:
-        key = cache_key(vqgan_digest, model.vqgan.cfg, dataset.files, flip, device)
+        key = cache_key(vqgan_digest, model.vqgan.cfg, dataset.files, flip, device, colour_variants)
         path = cache_dir / f"{split}-{key[:16]}.pt"
         if path.is_file():
             try:
@@ -133,9 +144,10 @@ def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, vqgan_d
             except UserError as err:
                 print(f"rebuilding the token cache: {err}")
         if tokens is None:
-            tokens = encode_images(model, dataset, flip, batch_size, num_workers, device, f"encoding {split} images")
+            tokens = encode_images(model, dataset, flip, batch_size, num_workers, device, f"encoding {split} images",
+                                   colour_variants)
             save_checkpoint({"version": CACHE_VERSION, "key": key, "files": [f.name for f in dataset.files],
-                             "flip": flip, "tokens": tokens}, path)
+                             "flip": flip, "colour_variants": colour_variants, "tokens": tokens}, path)
             print(f"token cache written: {path}")
         else:
             print(f"token cache reused: {path}")
@@ -307,8 +319,10 @@ class HoleContext:
     on them (hole_context: prefilled) teaches the transformer the codes it will see at inference,
     which the hole changes near its edge, while the targets stay the clean image's tokens."""
 
-    def __init__(self, images: torch.Tensor, pixel_bank: np.ndarray, mean: list[float], std: list[float]):
+    def __init__(self, images: torch.Tensor, pixel_bank: np.ndarray, mean: list[float], std: list[float],
+                 mirrors: int):
         self.images = images  # (N, 3, H, W) uint8
+        self.mirrors = mirrors  # 2 when the token views include mirror images (data.training_views)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         nearest = [nearest_known(hole) for hole in pixel_bank]
@@ -320,12 +334,11 @@ class HoleContext:
     def tokens(self, model: MaskGit, z: torch.Tensor, idx: torch.Tensor, views: torch.Tensor, picks: torch.Tensor
                ) -> torch.Tensor:
         """`z` (B, N) with the rows whose pick is a hole (>= 0) replaced by the tokens of image
-        `idx`, view `views` (1 = mirrored), pre-filled around bank hole `picks`."""
+        `idx`, view `views` (data.view_pixels), pre-filled around bank hole `picks`."""
         rows = (picks >= 0).nonzero().flatten()
         if len(rows) == 0:
             return z
-        images = self.images[idx[rows]].float() / 255  # (R, 3, H, W)
-        images = torch.where(views[rows].view(-1, 1, 1, 1) == 1, images.flip(-1), images)
+        images = view_pixels(self.images[idx[rows]].float() / 255, views[rows], self.mirrors)  # (R, 3, H, W)
         src = self.sources[picks[rows]].long()[:, None].expand(-1, 3, -1)  # (R, 3, H*W)
         filled = images.flatten(2).gather(2, src).view_as(images)
         device = z.device
@@ -411,7 +424,8 @@ def hole_sampling(tcfg: dict, vq: dict, train_set: ImageFolderDataset, seed: int
         keep = hole_bank.any(1)  # a thin stroke may have no token above the share: nothing to mask
         pixel_bank, hole_bank = pixel_bank[keep.numpy()], hole_bank[keep]
         if tcfg["hole_context"] == "prefilled":
-            hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"])
+            hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"],
+                                       2 if tcfg["flip"] else 1)
     return hole_bank, hole_context
 
 
@@ -526,8 +540,9 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         model = load_maskgit(cfg, vqgan_ckpt=vqgan_ckpt, device=device)
         vqgan_digest = file_sha256(weights_file(vqgan_ckpt))
         encoding = (max(batch, ENCODE_BATCH), args.num_workers, device, rank, world)
-        train_tokens = load_tokens(model, train_set, tcfg["flip"], vqgan_digest, cache_dir, "train", *encoding)
-        val_tokens = load_tokens(model, val_set, False, vqgan_digest, cache_dir, "val", *encoding)  # (N, views, h*w)
+        train_tokens = load_tokens(model, train_set, tcfg["flip"], tcfg["colour_variants"], vqgan_digest, cache_dir,
+                                   "train", *encoding)
+        val_tokens = load_tokens(model, val_set, False, 0, vqgan_digest, cache_dir, "val", *encoding)  # (N, 1, h*w)
         val_masks = model.random_mask(len(val_tokens), torch.device("cpu"),
                                       torch.Generator().manual_seed(VAL_MASK_SEED))  # (N_val, h*w) bool
         initial_weights(model, args, tcfg["embedding_init"], vqgan_ckpt, source is not None)

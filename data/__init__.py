@@ -12,12 +12,15 @@ _EXPORTS = {
     "data.masks": ("MASK_KINDS", "apply_mask", "generate_mask", "hole_fraction", "read_hole", "write_masks"),
     "data.prepare": ("assign_splits", "group_key", "load_stats", "prepare_dataset"),
     "data.datasets": (
+        "COLOUR_ORDERS",
         "ImageFolderDataset",
         "InpaintingDataset",
         "denormalize",
         "normalize",
         "pixel_to_token_mask",
         "to_uint8_image",
+        "training_views",
+        "view_pixels",
     ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -69,6 +69,29 @@ def pixel_to_token_mask(hole: torch.Tensor, latent_size: int, above: float = 0.0
     return tokens[0] if squeeze else tokens
 
 
+# the channel orders of stage-2 training's colour variants (train_param `colour_variants: N` takes the
+# first N): a permutation of R, G and B keeps white, black and grays and gives every hue another (a
+# yellow face turns cyan or magenta), so the transformer sees the same shapes in colours it lacks
+COLOUR_ORDERS = ((1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
+
+
+def training_views(colour_variants: int, flip: bool) -> int:
+    """How many views of each training image the token cache holds: the image and its colour
+    variants, each also mirrored when `flip`. View v is colour variant v // mirrors (0: the image's
+    own colours) and mirrored when v % mirrors is 1 (see view_pixels)."""
+    return (1 + colour_variants) * (2 if flip else 1)
+
+
+def view_pixels(pixels: torch.Tensor, views: torch.Tensor, mirrors: int) -> torch.Tensor:
+    """Images (B, 3, H, W), as pixel values (not normalized), in views `views` (B,) of training_views
+    with `mirrors` (2 when the views include mirror images, else 1): channels reordered by
+    COLOUR_ORDERS, then mirrored."""
+    colour, mirrored = views // mirrors, views % mirrors
+    orders = torch.tensor(((0, 1, 2), *COLOUR_ORDERS), device=pixels.device)[colour.to(pixels.device)]  # (B, 3)
+    reordered = pixels.gather(1, orders[:, :, None, None].expand_as(pixels))
+    return torch.where(mirrored.to(pixels.device).view(-1, 1, 1, 1) == 1, reordered.flip(-1), reordered)
+
+
 class ImageFolderDataset(Dataset):
     """Images of a folder, or of several one after the other (each in data.names.natural_order; PNG,
     JPG, WEBP, BMP; any mode -> RGB, transparency on white) as normalized (3, size, size) float tensors, optionally

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from common import UserError, resolve_path
+from data.datasets import COLOUR_ORDERS
 from models.schedules import GAMMA_FUNCTIONS
 from models.transformer import ATTENTION_KINDS
 
@@ -57,12 +58,14 @@ def _as_number(value: Any) -> float | int | None:
     return None
 
 
-def integer(minimum: int = 1) -> Check:
-    """An integer >= minimum; integral spellings such as 1e4 are accepted, 2.5 or "x" are not."""
+def integer(minimum: int = 1, maximum: int | None = None) -> Check:
+    """An integer in [minimum, maximum]; integral spellings such as 1e4 are accepted, 2.5 or "x" are not."""
+    expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
     def check(key: str, value: Any) -> int:
         number = _as_number(value)
-        if number is None or number != int(number) or number < minimum:
-            raise _fail(key, f"an integer >= {minimum}", value)
+        if number is None or number != int(number) or number < minimum or (maximum is not None and number > maximum):
+            raise _fail(key, expected, value)
         return int(number)
     return check
 
@@ -233,6 +236,9 @@ MASKGIT_TRAIN = {
     # augmentation: each sample's token grid (and its hole) moved by up to this many whole tokens
     # each way, the edge tokens repeated into what the move uncovers; 0 = off
     "shift_tokens": Key(integer(0), 0),
+    # augmentation: the token cache also holds this many colour variants of each training image (its
+    # channels reordered, models.maskgit.COLOUR_ORDERS), encoded once; each sample takes one view at random
+    "colour_variants": Key(integer(0, len(COLOUR_ORDERS)), 0),
 }
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common import UserError, load_state, load_weights, native_bf16, progress_bar, resolve_device
+from data.datasets import training_views, view_pixels
 from models.config import load_maskgit_config
 from models.pretrained import (
     DEFAULT_MODEL,
@@ -300,15 +301,23 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 
 @torch.no_grad()
 def encode_images(model: MaskGit, dataset: Sequence[torch.Tensor], flip: bool, batch_size: int, num_workers: int,
-                  device: torch.device, desc: str) -> torch.Tensor:
-    """Token ids of every image, and of its mirror image when `flip`: (N, views, h*w) int16 on the CPU.
-    Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
+                  device: torch.device, desc: str, colour_variants: int = 0) -> torch.Tensor:
+    """Token ids of every normalized image in each of its training views (training_views): (N, views,
+    h*w) int16 on the CPU. Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
     dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
+    mirrors, n_views = 2 if flip else 1, training_views(colour_variants, flip)
+    mean, std = (torch.tensor(model.vqgan.cfg[k], device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
     chunks = []
     for images in progress_bar(loader, desc=desc, unit="batch"):
         images = images.to(device)
-        views = [images, images.flip(-1)] if flip else [images]
+        views = []
+        for v in range(n_views):
+            picks = torch.full((len(images),), v)
+            if v < mirrors:  # the image's own colours: reorder nothing, so the tokens are those of the image
+                views.append(view_pixels(images, picks, mirrors))
+            else:
+                views.append((view_pixels(images * std + mean, picks, mirrors) - mean) / std)
         chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
     return torch.cat(chunks)
 

@@ -58,6 +58,8 @@ def test_empty_train_param_gets_the_defaults(tmp_path):
     ("dim: 32", "dim: -4", "`dim` must be an integer >= 1, got -4"),
     ("batch_size: 4", "batch_size: x", "`batch_size` must be an integer >= 1, got 'x'"),
     ("batch_size: 4", "batch_size: true", "`batch_size` must be an integer >= 1, got True"),
+    ("batch_size: 4", "batch_size: 4\n  colour_variants: 6",
+     "`colour_variants` must be an integer >= 0 and <= 5, got 6"),
     ("learning_rate: 2.0e-4", "learning_rate: fast", "`learning_rate` must be a number > 0"),
     ("learning_rate: 2.0e-4", "learning_rate: .nan", "`learning_rate` must be a number > 0"),
     ("betas: [0.9, 0.96]", "betas: [0.9]", "`betas` must be two numbers in [0, 1)"),

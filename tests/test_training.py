@@ -20,7 +20,7 @@ import training
 import training_transformer as stage2
 import training_vqgan as stage1
 from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
-from data import ImageFolderDataset, pixel_to_token_mask
+from data import ImageFolderDataset, normalize, pixel_to_token_mask, training_views, view_pixels
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config, transformer_param
 from models.kmeans import kmeans
@@ -819,7 +819,7 @@ def test_hole_context_is_what_decoding_encodes(ws):
     model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
     train_set = ImageFolderDataset(ws.train, model.vqgan.cfg["mean"], model.vqgan.cfg["std"], size=16)
     bank = pixel_hole_bank(8, 16, seed=5)
-    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, train_set.mean, train_set.std)
+    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, train_set.mean, train_set.std, 2)
     idx, views, picks = torch.tensor([3, 5, 7]), torch.tensor([1, 0, 0]), torch.tensor([2, -1, 6])
     z = torch.full((3, 16), 99, dtype=torch.long)
     got = context.tokens(model, z, idx, views, picks)
@@ -883,6 +883,86 @@ def test_stage2_prefilled_context_resumes_exactly(ws, tmp_path):
     run_stage2(ws, clean, *flags, "--max-steps", "4")
     assert not torch.equal(load_checkpoint(clean / "last.pt")["model"]["tok_emb.weight"],
                            load_checkpoint(straight / "last.pt")["model"]["tok_emb.weight"])
+
+
+def test_view_pixels_reorders_the_channels_then_mirrors():
+    """View v of training_views is colour variant v // mirrors (COLOUR_ORDERS after the image's own
+    colours) and mirrored when v % mirrors is 1; a colour variant keeps grays gray."""
+    assert training_views(0, True) == 2 and training_views(3, True) == 8 and training_views(2, False) == 3
+    pixels = torch.zeros(1, 3, 2, 3)
+    pixels[0, :, 0, 0] = torch.tensor([10.0, 20.0, 30.0])  # top left: R 10, G 20, B 30
+    pixels[0, :, 1, 2] = 128.0  # bottom right: gray
+    batch = pixels.expand(6, -1, -1, -1)
+    got = view_pixels(batch, torch.tensor([0, 1, 2, 3, 4, 5]), mirrors=2)
+    assert got[0].tolist() == pixels[0].tolist()
+    assert got[1].tolist() == pixels[0].flip(-1).tolist()
+    assert got[2, :, 0, 0].tolist() == [20.0, 30.0, 10.0]  # (1, 2, 0): R takes G, G takes B, B takes R
+    assert got[3, :, 0, 2].tolist() == [20.0, 30.0, 10.0]  # the same, mirrored: top right
+    assert got[4, :, 0, 0].tolist() == [30.0, 10.0, 20.0]  # (2, 0, 1)
+    assert (got[[0, 2, 4], :, 1, 2] == 128).all() and (got[[1, 3, 5], :, 1, 0] == 128).all()
+    no_mirrors = view_pixels(batch[:3], torch.tensor([0, 1, 2]), mirrors=1)
+    assert no_mirrors[1, :, 0, 0].tolist() == [20.0, 30.0, 10.0]
+    assert no_mirrors[2, :, 0, 0].tolist() == [30.0, 10.0, 20.0]
+
+
+def colour_config(ws: SimpleNamespace, tmp_path: Path, variants: int, extra: str = "") -> Path:
+    path = tmp_path / f"maskgit_colours{variants}.yml"
+    text = TINY_MASKGIT.replace("flip: true", f"flip: true\n  colour_variants: {variants}{extra}")
+    path.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
+    return path
+
+
+def test_colour_variants_are_cached_as_the_tokens_of_the_recoloured_images(ws, tmp_path):
+    """With colour_variants 2 the cache holds 6 views of each image: its own colours and the two
+    first channel orders, each also mirrored, as the VQGAN encodes those pictures; the val tokens
+    and the image's own views are the same as without variants, in a cache of their own."""
+    cache = tmp_path / "cache"
+    run_stage2(ws, tmp_path / "plain", "--max-steps", "1", cache=cache)
+    run_stage2(ws, tmp_path / "colours", "--max-steps", "1", "--MaskGitConfig", str(colour_config(ws, tmp_path, 2)),
+               cache=cache)
+    entries = {load_checkpoint(f)["tokens"].shape: load_checkpoint(f)["tokens"] for f in cache.glob("train-*.pt")}
+    assert set(entries) == {(16, 2, 16), (16, 6, 16)} and len(list(cache.glob("val-*.pt"))) == 1
+    plain, tokens = entries[(16, 2, 16)], entries[(16, 6, 16)]
+    assert torch.equal(tokens[:, :2], plain)
+    model = load_maskgit(str(ws.config))
+    vq = model.vqgan.cfg
+    pixels = np.asarray(Image.open(sorted(ws.train.iterdir())[3]).convert("RGB"))
+    for view, (order, mirrored) in enumerate([((0, 1, 2), False), ((0, 1, 2), True), ((1, 2, 0), False),
+                                              ((1, 2, 0), True), ((2, 0, 1), False), ((2, 0, 1), True)]):
+        recoloured = pixels[:, :, list(order)][:, ::-1] if mirrored else pixels[:, :, list(order)]
+        image = normalize(np.ascontiguousarray(recoloured)[None], vq["mean"], vq["std"])
+        assert torch.equal(tokens[3, view].long(), model.encode_to_z(image)[1][0]), view
+    assert not torch.equal(tokens[:, 2], tokens[:, 0])  # the colours change the codes
+
+
+def test_prefilled_context_of_a_colour_variant_is_the_recoloured_image_prefilled(ws):
+    """HoleContext shows the transformer, around the hole, the tokens of the same view the cached
+    tokens come from: the recoloured (and mirrored) image, pre-filled."""
+    from data.masks import pixel_hole_bank
+    from maskgit_inpaint.blending import nearest_filled
+
+    model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
+    vq = model.vqgan.cfg
+    train_set = ImageFolderDataset(ws.train, vq["mean"], vq["std"], size=16)
+    bank = pixel_hole_bank(8, 16, seed=5)
+    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, vq["mean"], vq["std"], 2)
+    idx, views, picks = torch.tensor([3, 5]), torch.tensor([3, 4]), torch.tensor([2, 6])
+    got = context.tokens(model, torch.zeros(2, 16, dtype=torch.long), idx, views, picks)
+    for row, (order, mirrored) in enumerate([((1, 2, 0), True), ((2, 0, 1), False)]):
+        pixels = np.asarray(Image.open(train_set.files[int(idx[row])]).convert("RGB"))[:, :, list(order)]
+        image = normalize(np.ascontiguousarray(pixels[:, ::-1] if mirrored else pixels)[None], vq["mean"], vq["std"])
+        hole = torch.from_numpy(bank[int(picks[row])])[None, None]
+        assert torch.equal(got[row], model.encode_to_z(nearest_filled(image, hole))[1][0]), row
+
+
+def test_stage2_with_colour_variants_and_prefilled_context_resumes_exactly(ws, tmp_path):
+    config = colour_config(ws, tmp_path, 3, "\n  hole_mask_share: 0.5\n  hole_context: prefilled")
+    flags = ("--MaskGitConfig", str(config), "--save-every", "100")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stage2(ws, straight, *flags, "--max-steps", "4")
+    run_stage2(ws, resumed, *flags, "--max-steps", "2")
+    run_stage2(ws, resumed, *flags, "--max-steps", "4", "--resume")
+    assert_same_weights(load_checkpoint(straight / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"])
 
 
 def test_token_shifts_move_the_grid_by_whole_tokens_and_repeat_the_edge():
