@@ -841,7 +841,7 @@ def test_hole_token_share_keeps_the_mostly_known_tokens_of_a_training_hole_as_co
     model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
     vq = model.vqgan.cfg
     train_set = ImageFolderDataset(ws.train, vq["mean"], vq["std"], size=vq["img_resolution"])
-    tcfg = {"hole_mask_share": 0.5, "hole_context": "prefilled"}
+    tcfg = {"hole_mask_share": 0.5, "hole_context": "prefilled", "flip": True}
     banks = {share: stage2.hole_sampling({**tcfg, "hole_token_share": share}, vq, train_set, seed=2)
              for share in (0.0, 0.5)}
     (anywhere, _), (mostly, context) = banks[0.0], banks[0.5]
