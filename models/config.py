@@ -237,7 +237,7 @@ MASKGIT_TRAIN = {
     # each way, the edge tokens repeated into what the move uncovers; 0 = off
     "shift_tokens": Key(integer(0), 0),
     # augmentation: the token cache also holds this many colour variants of each training image (its
-    # channels reordered, models.maskgit.COLOUR_ORDERS), encoded once; each sample takes one view at random
+    # channels reordered, data.COLOUR_ORDERS), encoded once; each sample takes one view at random
     "colour_variants": Key(integer(0, len(COLOUR_ORDERS)), 0),
 }
 
