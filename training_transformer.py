@@ -320,9 +320,9 @@ class HoleContext:
     which the hole changes near its edge, while the targets stay the clean image's tokens."""
 
     def __init__(self, images: torch.Tensor, pixel_bank: np.ndarray, mean: list[float], std: list[float],
-                 mirrors: int):
+                 flip: bool):
         self.images = images  # (N, 3, H, W) uint8
-        self.mirrors = mirrors  # 2 when the token views include mirror images (data.training_views)
+        self.flip = flip  # whether the token views include mirror images (data.training_views)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         nearest = [nearest_known(hole) for hole in pixel_bank]
@@ -338,7 +338,7 @@ class HoleContext:
         rows = (picks >= 0).nonzero().flatten()
         if len(rows) == 0:
             return z
-        images = view_pixels(self.images[idx[rows]].float() / 255, views[rows], self.mirrors)  # (R, 3, H, W)
+        images = view_pixels(self.images[idx[rows]].float() / 255, views[rows], self.flip)  # (R, 3, H, W)
         src = self.sources[picks[rows]].long()[:, None].expand(-1, 3, -1)  # (R, 3, H*W)
         filled = images.flatten(2).gather(2, src).view_as(images)
         device = z.device
@@ -425,7 +425,7 @@ def hole_sampling(tcfg: dict, vq: dict, train_set: ImageFolderDataset, seed: int
         pixel_bank, hole_bank = pixel_bank[keep.numpy()], hole_bank[keep]
         if tcfg["hole_context"] == "prefilled":
             hole_context = HoleContext(load_uint8_images(train_set), pixel_bank, vq["mean"], vq["std"],
-                                       2 if tcfg["flip"] else 1)
+                                       tcfg["flip"])
     return hole_bank, hole_context
 
 

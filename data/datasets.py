@@ -77,15 +77,15 @@ COLOUR_ORDERS = ((1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 
 def training_views(colour_variants: int, flip: bool) -> int:
     """How many views of each training image the token cache holds: the image and its colour
-    variants, each also mirrored when `flip`. View v is colour variant v // mirrors (0: the image's
-    own colours) and mirrored when v % mirrors is 1 (see view_pixels)."""
+    variants, each also mirrored when `flip`: view v is colour variant v // 2 (0: the image's own
+    colours), mirrored when v is odd; without `flip`, colour variant v (see view_pixels)."""
     return (1 + colour_variants) * (2 if flip else 1)
 
 
-def view_pixels(pixels: torch.Tensor, views: torch.Tensor, mirrors: int) -> torch.Tensor:
-    """Images (B, 3, H, W), as pixel values (not normalized), in views `views` (B,) of training_views
-    with `mirrors` (2 when the views include mirror images, else 1): channels reordered by
-    COLOUR_ORDERS, then mirrored."""
+def view_pixels(pixels: torch.Tensor, views: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Images (B, 3, H, W), as pixel values (not normalized), in views `views` (B,) of
+    training_views(..., flip): channels reordered by COLOUR_ORDERS, then mirrored."""
+    mirrors = training_views(0, flip)  # the views of each colour: the image, and its mirror image with `flip`
     colour, mirrored = views // mirrors, views % mirrors
     orders = torch.tensor(((0, 1, 2), *COLOUR_ORDERS), device=pixels.device)[colour.to(pixels.device)]  # (B, 3)
     reordered = pixels.gather(1, orders[:, :, None, None].expand_as(pixels))

@@ -306,18 +306,17 @@ def encode_images(model: MaskGit, dataset: Sequence[torch.Tensor], flip: bool, b
     h*w) int16 on the CPU. Encoding runs in fp32 so that the tokens do not depend on the device's autocast."""
     dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
-    mirrors, n_views = 2 if flip else 1, training_views(colour_variants, flip)
     mean, std = (torch.tensor(model.vqgan.cfg[k], device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
     chunks = []
     for images in progress_bar(loader, desc=desc, unit="batch"):
         images = images.to(device)
         views = []
-        for v in range(n_views):
+        for v in range(training_views(colour_variants, flip)):
             picks = torch.full((len(images),), v)
-            if v < mirrors:  # the image's own colours: reorder nothing, so the tokens are those of the image
-                views.append(view_pixels(images, picks, mirrors))
+            if v < training_views(0, flip):  # the image's own colours: no round trip to pixel values
+                views.append(view_pixels(images, picks, flip))
             else:
-                views.append((view_pixels(images * std + mean, picks, mirrors) - mean) / std)
+                views.append((view_pixels(images * std + mean, picks, flip) - mean) / std)
         chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
     return torch.cat(chunks)
 

@@ -819,7 +819,7 @@ def test_hole_context_is_what_decoding_encodes(ws):
     model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
     train_set = ImageFolderDataset(ws.train, model.vqgan.cfg["mean"], model.vqgan.cfg["std"], size=16)
     bank = pixel_hole_bank(8, 16, seed=5)
-    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, train_set.mean, train_set.std, 2)
+    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, train_set.mean, train_set.std, True)
     idx, views, picks = torch.tensor([3, 5, 7]), torch.tensor([1, 0, 0]), torch.tensor([2, -1, 6])
     z = torch.full((3, 16), 99, dtype=torch.long)
     got = context.tokens(model, z, idx, views, picks)
@@ -886,21 +886,21 @@ def test_stage2_prefilled_context_and_augmentations_resume_exactly(ws, tmp_path)
 
 
 def test_view_pixels_reorders_the_channels_then_mirrors():
-    """View v of training_views is colour variant v // mirrors (COLOUR_ORDERS after the image's own
-    colours) and mirrored when v % mirrors is 1; a colour variant keeps grays gray."""
+    """View v of training_views is colour variant v // 2 (COLOUR_ORDERS after the image's own
+    colours), mirrored when v is odd, or colour variant v without flip; a colour variant keeps grays gray."""
     assert training_views(0, True) == 2 and training_views(3, True) == 8 and training_views(2, False) == 3
     pixels = torch.zeros(1, 3, 2, 3)
     pixels[0, :, 0, 0] = torch.tensor([10.0, 20.0, 30.0])  # top left: R 10, G 20, B 30
     pixels[0, :, 1, 2] = 128.0  # bottom right: gray
     batch = pixels.expand(6, -1, -1, -1)
-    got = view_pixels(batch, torch.tensor([0, 1, 2, 3, 4, 5]), mirrors=2)
+    got = view_pixels(batch, torch.tensor([0, 1, 2, 3, 4, 5]), flip=True)
     assert got[0].tolist() == pixels[0].tolist()
     assert got[1].tolist() == pixels[0].flip(-1).tolist()
     assert got[2, :, 0, 0].tolist() == [20.0, 30.0, 10.0]  # (1, 2, 0): R takes G, G takes B, B takes R
     assert got[3, :, 0, 2].tolist() == [20.0, 30.0, 10.0]  # the same, mirrored: top right
     assert got[4, :, 0, 0].tolist() == [30.0, 10.0, 20.0]  # (2, 0, 1)
     assert (got[[0, 2, 4], :, 1, 2] == 128).all() and (got[[1, 3, 5], :, 1, 0] == 128).all()
-    no_mirrors = view_pixels(batch[:3], torch.tensor([0, 1, 2]), mirrors=1)
+    no_mirrors = view_pixels(batch[:3], torch.tensor([0, 1, 2]), flip=False)
     assert no_mirrors[1, :, 0, 0].tolist() == [20.0, 30.0, 10.0]
     assert no_mirrors[2, :, 0, 0].tolist() == [30.0, 10.0, 20.0]
 
@@ -945,7 +945,7 @@ def test_prefilled_context_of_a_colour_variant_is_the_recoloured_image_prefilled
     vq = model.vqgan.cfg
     train_set = ImageFolderDataset(ws.train, vq["mean"], vq["std"], size=16)
     bank = pixel_hole_bank(8, 16, seed=5)
-    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, vq["mean"], vq["std"], 2)
+    context = stage2.HoleContext(stage2.load_uint8_images(train_set), bank, vq["mean"], vq["std"], True)
     idx, views, picks = torch.tensor([3, 5]), torch.tensor([3, 4]), torch.tensor([2, 6])
     got = context.tokens(model, torch.zeros(2, 16, dtype=torch.long), idx, views, picks)
     for row, (order, mirrored) in enumerate([((1, 2, 0), True), ((2, 0, 1), False)]):
