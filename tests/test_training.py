@@ -285,14 +285,14 @@ def test_token_cache_is_reused_and_rebuilt_when_inputs_change(ws, tmp_path, monk
     assert run("new_image") == ["encoding train images"]
     os.utime(train / "img05.png", ns=(0, 0))
     assert run("touched_image") == ["encoding train images"]
-    assert run("flip_off", "--MaskGitConfig", str(no_flip_config(ws, tmp_path))) == ["encoding train images"]
+    no_flip = maskgit_config(ws, tmp_path / "maskgit_noflip.yml", "flip: false")
+    assert run("flip_off", "--MaskGitConfig", str(no_flip)) == ["encoding train images"]
 
 
-def no_flip_config(ws: SimpleNamespace, tmp_path: Path) -> Path:
-    path = tmp_path / "maskgit_noflip.yml"
-    text = TINY_MASKGIT.replace("flip: true", "flip: false")
-    text = text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt))
-    path.write_text(text)
+def maskgit_config(ws: SimpleNamespace, path: Path, train_lines: str) -> Path:
+    """TINY_MASKGIT on the VQGAN of `ws`, its `flip: true` line replaced by `train_lines`, written to `path`."""
+    text = TINY_MASKGIT.replace("flip: true", train_lines)
+    path.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
     return path
 
 
@@ -424,9 +424,8 @@ def test_training_images_of_two_folders_and_their_credits(ws, tmp_path):
 def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
     """hole-shaped training masks and the codebook-initialized embedding keep the exact resume, and
     each validation logs the inpainting figures beside Navier-Stokes on the same val images."""
-    config = tmp_path / "maskgit_holes.yml"
-    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  embedding_init: codebook")
-    config.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
+    config = maskgit_config(ws, tmp_path / "maskgit_holes.yml",
+                            "flip: true\n  hole_mask_share: 0.5\n  embedding_init: codebook")
     flags = ("--MaskGitConfig", str(config), "--save-every", "100", "--val-inpaint", "5")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     model, _ = run_stage2(ws, straight, *flags, "--max-steps", "6")
@@ -459,9 +458,7 @@ def test_stage2_hole_masks_codebook_init_and_val_inpainting(ws, tmp_path):
 def test_init_from_starts_a_new_run_from_weights_of_the_same_vqgan(ws, tmp_path, capsys):
     source = tmp_path / "source"
     run_stage2(ws, source, "--max-steps", "2", "--val-inpaint", "0")
-    config = tmp_path / "clipped.yml"
-    config.write_text(TINY_MASKGIT.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt))
-                      .replace("flip: true", "flip: true\n  grad_clip: 0.000001"))
+    config = maskgit_config(ws, tmp_path / "clipped.yml", "flip: true\n  grad_clip: 0.000001")
     flags = ("--MaskGitConfig", str(config), "--val-inpaint", "0", "--max-steps", "1")
     model, _ = run_stage2(ws, tmp_path / "tuned", *flags, "--init-from", str(source / "last.pt"),
                           "--learning-rate", "1e-12")
@@ -868,10 +865,8 @@ def test_prefilled_context_is_shown_outside_the_hole_and_the_clean_tokens_inside
 
 
 def test_stage2_prefilled_context_and_augmentations_resume_exactly(ws, tmp_path):
-    config = tmp_path / "maskgit_prefilled.yml"
-    text = TINY_MASKGIT.replace("flip: true", "flip: true\n  hole_mask_share: 0.5\n  hole_context: prefilled\n"
-                                "  shift_tokens: 1\n  colour_variants: 3")
-    config.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
+    config = maskgit_config(ws, tmp_path / "maskgit_prefilled.yml", "flip: true\n  hole_mask_share: 0.5\n"
+                            "  hole_context: prefilled\n  shift_tokens: 1\n  colour_variants: 3")
     flags = ("--MaskGitConfig", str(config), "--save-every", "100")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stage2(ws, straight, *flags, "--max-steps", "4")
@@ -905,21 +900,14 @@ def test_view_pixels_reorders_the_channels_then_mirrors():
     assert no_mirrors[2, :, 0, 0].tolist() == [30.0, 10.0, 20.0]
 
 
-def colour_config(ws: SimpleNamespace, tmp_path: Path, variants: int) -> Path:
-    path = tmp_path / f"maskgit_colours{variants}.yml"
-    text = TINY_MASKGIT.replace("flip: true", f"flip: true\n  colour_variants: {variants}")
-    path.write_text(text.replace("vqgan.yml", str(ws.vq_config)).replace("vqgan.pt", str(ws.vq_ckpt)))
-    return path
-
-
 def test_colour_variants_are_cached_as_the_tokens_of_the_recoloured_images(ws, tmp_path):
     """With colour_variants 2 the cache holds 6 views of each image: its own colours and the two
     first channel orders, each also mirrored, as the VQGAN encodes those pictures; the val tokens
     and the image's own views are the same as without variants, in a cache of their own."""
     cache = tmp_path / "cache"
     run_stage2(ws, tmp_path / "plain", "--max-steps", "1", cache=cache)
-    run_stage2(ws, tmp_path / "colours", "--max-steps", "1", "--MaskGitConfig", str(colour_config(ws, tmp_path, 2)),
-               cache=cache)
+    colours = maskgit_config(ws, tmp_path / "maskgit_colours.yml", "flip: true\n  colour_variants: 2")
+    run_stage2(ws, tmp_path / "colours", "--max-steps", "1", "--MaskGitConfig", str(colours), cache=cache)
     entries = {load_checkpoint(f)["tokens"].shape: load_checkpoint(f)["tokens"] for f in cache.glob("train-*.pt")}
     assert set(entries) == {(16, 2, 16), (16, 6, 16)} and len(list(cache.glob("val-*.pt"))) == 1
     plain, tokens = entries[(16, 2, 16)], entries[(16, 6, 16)]
