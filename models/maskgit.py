@@ -307,16 +307,18 @@ def encode_images(model: MaskGit, dataset: Sequence[torch.Tensor], flip: bool, b
     dtype = torch.int16 if model.mask_token_id <= torch.iinfo(torch.int16).max else torch.int32
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
     mean, std = (torch.tensor(model.vqgan.cfg[k], device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
+    n_views, own_views = training_views(colour_variants, flip), training_views(0, flip)
     chunks = []
     for images in progress_bar(loader, desc=desc, unit="batch"):
         images = images.to(device)
+        pixels = images * std + mean if n_views > own_views else None  # pixel values, for the colour variants
         views = []
-        for v in range(training_views(colour_variants, flip)):
+        for v in range(n_views):
             picks = torch.full((len(images),), v)
-            if v < training_views(0, flip):  # the image's own colours: no round trip to pixel values
+            if v < own_views:  # the image's own colours: no round trip to pixel values
                 views.append(view_pixels(images, picks, flip))
             else:
-                views.append((view_pixels(images * std + mean, picks, flip) - mean) / std)
+                views.append((view_pixels(pixels, picks, flip) - mean) / std)
         chunks.append(torch.stack([model.encode_to_z(v)[1] for v in views], dim=1).to(dtype).cpu())
     return torch.cat(chunks)
 
