@@ -12,7 +12,7 @@ project: the token cache of training_transformer.py (models.maskgit.encode_image
 cost reported apart and extrapolated to the whole training split), fused (sdpa) attention and
 bf16 autocast on CUDA.
 
-Both then take the same step as training_transformer.train(): MaskGit.forward (random MVTM mask),
+Both then take the same step as training.transformer.train(): MaskGit.forward (random MVTM mask),
 masked_token_loss, backward, gradient clipping, AdamW on param_groups, loss.item(). Weights are
 the same seeded random initialization in both (the parent checks it), the images are the first
 ones of the Twemoji training split, read into memory before timing (disk reads are timed for
@@ -51,7 +51,7 @@ from common import autocast, resolve_device, resolve_path, run_cli, seed_everyth
 from data import ImageFolderDataset
 from models.config import MASKGIT_TRAIN, apply_overrides, load_maskgit_file
 from models.maskgit import MaskGit, encode_images, masked_token_loss
-from training import param_groups
+from training.engine import param_groups
 
 TRAIN_DIR = "datasets/twemoji/train"
 GOAL = {"cuda": 5.0}  # none set for the CPU
@@ -77,7 +77,7 @@ class Setup:
                                            lr=self.tcfg["learning_rate"], betas=tuple(self.tcfg["betas"]))
         vq = self.cfg["vqgan"]
         dataset = ImageFolderDataset(TRAIN_DIR, vq["mean"], vq["std"], size=vq["img_resolution"])
-        self.steps_per_epoch = len(dataset) // self.batch  # training_transformer.train(), one process
+        self.steps_per_epoch = len(dataset) // self.batch  # training.transformer.train(), one process
         count = (WARMUP_STEPS[device.type] + steps) * self.batch
         self.images = torch.stack([dataset[i % len(dataset)] for i in range(count)])  # (count, 3, H, W)
         self.cache_seconds_epoch = 0.0

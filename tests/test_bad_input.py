@@ -30,8 +30,6 @@ import data.masks
 import data.prepare
 import fid.fid_score_gpu as fid_cli
 import inpainting
-import training_transformer
-import training_vqgan
 from common import (
     SEED_MAX,
     UserError,
@@ -51,6 +49,8 @@ from maskgit_inpaint import inpaint
 from models import MaskGit
 from scripts import compare_runs, convert_weights, sweep
 from scripts.convert_weights import convert
+from training import transformer as stage2
+from training import vqgan as stage1
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 4  # images in the tiny test set
@@ -132,12 +132,12 @@ CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
     "fid": (fid_cli.main, ["--device", "cpu", "--no-cache"]),
     "masks": (data.masks.main, ["--kind", "box"]),
     "prepare": (data.prepare.main, ["--source", "W/src"]),
-    "vqgan": (training_vqgan.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
+    "vqgan": (stage1.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
                                     "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
     "convert": (convert_weights.main, []),
     "compare": (compare_runs.main, ["--runs", "W/prev", "--masked", "W/data/masked_image", "--masks", "W/data/mask64",
                                     "--gt-path", "W/data/test_gt.csv"]),
-    "transformer": (training_transformer.main, [
+    "transformer": (stage2.main, [
         "--MaskGitConfig", "W/model/MaskGit.yml", "--train_d_path", "W/data/clean", "--val_d_path", "W/data/clean",
         "--device", "cpu", "--num_workers", "0", "--batch-size", "2", "--cache-dir", "T/cache"]),
 }

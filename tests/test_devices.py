@@ -24,15 +24,15 @@ from torch.utils._pytree import tree_leaves
 
 import common
 import fid.feature_stats as feature_stats
-import training
-import training_transformer as stage2
-import training_vqgan as stage1
 from common import load_checkpoint
 from models import maskgit
 from models.config import MASKGIT_TRAIN, VQGAN_TRAIN, check_section, load_maskgit_config, load_vqgan_config
 from models.maskgit import MaskGit, default_precision
 from models.schedules import masked_counts
 from models.vqgan import Codebook
+from training import engine
+from training import transformer as stage2
+from training import vqgan as stage1
 
 aten = torch.ops.aten
 META = torch.device("meta")
@@ -110,7 +110,7 @@ def test_stage2_training_step_keeps_its_tensors_on_the_models_device(tmp_path, m
     monkeypatch.setattr(stage2, "autocast", lambda device: nullcontext())  # no autocast for meta
     model = tiny_maskgit(tmp_path).to(META).train()
     optimizer = torch.optim.AdamW(stage2.param_groups(model.transformer, 0.01), lr=1e-3)
-    s = stage2.Stage2(model, model, optimizer, training.lr_scheduler(optimizer, 10, 2))
+    s = stage2.Stage2(model, model, optimizer, engine.lr_scheduler(optimizer, 10, 2))
     tokens = torch.randint(0, 16, (8, 2, 16), dtype=torch.int16)  # the token cache lives on the CPU
     hole_bank = torch.rand(5, 16) < 0.5
     tcfg = {**defaults(MASKGIT_TRAIN), "hole_mask_share": 0.5}
@@ -211,20 +211,20 @@ def test_cuda_rng_state_is_the_ranks_own_device_and_resumes_on_any_gpu_count(gpu
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": set_calls.append(
         (int(state[0]), torch.device(device).index)))
-    saved = training.rng_state(torch.device("cuda", 1))
-    assert torch.equal(saved["cuda"], states[1]) and "cuda" not in training.rng_state(torch.device("cpu"))
+    saved = engine.rng_state(torch.device("cuda", 1))
+    assert torch.equal(saved["cuda"], states[1]) and "cuda" not in engine.rng_state(torch.device("cpu"))
     # a 4-rank run resumed on 1 GPU and a 1-rank run resumed on 4: each rank gets a state, no IndexError
     four = [{**saved, "cuda": torch.tensor([r], dtype=torch.uint8)} for r in range(4)]
-    training.restore_rng_state(four, 0, torch.device("cuda", 0))
+    engine.restore_rng_state(four, 0, torch.device("cuda", 0))
     for rank in range(4):
-        training.restore_rng_state(four[:1], rank, torch.device("cuda", rank))
+        engine.restore_rng_state(four[:1], rank, torch.device("cuda", rank))
     assert set_calls == [(0, 0), (0, 0), (0, 1), (0, 2), (0, 3)]
     set_calls.clear()
     # an older checkpoint's list of every GPU's state: the device's own, else the first; none from a CPU run
-    training.set_rng_state({**saved, "cuda": [states[0], states[1]]}, torch.device("cuda", 1))
-    training.set_rng_state({**saved, "cuda": [states[0], states[1]]}, torch.device("cuda", 3))
-    training.set_rng_state(training.rng_state(torch.device("cpu")), torch.device("cuda", 0))
-    training.set_rng_state(saved, torch.device("cpu"))
+    engine.set_rng_state({**saved, "cuda": [states[0], states[1]]}, torch.device("cuda", 1))
+    engine.set_rng_state({**saved, "cuda": [states[0], states[1]]}, torch.device("cuda", 3))
+    engine.set_rng_state(engine.rng_state(torch.device("cpu")), torch.device("cuda", 0))
+    engine.set_rng_state(saved, torch.device("cpu"))
     assert set_calls == [(1, 1), (0, 3)]
 
 
@@ -286,7 +286,7 @@ def two_ranks(tmp_path: Path, script: str, *args: str, timeout: float = 120) -> 
 
 STAGE1_WORKER = """
 import os
-import training_vqgan as stage1
+from training import vqgan as stage1
 from common import run_cli
 from models.config import load_vqgan_file
 poison_at = int(os.environ.get("POISON_STEP", "-1"))
@@ -312,7 +312,7 @@ def test_stage1_ddp_renews_dead_codes_and_stays_in_step(ws, tmp_path):  # noqa: 
     weights = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert weights[0]["step"] == weights[1]["step"] == 4
     assert_same_weights(weights[0]["vqgan"], weights[1]["vqgan"])
-    renewed = [r["reinit_codes"] for r in training.RunLog(run).records if "reinit_codes" in r]
+    renewed = [r["reinit_codes"] for r in engine.RunLog(run).records if "reinit_codes" in r]
     assert renewed[-1] > 0, renewed  # 16 codes, 4 steps of 2 x 2 small images: some stayed unused
     state = load_checkpoint(run / "last.pt")
     assert len(state["rng"]) == 2 and len(state["code_counts"]) == 2
@@ -336,13 +336,13 @@ def test_the_token_cache_wait_outlasts_the_main_groups_timeout(tmp_path):
     import os, time
     from datetime import timedelta
     import torch.distributed as dist
-    import training
+    from training import engine
     init = dist.init_process_group
     dist.init_process_group = lambda **kw: init(**kw, timeout=timedelta(seconds=2))  # a short main timeout
-    rank, world, device = training.setup_distributed("cpu")
+    rank, world, device = engine.setup_distributed("cpu")
     if rank == 0:
         time.sleep(5)  # rank 0 building the token cache
-    tokens = training.broadcast_from_main(torch.arange(6) if rank == 0 else None, world)
+    tokens = engine.broadcast_from_main(torch.arange(6) if rank == 0 else None, world)
     assert torch.equal(tokens, torch.arange(6)), tokens
     dist.destroy_process_group()
     print("ok")

@@ -16,9 +16,6 @@ import torch
 from PIL import Image
 from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 
-import training
-import training_transformer as stage2
-import training_vqgan as stage1
 from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
 from data import ImageFolderDataset, normalize, pixel_to_token_mask, training_views, view_pixels
 from models import VQGAN, BidirectionalTransformer
@@ -27,7 +24,10 @@ from models.kmeans import kmeans
 from models.maskgit import MaskGit, load_maskgit
 from models.pretrained import weights_digest
 from models.refit import CODEBOOK, map_vocabulary
-from training import RunLog
+from training import engine
+from training import transformer as stage2
+from training import vqgan as stage1
+from training.engine import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,11 +315,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(ws, tmp_path, monkeypatch):
 
 
 DDP_WORKER = """
-import os, runpy, sys
+import os, sys
 import torch
+from training import transformer as stage2
 torch.set_num_threads(1)
-script = runpy.run_path(os.path.join({root!r}, "training_transformer.py"))  # a script, not a package module
-model, step = script["train"](script["parse_args"](sys.argv[1:]))
+model, step = stage2.train(stage2.parse_args(sys.argv[1:]))
 out = os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt")
 torch.save({{"step": step, "model": model.transformer.state_dict()}}, out)
 """
@@ -327,7 +327,7 @@ torch.save({{"step": step, "model": model.transformer.state_dict()}}, out)
 
 def test_ddp_two_gloo_processes_stay_in_step(ws, tmp_path):
     worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER.format(root=str(ROOT), out=str(tmp_path)))
+    worker.write_text(DDP_WORKER.format(out=str(tmp_path)))
     run = tmp_path / "run"
     argv = stage2_argv(ws, run, "--batch-size", "2", "--max-steps", "3", cache=tmp_path / "cache")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -633,11 +633,11 @@ def test_init_from_a_transformer_of_the_parent_maps_it_onto_a_refit(ws, tmp_path
 
 # ----------------------------------------------------------------------------- interrupted and changed runs
 
-def tiny_schedule(lr: float, total_steps: int) -> dict[str, training.Stateful]:
+def tiny_schedule(lr: float, total_steps: int) -> dict[str, engine.Stateful]:
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return {"model": model, "optimizer": optimizer, "scheduler": training.lr_scheduler(optimizer, total_steps, 2)}
+    return {"model": model, "optimizer": optimizer, "scheduler": engine.lr_scheduler(optimizer, total_steps, 2)}
 
 
 def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, capsys):
@@ -645,32 +645,32 @@ def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, c
     for _ in range(5):
         parts["optimizer"].step()
         parts["scheduler"].step()
-    state = training.run_state(parts, 1, tmp_path, step=5,
+    state = engine.run_state(parts, 1, tmp_path, step=5,
                                train_param={"learning_rate": 3e-3, "epochs": 1, "warmup_steps": 2, "batch_size": 4})
     tcfg = {**state["train_param"]}
 
     # nothing changed: the exact learning rate of the run, no notice
     same = tiny_schedule(3e-3, 10)
-    training.restore(state, same, 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg, total_steps=10, stop_at=10)
+    engine.restore(state, same, 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg, total_steps=10, stop_at=10)
     assert same["optimizer"].param_groups[0]["lr"] == state["optimizer"]["param_groups"][0]["lr"]
     assert capsys.readouterr().out == ""
 
     # a lower learning rate and twice the epochs: the first resumed step already uses the new schedule
     new = tiny_schedule(3e-3, 20)
-    training.restore(state, new, 0, tmp_path / "last.pt", "c.yml", tcfg={**tcfg, "learning_rate": 1e-3, "epochs": 2},
+    engine.restore(state, new, 0, tmp_path / "last.pt", "c.yml", tcfg={**tcfg, "learning_rate": 1e-3, "epochs": 2},
                      total_steps=20, stop_at=20)
-    assert new["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * training.warmup_cosine(5, 20, 2))
+    assert new["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * engine.warmup_cosine(5, 20, 2))
     new["optimizer"].step()
     new["scheduler"].step()
-    assert new["scheduler"].get_last_lr()[0] == pytest.approx(1e-3 * training.warmup_cosine(6, 20, 2))
+    assert new["scheduler"].get_last_lr()[0] == pytest.approx(1e-3 * engine.warmup_cosine(6, 20, 2))
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "learning_rate 0.003 -> 0.001; epochs 1 -> 2; the LR schedule spans 20 steps" in out[0]
 
     with pytest.raises(UserError, match="batch_size is 8 now .* but 4 in .*last.pt"):
-        training.restore(state, tiny_schedule(3e-3, 10), 0, tmp_path / "last.pt", "c.yml",
+        engine.restore(state, tiny_schedule(3e-3, 10), 0, tmp_path / "last.pt", "c.yml",
                          tcfg={**tcfg, "batch_size": 8}, total_steps=10, stop_at=10)
     with pytest.raises(UserError, match="is at step 5 and this run stops at step 4 .*: nothing to do"):
-        training.restore(state, tiny_schedule(3e-3, 4), 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg,
+        engine.restore(state, tiny_schedule(3e-3, 4), 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg,
                          total_steps=4, stop_at=4)
 
 
@@ -684,11 +684,11 @@ def test_stage2_resume_extends_epochs_with_a_new_learning_rate(ws, tmp_path, cap
     assert step == 8
     notice = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resuming with changes")]
     assert notice == [f"resuming with changes: epochs 1 -> 2; learning_rate 0.003 -> 0.001; the LR schedule spans 8 "
-                      f"steps and its learning rate at step 4 is {1e-3 * training.warmup_cosine(4, 8, 2):.3g} "
-                      f"(was {3e-3 * training.warmup_cosine(4, 4, 2):.3g})"]
+                      f"steps and its learning rate at step 4 is {1e-3 * engine.warmup_cosine(4, 8, 2):.3g} "
+                      f"(was {3e-3 * engine.warmup_cosine(4, 4, 2):.3g})"]
     lr = {r["step"]: r["lr"] for r in RunLog(run).records if "lr" in r}
     for s in range(5, 9):
-        assert lr[s] == pytest.approx(1e-3 * training.warmup_cosine(s, 8, 2)), s
+        assert lr[s] == pytest.approx(1e-3 * engine.warmup_cosine(s, 8, 2)), s
     assert load_checkpoint(run / "last.pt")["train_param"]["learning_rate"] == 1e-3
 
 
@@ -724,7 +724,7 @@ def test_nan_weights_are_never_saved_and_the_message_names_a_finite_checkpoint(w
                                         r"the last good weights .* --resume and a lower --learning-rate"):
         run_stage2(ws, run, "--save-every", "1")
     state = load_checkpoint(run / "last.pt")
-    assert state["step"] == 2 and training.first_nonfinite(state) is None
+    assert state["step"] == 2 and engine.first_nonfinite(state) is None
     monkeypatch.setattr(stage2, "train_step", real_step)
     _, step = run_stage2(ws, run, "--resume", "--learning-rate", "1e-3", "--max-steps", "3")  # what it says works
     assert step == 3
@@ -735,25 +735,25 @@ class Killed(Exception):
 
 
 def test_kill_between_best_and_plain_weights_then_resume(ws, tmp_path, monkeypatch, capsys):
-    real_save = training.save_checkpoint
+    real_save = engine.save_checkpoint
 
     def dies_at_plain_weights(obj, path):
         if Path(path).name == "transformer.pt":
             raise Killed
         real_save(obj, path)
 
-    monkeypatch.setattr(training, "save_checkpoint", dies_at_plain_weights)
+    monkeypatch.setattr(engine, "save_checkpoint", dies_at_plain_weights)
     run = tmp_path / "run"
     with pytest.raises(Killed):
         run_stage2(ws, run, "--save-every", "1")  # killed at step 4's save, the first validation
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     last = load_checkpoint(run / "last.pt")
     assert last["step"] == 3 and last["best_val_loss"] == float("inf")  # claims no best
     assert load_checkpoint(run / "best.pt")["step"] == 4 and not (run / "transformer.pt").exists()
 
     # on resume the plain weights are rewritten from best.pt, then the run goes on
     capsys.readouterr()
-    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    engine.resume_source(run, True, weights=("transformer.pt", "model"))
     assert f"rewrote {run / 'transformer.pt'} from {run / 'best.pt'}" in capsys.readouterr().out
     assert_same_weights(load_checkpoint(run / "transformer.pt"), load_checkpoint(run / "best.pt")["model"])
     run_stage2(ws, run, "--resume")
@@ -766,10 +766,10 @@ def test_kill_between_best_and_plain_weights_then_resume(ws, tmp_path, monkeypat
     save_checkpoint(stale, run / "transformer.pt")
     best_time = (run / "best.pt").stat().st_mtime_ns
     os.utime(run / "transformer.pt", ns=(best_time - 10**9, best_time - 10**9))
-    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    engine.resume_source(run, True, weights=("transformer.pt", "model"))
     assert_same_weights(load_checkpoint(run / "transformer.pt"), load_checkpoint(run / "best.pt")["model"])
     save_checkpoint(stale, run / "transformer.pt")
-    training.resume_source(run, True, weights=("transformer.pt", "model"))
+    engine.resume_source(run, True, weights=("transformer.pt", "model"))
     assert_same_weights(load_checkpoint(run / "transformer.pt"), stale)
 
 
@@ -782,7 +782,7 @@ def test_orphaned_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
              "live": f".best.{os.getpid()}.tmp.pt", "user": f"notes.{dead.pid}.tmp.txt", "log": "log.jsonl"}
     for name in names.values():
         (run / name).write_text("x")
-    training.resume_source(run, False, weights=("transformer.pt", "model"))
+    engine.resume_source(run, False, weights=("transformer.pt", "model"))
     assert sorted(p.name for p in run.iterdir()) == sorted([names["live"], names["user"], names["log"]])
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"removed 2 temporary file(s) left by killed writes in {run}: {names['dead_png']}, {names['dead']}"]
@@ -966,7 +966,7 @@ def test_shift_moves_the_tokens_their_hole_and_context_together(ws, monkeypatch)
     with the moved pre-filled context around it."""
     model = load_maskgit(load_maskgit_config(ws.config), vqgan_ckpt=ws.vq_ckpt)
     optimizer = torch.optim.SGD(model.transformer.parameters(), lr=0.0)
-    s = stage2.Stage2(model, model, optimizer, training.lr_scheduler(optimizer, 10, 0))
+    s = stage2.Stage2(model, model, optimizer, engine.lr_scheduler(optimizer, 10, 0))
     seen, forward = {}, model.forward
     monkeypatch.setattr(model, "forward", lambda z, within=None, context=None: (
         seen.update(z=z, within=within, context=context), forward(z, within=within, context=context))[1])

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import training
 from common import (
     UserError,
     atomic_write,
@@ -38,7 +37,6 @@ from common import (
     load_state,
     load_weights,
     resolve_device,
-    run_cli,
     seed_everything,
 )
 from data import ImageFolderDataset, denormalize
@@ -55,7 +53,8 @@ from models.pretrained import (
     weights_digest,
 )
 from models.refit import refit_record, with_codebook
-from training import ResumableSampler, RunLog, check_finite
+from training import engine
+from training.engine import ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],
                "codebook usage": ["codebook_usage", "val_codebook_usage"]}
@@ -63,7 +62,7 @@ PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    training.add_run_arguments(p, config=DEFAULT_VQGAN_CONFIG, run_dir="runs/vqgan", save_every=100,
+    engine.add_run_arguments(p, config=DEFAULT_VQGAN_CONFIG, run_dir="runs/vqgan", save_every=100,
                                log_every=20)
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
@@ -243,7 +242,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
         finetune_decoder(vqgan, train_set, args.refit_decoder_steps, tcfg, args.random_seed, device)
         line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
     print(line)
-    training.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
+    engine.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
                     origin, refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
 
 
@@ -267,7 +266,7 @@ class Stage1:
     losses: dict[str, float] = field(default_factory=dict)  # the last step's
     renewed: int = 0  # codes the last step renewed
 
-    def parts(self) -> dict[str, training.Stateful]:
+    def parts(self) -> dict[str, engine.Stateful]:
         """The checkpoint keys of what a resume must restore."""
         return {"vqgan": self.vqgan, "discriminator": self.disc, "opt_vq": self.opt_vq, "opt_disc": self.opt_disc,
                 "sched_vq": self.sched_vq, "sched_disc": self.sched_disc}
@@ -282,8 +281,8 @@ def build(cfg: dict, tcfg: dict, device: torch.device, total_steps: int) -> Stag
     opt_vq = torch.optim.Adam(vqgan.parameters(), lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
     opt_disc = torch.optim.Adam(disc.parameters(), lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
     return Stage1(vqgan, disc, vqgan, disc, opt_vq, opt_disc,
-                  training.lr_scheduler(opt_vq, total_steps, tcfg["warmup_steps"]),
-                  training.lr_scheduler(opt_disc, total_steps, tcfg["warmup_steps"]), perceptual)
+                  engine.lr_scheduler(opt_vq, total_steps, tcfg["warmup_steps"]),
+                  engine.lr_scheduler(opt_disc, total_steps, tcfg["warmup_steps"]), perceptual)
 
 
 def random_flip(images: torch.Tensor) -> torch.Tensor:
@@ -394,13 +393,13 @@ def end_of_epoch(s: Stage1, val_loader: DataLoader, step: int, epoch: int, cfg: 
 def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
     """Train (or continue training) the VQGAN; returns it and the number of steps done."""
     cfg = config.model
-    training.check_run_arguments(args)
+    engine.check_run_arguments(args)
     tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
                                                        "learning_rate": args.learning_rate})
     run_dir = Path(args.run_dir)
     last_path = run_dir / "last.pt"
-    source = training.resume_source(run_dir, args.resume, weights=("vqgan.pt", "vqgan"))
-    with training.distributed(args.device) as (rank, world, device):
+    source = engine.resume_source(run_dir, args.resume, weights=("vqgan.pt", "vqgan"))
+    with engine.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         seed_everything(args.random_seed + rank)
         mean, std = cfg["mean"], cfg["std"]
@@ -421,7 +420,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         s.code_rng = torch.Generator().manual_seed(args.random_seed)
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
-            training.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
+            engine.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
                              stop_at=stop_at, device=device, cfg=cfg)
             step, s.best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
@@ -437,7 +436,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
 
         # loaders get their own generator: creating one must not draw from the checkpointed global RNG
         val_loader = DataLoader(val_set, batch_size=batch, num_workers=args.num_workers, generator=torch.Generator())
-        step = training.run_epochs(
+        step = engine.run_epochs(
             step, steps_per_epoch, stop_at, tcfg["epochs"], is_main=is_main, log=log, log_every=args.log_every,
             save_every=args.save_every, run_dir=run_dir, weights=("vqgan.pt", s.vqgan), parts=s.parts(),
             batches=lambda epoch, done: DataLoader(
@@ -448,14 +447,14 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
             log_entry=lambda step, epoch: dict(step=step, epoch=epoch, **s.losses, lr=s.sched_vq.get_last_lr()[0],
                                                reinit_codes=s.renewed),
             validate=lambda step, epoch: end_of_epoch(s, val_loader, step, epoch, cfg, run_dir, log, is_main),
-            state=lambda step: training.run_state(
+            state=lambda step: engine.run_state(
                 s.parts(), world, run_dir, device=device, step=step, best_psnr=s.best_psnr,
-                code_counts=training.gather_per_rank([s.counts, s.epoch_counts], world),
+                code_counts=engine.gather_per_rank([s.counts, s.epoch_counts], world),
                 code_rng=s.code_rng.get_state(), config=cfg, train_param=tcfg,
                 train_path=[str(p) for p in args.train_path]))
         if is_main:
             print(f"done: {step} steps, best val PSNR {s.best_psnr:.2f} dB; "
-                  f"{training.weights_note(run_dir, 'vqgan.pt')}")
+                  f"{engine.weights_note(run_dir, 'vqgan.pt')}")
         return s.vqgan, step
 
 
@@ -465,15 +464,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.refit_codebook is not None:
         refit(config, args)
     elif args.export:
-        origin = training.check_export(args, "vqgan")
-        best = training.best_checkpoint(args.run_dir, "vqgan")
+        origin = engine.check_export(args, "vqgan")
+        best = engine.best_checkpoint(args.run_dir, "vqgan")
         cfg = best.get("config", config.model)
-        training.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path, origin)
+        engine.export(VQGAN(cfg), best, "vqgan", args.export, "vqgan", cfg, args.train_path, origin)
     elif args.evaluate:
         evaluate(config, args.weights or Path(args.run_dir) / "best.pt", args.evaluate, args)
     else:
         train(args, config)
 
-
-if __name__ == "__main__":
-    run_cli(main)

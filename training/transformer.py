@@ -34,7 +34,6 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import training
 from common import (
     UserError,
     autocast,
@@ -45,7 +44,6 @@ from common import (
     numerics,
     progress_bar,
     read_weights,
-    run_cli,
     save_checkpoint,
     seed_everything,
 )
@@ -76,7 +74,8 @@ from models.pretrained import (
     weights_file,
 )
 from models.refit import map_vocabulary, refit_parent
-from training import ResumableSampler, RunLog, check_finite, param_groups
+from training import engine
+from training.engine import ResumableSampler, RunLog, check_finite, param_groups
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 64  # images per batch when encoding the token caches: no gradients, so more than a training batch
@@ -90,7 +89,7 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    training.add_run_arguments(p, config=DEFAULT_CONFIG, run_dir="runs/maskgit", save_every=200,
+    engine.add_run_arguments(p, config=DEFAULT_CONFIG, run_dir="runs/maskgit", save_every=200,
                                log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
     p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")
@@ -151,7 +150,7 @@ def load_tokens(model: MaskGit, dataset: ImageFolderDataset, flip: bool, colour_
             print(f"token cache written: {path}")
         else:
             print(f"token cache reused: {path}")
-    return training.broadcast_from_main(tokens, world)  # the others wait while rank 0 encodes
+    return engine.broadcast_from_main(tokens, world)  # the others wait while rank 0 encodes
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -266,7 +265,7 @@ def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """The stage-2 flags' values (the shared ones: training.check_run_arguments)."""
+    """The stage-2 flags' values (the shared ones: engine.check_run_arguments)."""
     if not 0 < args.partial <= 1:
         raise UserError(f"--partial must be in (0, 1], got {args.partial}")
     if args.val_per_epoch < 1:
@@ -296,7 +295,7 @@ class Stage2:
     running: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # log interval: loss sum, acc sum, steps
     grad_norm: float = math.nan  # the last step's
 
-    def parts(self) -> dict[str, training.Stateful]:
+    def parts(self) -> dict[str, engine.Stateful]:
         """The checkpoint keys of what a resume must restore."""
         return {"model": self.model.transformer, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
@@ -431,10 +430,10 @@ def hole_sampling(tcfg: dict, vq: dict, train_set: ImageFolderDataset, seed: int
 
 def resume(s: Stage2, source: Path, args: argparse.Namespace, vqgan_ckpt: str, rank: int, steps_per_epoch: int,
            **restore_args: object) -> int:
-    """Restore a run from `source` into `s` (see training.restore); returns its step."""
+    """Restore a run from `source` into `s` (see engine.restore); returns its step."""
     state = load_checkpoint(source, keys=("model", "optimizer", "vqgan_digest", "step"))
     check_trained_on(state, source, vqgan_ckpt)
-    training.restore(state, s.parts(), rank, source, args.config, **restore_args)
+    engine.restore(state, s.parts(), rank, source, args.config, **restore_args)
     s.best_val_loss = state["best_val_loss"]
     s.best = state.get("best", {"by": "val_loss", "score": -s.best_val_loss})  # runs before best_score
     if rank == 0:
@@ -511,7 +510,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     """Train (or continue training) the transformer; returns the model and the number of steps done."""
     config = config or load_maskgit_file(args.config)
     cfg = config.model
-    training.check_run_arguments(args, "--checkpoint-path")
+    engine.check_run_arguments(args, "--checkpoint-path")
     tcfg = apply_overrides(config.train, MASKGIT_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
                                                          "learning_rate": args.learning_rate,
                                                          "accum_grad": args.accum_grad})
@@ -519,10 +518,10 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     vqgan_ckpt = stage1_weights(args, cfg)
     run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
     last_path = run_dir / "last.pt"
-    source = training.resume_source(run_dir, args.resume,
+    source = engine.resume_source(run_dir, args.resume,
                                     run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None,
                                     weights=("transformer.pt", "model"))
-    with training.distributed(args.device) as (rank, world, device):
+    with engine.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         batch, accum = tcfg["batch_size"], tcfg["accum_grad"]
         vq = cfg["vqgan"]
@@ -551,7 +550,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
         seed_everything(args.random_seed + rank)  # masks, views and dropout differ between ranks
         optimizer = torch.optim.AdamW(param_groups(model.transformer, tcfg["weight_decay"]),
                                       lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
-        s = Stage2(model, model, optimizer, training.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
+        s = Stage2(model, model, optimizer, engine.lr_scheduler(optimizer, total_steps, tcfg["warmup_steps"]))
         step = 0 if source is None else resume(s, source, args, vqgan_ckpt, rank, steps_per_epoch, tcfg=tcfg,
                                                 total_steps=total_steps, stop_at=stop_at, device=device, cfg=cfg)
         log = RunLog(run_dir, enabled=is_main)
@@ -566,7 +565,7 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
                   f"{sum(p.numel() for p in model.transformer.parameters()) / 1e6:.1f}M parameters; {steps_per_epoch} "
                   f"steps/epoch of {per_step * world} images, {total_steps} steps in all, on {world} x {device}")
         label_smoothing = cfg["label_smoothing"]
-        step = training.run_epochs(
+        step = engine.run_epochs(
             step, steps_per_epoch, stop_at, tcfg["epochs"], is_main=is_main, log=log, log_every=args.log_every,
             save_every=args.save_every, run_dir=run_dir, weights=("transformer.pt", model.transformer),
             parts=s.parts(), val_every=args.val_per_epoch, snapshot_every=args.save_per_epoch,
@@ -580,13 +579,13 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
             validate=lambda step, epoch: end_of_validation(s, validation_metrics(
                 model, val_tokens, val_masks, batch, label_smoothing, device, rank, world, inpainting),
                 step, steps_per_epoch, run_dir, log, is_main),
-            state=lambda step: training.run_state(
+            state=lambda step: engine.run_state(
                 s.parts(), world, run_dir, device=device, step=step, epoch=step / steps_per_epoch,
                 best_val_loss=s.best_val_loss, best=s.best, steps_per_epoch=steps_per_epoch,
                 vqgan_digest=vqgan_digest, config=cfg, train_param=tcfg, train_path=[str(p) for p in args.train_path]))
         if is_main:
             print(f"done: {step} steps, best val loss {s.best_val_loss:.4f}, best.pt by {s.best['by']}; "
-                  f"{training.weights_note(run_dir, 'transformer.pt')}")
+                  f"{engine.weights_note(run_dir, 'transformer.pt')}")
         return model, step
 
 
@@ -595,18 +594,18 @@ def export(args: argparse.Namespace) -> None:
     (--vqgan-ckpt, else the VQ_CKPT_path of the run's config, which best.pt carries) by path and
     content digest, after checking that this VQGAN is the file the run was trained on. The config
     file (--config) is read only for runs whose best.pt carries none."""
-    origin = training.check_export(args, "maskgit", args.vqgan_ckpt)
-    best = training.best_checkpoint(args.run_dir, "model")
+    origin = engine.check_export(args, "maskgit", args.vqgan_ckpt)
+    best = engine.best_checkpoint(args.run_dir, "model")
     model_cfg = best["config"] if "config" in best else load_maskgit_file(args.config).model
     vqgan_path = args.vqgan_ckpt or model_cfg["VQ_Configs"]["VQ_CKPT_path"]
     if not vqgan_path or not Path(vqgan_path).exists():
         raise UserError(f"VQGAN weights not found: {vqgan_path} (pass --vqgan-ckpt, the VQGAN the run was trained on)")
-    training.check_export(args, "maskgit", vqgan_path)  # the run's own VQGAN is an input too
+    engine.check_export(args, "maskgit", vqgan_path)  # the run's own VQGAN is an input too
     check_trained_on(best, f"{args.run_dir}/best.pt", vqgan_path)
     cfg = {k: v for k, v in model_cfg.items() if k != "VQ_Configs"}
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
-    training.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
+    engine.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
                     args.train_path, origin, vqgan=vqgan)
 
 
@@ -617,6 +616,3 @@ def main(argv: list[str] | None = None) -> None:
     else:
         train(args, load_maskgit_file(args.config))
 
-
-if __name__ == "__main__":
-    run_cli(main)
