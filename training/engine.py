@@ -1,6 +1,7 @@
-"""The run skeleton both training scripts share: flags, RNG state, distributed set-up, LR schedule,
-the per-epoch resumable sampler, the run log, and one resume path and one save path for the
-checkpoints. Each script keeps its own model, step function and validation."""
+"""The run skeleton both training stages (training.vqgan, training.transformer) share: flags, RNG
+state, distributed set-up, LR schedule, the per-epoch resumable sampler, the run log, and one resume
+path and one save path for the checkpoints. Each stage keeps its own model, step function and
+validation."""
 from __future__ import annotations
 
 import argparse
