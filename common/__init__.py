@@ -1,8 +1,8 @@
 """Shared plumbing for every script, one module per job: errors, cli (the runner and the flags'
 spellings), checks (numbers, paths to read, folders and destinations to write), paths, devices,
 progress bars, files (atomic writes, digests, CSV) and checkpoints. The training-only half (RNG
-state, distributed set-up, LR schedule, run log, sampler) is in training/engine.py. Nothing here imports
-the models."""
+state, distributed set-up, LR schedule, run log, sampler) is in training/engine.py. Nothing here
+imports the models."""
 from common.checkpoints import (
     WEIGHTS_FILE,
     extract_state_dict,

@@ -133,7 +133,7 @@ CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
     "masks": (data.masks.main, ["--kind", "box"]),
     "prepare": (data.prepare.main, ["--source", "W/src"]),
     "vqgan": (stage1.main, ["--config", "W/vqgan.yml", "--train-path", "W/data/clean", "--val-path",
-                                    "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
+                            "W/data/clean", "--device", "cpu", "--num_workers", "0"]),
     "convert": (convert_weights.main, []),
     "compare": (compare_runs.main, ["--runs", "W/prev", "--masked", "W/data/masked_image", "--masks", "W/data/mask64",
                                     "--gt-path", "W/data/test_gt.csv"]),

@@ -646,7 +646,7 @@ def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, c
         parts["optimizer"].step()
         parts["scheduler"].step()
     state = engine.run_state(parts, 1, tmp_path, step=5,
-                               train_param={"learning_rate": 3e-3, "epochs": 1, "warmup_steps": 2, "batch_size": 4})
+                             train_param={"learning_rate": 3e-3, "epochs": 1, "warmup_steps": 2, "batch_size": 4})
     tcfg = {**state["train_param"]}
 
     # nothing changed: the exact learning rate of the run, no notice
@@ -658,7 +658,7 @@ def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, c
     # a lower learning rate and twice the epochs: the first resumed step already uses the new schedule
     new = tiny_schedule(3e-3, 20)
     engine.restore(state, new, 0, tmp_path / "last.pt", "c.yml", tcfg={**tcfg, "learning_rate": 1e-3, "epochs": 2},
-                     total_steps=20, stop_at=20)
+                   total_steps=20, stop_at=20)
     assert new["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * engine.warmup_cosine(5, 20, 2))
     new["optimizer"].step()
     new["scheduler"].step()
@@ -668,10 +668,10 @@ def test_resume_puts_the_lr_schedule_on_new_learning_rate_and_epochs(tmp_path, c
 
     with pytest.raises(UserError, match="batch_size is 8 now .* but 4 in .*last.pt"):
         engine.restore(state, tiny_schedule(3e-3, 10), 0, tmp_path / "last.pt", "c.yml",
-                         tcfg={**tcfg, "batch_size": 8}, total_steps=10, stop_at=10)
+                       tcfg={**tcfg, "batch_size": 8}, total_steps=10, stop_at=10)
     with pytest.raises(UserError, match="is at step 5 and this run stops at step 4 .*: nothing to do"):
         engine.restore(state, tiny_schedule(3e-3, 4), 0, tmp_path / "last.pt", "c.yml", tcfg=tcfg,
-                         total_steps=4, stop_at=4)
+                       total_steps=4, stop_at=4)
 
 
 def test_stage2_resume_extends_epochs_with_a_new_learning_rate(ws, tmp_path, capsys):

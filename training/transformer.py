@@ -90,7 +90,7 @@ PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accur
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     engine.add_run_arguments(p, config=DEFAULT_CONFIG, run_dir="runs/maskgit", save_every=200,
-                               log_every=10)
+                             log_every=10)
     p.add_argument("--partial", type=float, default=1.0, help="share of the training set drawn for each epoch")
     p.add_argument("--accum-grad", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--val-per-epoch", type=int, default=1, help="validate every N epochs (and at the last step)")
@@ -519,8 +519,8 @@ def train(args: argparse.Namespace, config: Config | None = None) -> tuple[MaskG
     run_dir, cache_dir = Path(args.run_dir), Path(args.cache_dir)
     last_path = run_dir / "last.pt"
     source = engine.resume_source(run_dir, args.resume,
-                                    run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None,
-                                    weights=("transformer.pt", "model"))
+                                  run_dir / f"epoch{args.start_from_epoch:03d}.pt" if args.start_from_epoch else None,
+                                  weights=("transformer.pt", "model"))
     with engine.distributed(args.device) as (rank, world, device):
         is_main = rank == 0
         batch, accum = tcfg["batch_size"], tcfg["accum_grad"]
@@ -606,7 +606,7 @@ def export(args: argparse.Namespace) -> None:
     relative = os.path.relpath(Path(vqgan_path).resolve(), Path(args.export).resolve())
     vqgan = {"digest": weights_digest(read_vqgan_weights(vqgan_path)), "path": relative}
     engine.export(BidirectionalTransformer(cfg["Transformer_param"]), best, "model", args.export, "maskgit", cfg,
-                    args.train_path, origin, vqgan=vqgan)
+                  args.train_path, origin, vqgan=vqgan)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     engine.add_run_arguments(p, config=DEFAULT_VQGAN_CONFIG, run_dir="runs/vqgan", save_every=100,
-                               log_every=20)
+                             log_every=20)
     p.add_argument("--strict-size", action="store_true", help="refuse images that are not img_resolution")
     p.add_argument("--evaluate", metavar="DIR", help="report reconstruction PSNR and codebook use on the images "
                    "in DIR for --weights (default RUN_DIR/best.pt), save a grid there, and exit")
@@ -243,7 +243,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
         line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
     print(line)
     engine.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
-                    origin, refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
+                  origin, refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
 
 
 @dataclass
@@ -421,7 +421,7 @@ def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
         if source is not None:
             state = load_checkpoint(source, keys=("vqgan", "discriminator", "opt_vq", "step"))
             engine.restore(state, s.parts(), rank, source, args.config, tcfg=tcfg, total_steps=total_steps,
-                             stop_at=stop_at, device=device, cfg=cfg)
+                           stop_at=stop_at, device=device, cfg=cfg)
             step, s.best_psnr = state["step"], state["best_psnr"]
             if rank < len(state.get("code_counts", [])):
                 s.counts, s.epoch_counts = state["code_counts"][rank]
