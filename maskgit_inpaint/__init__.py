@@ -1,6 +1,6 @@
 """MaskGIT inpainting as a library: settings, preparation, decoding, blending, baselines, metrics,
-figures and outputs, in modules named for what they do. inpainting.py, app.py and scripts/sweep.py
-are thin clients of it.
+figures and outputs, in modules named for what they do, and the code of the command lines (`cli`,
+`sweep`, `compare_runs`). inpainting.py, app.py and the scripts are thin clients of it.
 
     from maskgit_inpaint import inpaint
     result = inpaint("photo.png", "hole.png")   # the shipped model; result.image is (H, W, 3) uint8

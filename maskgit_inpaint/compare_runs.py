@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import ArgumentParser, UserError, atomic_write, check_destination, check_number, check_readable, run_cli
+from common import ArgumentParser, UserError, atomic_write, check_destination, check_number, check_readable
 from data import list_images, load_ground_truth, read_image
 from maskgit_inpaint.metrics import hole_psnr
 from maskgit_inpaint.preparation import painted
@@ -108,6 +108,3 @@ def main(argv: list[str] | None = None) -> None:
     plt.close(fig)
     print(f"wrote {out}: {len(picks)} images x {len(runs)} runs")
 
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -24,7 +24,6 @@ from common import (
     check_output_dir,
     progress_bar,
     resolve_device,
-    run_cli,
     write_csv,
 )
 from fid import compute_fid, find_weights, load_inception
@@ -169,6 +168,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"best FID {best_fid['fid']:.2f}: --mask-func {best_fid['mask_func']} "
               f"--total-iter {best_fid['total_iter']} --sweet-spot {best_fid['sweet_spot']}")
 
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common import ArgumentParser, UserError, check_readable, load_checkpoint, load_weights, run_cli
+from common import ArgumentParser, UserError, check_readable, load_checkpoint, load_weights
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config
 from models.pretrained import (
@@ -78,6 +78,3 @@ def main(argv: list[str] | None = None) -> None:
     digest = convert(args.kind, args.weights, args.config, args.out, args.vqgan, args.credits, args.overwrite)
     print(f"wrote {args.out} ({digest[:19]}...)")
 
-
-if __name__ == "__main__":
-    run_cli(main)

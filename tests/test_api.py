@@ -14,14 +14,15 @@ import torch
 from PIL import Image
 from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
-import inpainting
 from common import REPO_ROOT, UserError, load_checkpoint, read_safetensors, run_cli
 from data import normalize
 from data.masks import fit_hole, read_hole
 from maskgit_inpaint import Decoding, inpaint, run_inpainting
+from maskgit_inpaint import cli as inpainting_cli
 from maskgit_inpaint.figures import steps_figure
 from maskgit_inpaint.preparation import prepare_image
 from models.config import load_maskgit_config, load_vqgan_config
+from models.convert import convert
 from models.maskgit import MaskGit
 from models.pretrained import (
     DEFAULT_CONFIG,
@@ -31,7 +32,6 @@ from models.pretrained import (
     read_description,
     weights_digest,
 )
-from scripts.convert_weights import convert
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_steps_are_labelled_and_end_with_the_result(tiny):
 
 def test_cli_single_image_matches_the_api_and_keeps_the_name(tiny, tmp_path):
     out = tmp_path / "one"
-    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
+    inpainting_cli.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
                      str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
                      "--total-iter", "4", "--output-dir", str(out), "--device", "cpu", "--no-progress",
                      "--save-history", "--num_workers", "0"])
@@ -156,7 +156,7 @@ def test_cli_single_image_matches_the_api_and_keeps_the_name(tiny, tmp_path):
 def test_inpaint_takes_every_option_the_cli_does(tiny, tmp_path, flags, options):
     """inpaint()'s keyword arguments are the fields of Decoding, the same settings as the CLI's flags."""
     out = tmp_path / "one"
-    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
+    inpainting_cli.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--image",
                      str(tiny["root"] / "photo.png"), "--mask", str(tiny["root"] / "photo_mask.png"),
                      "--total-iter", "3", "--output-dir", str(out), "--device", "cpu", "--no-progress",
                      "--num_workers", "0", *flags])
@@ -192,7 +192,7 @@ def test_folder_mode_keeps_file_names_at_their_size(tiny, tmp_path):
     Image.fromarray(tiny["photo"][:16, :16]).save(images / "dog.png")
     Image.fromarray(np.where(tiny["hole"][:16, :16], 0, 255).astype(np.uint8)).save(masks / "dog.png")
     out = tmp_path / "out"
-    inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--test-maskedimage-path",
+    inpainting_cli.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--test-maskedimage-path",
                      str(images), "--test-mask-path", str(masks), "--output-dir", str(out), "--device", "cpu",
                      "--no-progress", "--num_workers", "0"])
     cat, dog = read(out / "inpainted" / "cat.png"), read(out / "inpainted" / "dog.png")
@@ -235,7 +235,7 @@ def test_export_digest_survives_the_format_and_another_vqgan_is_refused(tiny, tm
     other = tmp_path / "other.pt"
     torch.save({k: v + 0.5 if v.is_floating_point() else v for k, v in plain.items()}, other)
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: inpainting.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--vqgan",
+        run_cli(lambda: inpainting_cli.main(["--load-transformer-ckpt-path", str(tiny["root"] / "export"), "--vqgan",
                                          str(other), "--image", str(tiny["root"] / "photo.png"), "--mask-kind",
                                          "box", "--output-dir", str(tmp_path / "o"), "--device", "cpu"]))
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]

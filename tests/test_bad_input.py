@@ -29,7 +29,6 @@ from tiny_configs import TINY_VQGAN
 import data.masks
 import data.prepare
 import fid.fid_score_gpu as fid_cli
-import inpainting
 from common import (
     SEED_MAX,
     UserError,
@@ -45,10 +44,11 @@ from common import (
 from data import InpaintingDataset, load_ground_truth, read_image
 from data.prepare import prepare_dataset
 from fid import open_images
-from maskgit_inpaint import inpaint
+from maskgit_inpaint import cli as inpainting_cli
+from maskgit_inpaint import compare_runs, inpaint, sweep
 from models import MaskGit
-from scripts import compare_runs, convert_weights, sweep
-from scripts.convert_weights import convert
+from models import convert as convert_weights
+from models.convert import convert
 from training import transformer as stage2
 from training import vqgan as stage1
 
@@ -127,7 +127,7 @@ def inpainting_args(w: Path) -> list[str]:
 # cli: (how to call it, default arguments). Argument lists use "W/" for the world folder and
 # "T/" for a scratch folder outside it (caches, outputs of cases that get that far).
 CLIS: dict[str, tuple[Callable[[list[str]], object], list[str]]] = {
-    "inpainting": (inpainting.main, ["--output-dir", "T/out"]),
+    "inpainting": (inpainting_cli.main, ["--output-dir", "T/out"]),
     "sweep": (sweep.main, ["--out-dir", "T/sweep", "--total-iters", "2", "--no-fid"]),
     "fid": (fid_cli.main, ["--device", "cpu", "--no-cache"]),
     "masks": (data.masks.main, ["--kind", "box"]),
@@ -380,7 +380,7 @@ def test_16bit_grayscale_is_scaled_not_white(tmp_path):
 
 def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_path, capsys):
     out = tmp_path / "out"
-    inpainting.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill"])
+    inpainting_cli.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill"])
     assert (out / "metrics.json").is_file() and len(list((out / "test_results").iterdir())) == COUNT
     (out / "test_results" / "image_best.png").write_bytes(b"mine")
     (out / "notes.txt").write_text("mine")
@@ -389,7 +389,7 @@ def test_rerun_clears_only_its_own_files_and_a_stale_metrics_json(world, tmp_pat
     assert len(named) == COUNT
     no_gt = tmp_path / "no_gt"  # the same images without test_gt.csv beside them
     shutil.copytree(world / "data" / "masked_image", no_gt / "masked_image")
-    inpainting.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill",
+    inpainting_cli.main([*inpainting_args(world), "--output-dir", str(out), "--baseline", "mean-fill",
                      "--test-maskedimage-path", str(no_gt / "masked_image"), "--partial", "0.5"])
     # 4 lab-named images, metrics.json, 4 inpainted/ images and their list
     assert f"removed {2 * COUNT + 2} files of an earlier run" in capsys.readouterr().err

@@ -16,16 +16,15 @@ import torch
 import yaml
 from PIL import Image
 
-import inpainting
 from common import UserError, run_cli, save_checkpoint
 from data import apply_mask, generate_mask, pixel_to_token_mask, write_gt_csv
-from maskgit_inpaint import Decoding, load_config, load_model, run_inpainting
+from maskgit_inpaint import Decoding, compare_runs, load_config, load_model, run_inpainting, sweep
+from maskgit_inpaint import cli as inpainting_cli
 from maskgit_inpaint.blending import nearest_filled, poisson_blend
 from maskgit_inpaint.decoding import decode_holes, fill_tokens
 from maskgit_inpaint.preparation import open_dataset, open_ground_truth
 from maskgit_inpaint.settings import TOKEN_HOLE_SHARE, TOP_P
 from models.maskgit import MaskGit
-from scripts import compare_runs, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, COUNT = 16, 7
@@ -89,7 +88,7 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def run(tiny: dict, out: Path, *extra: str) -> Path:
-    inpainting.main([*tiny["args"], "--output-dir", str(out), *extra])
+    inpainting_cli.main([*tiny["args"], "--output-dir", str(out), *extra])
     return out
 
 
@@ -378,7 +377,7 @@ def test_bad_input_is_one_line(tiny, case, capsys):
         pytest.skip("CUDA is available here")
     args, needle = bad_input_cases(tiny)[case]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: inpainting.main([*tiny["args"], "--output-dir", str(tiny["root"] / "bad"), *args]))
+        run_cli(lambda: inpainting_cli.main([*tiny["args"], "--output-dir", str(tiny["root"] / "bad"), *args]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

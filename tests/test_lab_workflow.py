@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from test_inpainting import write_configs, write_dataset
 
-import inpainting
 from data import list_images
 from data.ground_truth import write_gt_csv
+from maskgit_inpaint import cli as inpainting_cli
 
 COUNT = 12  # enough for image_10 and image_11 to sort before image_2 by plain name
 
@@ -34,7 +34,7 @@ def lab(tmp_path_factory) -> dict:
 
 
 def baseline_metrics(lab: dict, data: Path, out: Path, *extra: str) -> dict:
-    inpainting.main(["--baseline", "nearest", "--MaskGitConfig", str(lab["config"]), "--no-progress",
+    inpainting_cli.main(["--baseline", "nearest", "--MaskGitConfig", str(lab["config"]), "--no-progress",
                      "--test-maskedimage-path", str(data / "masked_image"), "--test-mask-path", str(data / "mask64"),
                      "--output-dir", str(out), *extra])
     return json.loads((out / "metrics.json").read_text())
@@ -110,7 +110,7 @@ def test_a_baseline_takes_the_labs_config(lab, tmp_path):
     baseline uses no model, so the shipped transformer's own config does not clash with it."""
     data, out = lab["unpadded"], tmp_path / "out"
     with pytest.warns(UserWarning, match="not 64x64"):  # the tiny images, brought to the lab's size
-        inpainting.main(["--baseline", "nearest", "--MaskGitConfig", "configs/MaskGit.yml", "--no-progress",
+        inpainting_cli.main(["--baseline", "nearest", "--MaskGitConfig", "configs/MaskGit.yml", "--no-progress",
                          "--test-maskedimage-path", str(data / "masked_image"), "--test-mask-path",
                          str(data / "mask64"), "--output-dir", str(out)])
     assert Image.open(out / "test_results" / "image_000.png").size == (64, 64)
@@ -130,7 +130,7 @@ def test_test_gt_csv_is_found_where_lab_users_keep_it(lab, tmp_path, place, caps
 
 
 def test_without_test_gt_csv_the_run_says_where_it_looked(lab, tmp_path, capsys):
-    inpainting.main(["--baseline", "nearest", "--MaskGitConfig", str(lab["config"]), "--no-progress",
+    inpainting_cli.main(["--baseline", "nearest", "--MaskGitConfig", str(lab["config"]), "--no-progress",
                      "--test-maskedimage-path", str(lab["unpadded"] / "masked_image"),
                      "--test-mask-path", str(lab["unpadded"] / "mask64"), "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
