@@ -41,15 +41,21 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); the step
     history of each view). With decoding.flip_average the mirror image is decoded too and the two
     decodes averaged (mirrored back); the tokens and token mask are then those of the image itself."""
-    views = [(images, holes)] + ([(images.flip(-1), holes.flip(-1))] if decoding.flip_average else [])
     token_masks, results = [], []
-    for view, hole in views:
+    for view, hole in views_of(images, holes, decoding):
         token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.hole_share))
         _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
         results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.steps, history))
-    decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs) for r in results])
+    decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs, view, hole)
+                             for r, (view, hole) in zip(results, views_of(images, holes, decoding))])
     steps = [r.history for r in results] if history else None
     return paste_known(decoded, images, holes, decoding), results[0].tokens, token_masks[0], steps
+
+
+def views_of(images: torch.Tensor, holes: torch.Tensor, decoding: Decoding) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (image, hole) views decode_holes decodes: the batch's, and with decoding.flip_average its
+    mirror image's."""
+    return [(images, holes)] + ([(images.flip(-1), holes.flip(-1))] if decoding.flip_average else [])
 
 
 def mean_of_views(decodes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -71,12 +77,14 @@ class Step:
         return f"step {self.step}: {self.masked} tokens masked"
 
 
-def decode_step(model: MaskGit, histories: Sequence[DecodeHistory], t: int, device: torch.device) -> torch.Tensor:
+def decode_step(model: MaskGit, histories: Sequence[DecodeHistory], t: int, images: torch.Tensor, holes: torch.Tensor,
+                decoding: Decoding) -> torch.Tensor:
     """The image (B, 3, H, W) a sweet spot of t+1 gives, with the run's readout and views (decode_holes)."""
     decodes = []
-    for history in histories:
+    for history, (view, hole) in zip(histories, views_of(images, holes, decoding)):
         tokens, probs = history.readout(t)
-        decodes.append(model.decode_tokens(tokens.to(device), None if probs is None else probs.to(device)))
+        probs = None if probs is None else probs.to(images.device)
+        decodes.append(model.decode_tokens(tokens.to(images.device), probs, view, hole))
     return mean_of_views(decodes)
 
 
@@ -84,8 +92,9 @@ def decode_steps(model: MaskGit, histories: Sequence[DecodeHistory], images: tor
                  decoding: Decoding, mean: Sequence[float], std: Sequence[float]) -> list[list[Step]]:
     """Per image of the batch, its Steps: the input (hole gray), then the image after each step (the
     token masks are those of the image itself, not of its mirror image)."""
-    frames = [to_uint8_image(paste_known(decode_step(model, histories, t, images.device), images, holes, decoding),
-                             mean, std) for t in range(len(histories[0].tokens))]  # S x (B, H, W, 3)
+    frames = [to_uint8_image(paste_known(decode_step(model, histories, t, images, holes, decoding), images, holes,
+                                         decoding), mean, std)
+              for t in range(len(histories[0].tokens))]  # S x (B, H, W, 3)
     frames.insert(0, painted(to_uint8_image(images, mean, std), holes[:, 0].cpu().numpy()))
     masks = torch.stack(histories[0].masks, 1).numpy()  # (B, S+1, N)
     side = math.isqrt(masks.shape[-1])

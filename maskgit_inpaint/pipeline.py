@@ -85,8 +85,8 @@ def run_inpainting(dataset: Dataset, model: MaskGit | None, decoding: Decoding, 
                 hits += int((tokens == gt_tokens)[token_mask].sum())
                 count += int(token_mask.sum())
             for spot in early_spots:
-                early_outputs[spot].append(to_uint8_image(
-                    paste_known(decode_step(model, histories, spot - 1, device), images, holes, decoding), mean, std))
+                stopped = decode_step(model, histories, spot - 1, images, holes, decoding)  # (B, 3, H, W)
+                early_outputs[spot].append(to_uint8_image(paste_known(stopped, images, holes, decoding), mean, std))
                 if gt_tokens is not None:
                     early_hits[spot] += int((histories[0].tokens[spot - 1].to(device) == gt_tokens)[token_mask].sum())
             outputs_u8 = to_uint8_image(outputs, mean, std)  # (B, H, W, 3)

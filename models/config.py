@@ -161,6 +161,9 @@ VQGAN_PARAM = {
     # only its patch and 2 pixels around it (models.vqgan.LocalEncoder), so a hole leaves the codes
     # of tokens two or more away from it unchanged
     "encoder": Key(choice(("global", "local")), "global"),
+    # the decoder also sees the known pixels and the hole (models.vqgan.KnownPixels; PUT, Liu et al.
+    # 2022), fitted onto a trained VQGAN by training_vqgan.py --fit-known-pixels; the codes do not change
+    "known_pixels": Key(boolean, False),
     "enc_res_blocks": Key(integer(), 2),             # residual blocks per channel stage (the lab's values)
     "dec_res_blocks": Key(integer(), 3),
     # A VQGAN config without mean/std is most likely the lab's own VQGAN.yml, which goes with its

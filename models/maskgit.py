@@ -171,17 +171,19 @@ class MaskGit(nn.Module):
         return z_q, indices.view(z_q.shape[0], -1)
 
     @torch.no_grad()
-    def decode_tokens(self, tokens: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_tokens(self, tokens: torch.Tensor, probs: torch.Tensor | None = None, known: torch.Tensor | None = None,
+                      hole: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) token ids -> (B, 3, H, W) normalized images. With `probs` (B, N, num_codebook_vectors),
         a position whose row is not all zero decodes the code vector its distribution expects instead
-        of its token's: the "mean" readout, the latent a squared-error estimate would choose."""
+        of its token's: the "mean" readout, the latent a squared-error estimate would choose. `known`
+        and `hole` are for a known-pixel decoder (VQGAN.decode)."""
         if probs is None:
-            return self.vqgan.decode_indices(tokens)
+            return self.vqgan.decode_indices(tokens, known, hole)
         codebook = self.vqgan.codebook.embedding.weight  # (K, C)
         latents = torch.where(probs.any(-1, keepdim=True), probs.to(codebook.dtype) @ codebook,
                               codebook[tokens])  # (B, N, C)
         side = self.vqgan.latent_resolution
-        return self.vqgan.decode(latents.view(len(tokens), side, side, -1).permute(0, 3, 1, 2))
+        return self.vqgan.decode(latents.view(len(tokens), side, side, -1).permute(0, 3, 1, 2), known, hole)
 
     def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
                     within: torch.Tensor | None = None) -> torch.Tensor:
@@ -326,13 +328,18 @@ def encode_images(model: MaskGit, dataset: Sequence[torch.Tensor], flip: bool, b
 def _load_vqgan(model: MaskGit, path: str | Path, vq_cfg: dict, expected_digest: str | None = None,
                transformer: str | Path | None = None) -> None:
     """Load the VQGAN weights at `path` into model.vqgan; an exported VQGAN must carry the config
-    `vq_cfg`, and with `expected_digest` its weights must be the ones `transformer` was trained on."""
+    `vq_cfg`, but for a known-pixel decoder (its codes are the same; model.vqgan is rebuilt with
+    it), and with `expected_digest` its weights must be the ones `transformer` was trained on, or a
+    known-pixel fit of them."""
     state = read_vqgan_weights(path)
     if expected_digest is not None:
         checked_vqgan_digest(path, state, expected_digest, transformer)
-    if is_exported(path) and vqgan_config(path) != vq_cfg:
+    own_cfg = vqgan_config(path) if is_exported(path) else vq_cfg
+    if {**own_cfg, "known_pixels": False} != {**vq_cfg, "known_pixels": False}:
         raise UserError(f"the VQGAN {path} was exported with another config than the one the model asks for "
                         f"({transformer or 'the MaskGit config'}): compare its config.json with it")
+    if own_cfg != model.vqgan.cfg:
+        model.vqgan = VQGAN(own_cfg).eval().requires_grad_(False)
     load_state(model.vqgan, state, path)
 
 

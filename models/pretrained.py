@@ -183,13 +183,22 @@ def vqgan_file_digests(path: str | os.PathLike) -> set[str]:
     return {file_sha256(weights_file(path)), *(source["sha256"] for source in sources)}
 
 
+def known_pixels_parent(vqgan_path: str | os.PathLike) -> str | None:
+    """The weights digest of the VQGAN an exported known-pixel VQGAN was fitted from
+    (training_vqgan.py --fit-known-pixels): same encoder and codebook, so the same tokens; else None."""
+    if not is_exported(vqgan_path):
+        return None
+    return read_description(vqgan_path, "vqgan").get("known_pixels", {}).get("from_digest")
+
+
 def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.Tensor], expected: str | None,
                          model: str | os.PathLike, flag: str = "--vqgan") -> str:
     """The content digest of the VQGAN weights `state` (read from `vqgan_path`); a UserError naming
-    both when it is not `expected`, the digest transformer `model` was trained with (`flag`: the
-    option that picks the VQGAN, for the message)."""
+    both when neither it nor the digest of the VQGAN it is a known-pixel fit of is `expected`, the
+    digest transformer `model` was trained with (`flag`: the option that picks the VQGAN, for the
+    message)."""
     digest = weights_digest(state)
-    if expected is not None and digest != expected:
+    if expected is not None and expected not in {digest, known_pixels_parent(vqgan_path)}:
         raise UserError(f"the transformer {model} was trained on another VQGAN than {vqgan_path} "
                         f"({expected[:19]}... expected, {digest[:19]}... found); pass the VQGAN it was "
                         f"trained on ({flag})")

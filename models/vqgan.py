@@ -183,6 +183,10 @@ LOCAL_MARGIN = 2  # pixels beyond its patch that a LocalEncoder code sees (its t
 
 
 class Decoder(nn.Module):
+    """Latents (B, latent_dim, h, w) -> images (B, 3, H, W). `context` (KnownPixels' output), when
+    given, is added to the feature map at each of `entries`: after the input conv and after each
+    upsampling, one tensor per resolution from h up to H."""
+
     def __init__(self, cfg: dict):
         super().__init__()
         channels = cfg["dec_channels"]
@@ -204,9 +208,53 @@ class Decoder(nn.Module):
                 resolution *= 2
         layers += [GroupNorm(in_ch), nn.Conv2d(in_ch, cfg["image_channels"], 3, 1, 1)]
         self.model = nn.Sequential(*layers)
+        self.entries = [0] + [i for i, layer in enumerate(layers) if isinstance(layer, UpSampleBlock)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def entry_widths(self) -> list[int]:
+        """The channels of the feature map at each entry (what KnownPixels must produce)."""
+        return [self.model[i].conv.out_channels if i else self.model[0].out_channels for i in self.entries]
+
+    def forward(self, x: torch.Tensor, context: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if context is None:
+            return self.model(x)
+        features = iter(context)
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in self.entries:
+                x = x + next(features)
+        return x
+
+
+KNOWN_PIXEL_WIDTH = 32  # KnownPixels' channels at full resolution, doubled at each downsampling
+
+
+class KnownPixels(nn.Module):
+    """What a known-pixel decoder sees besides the tokens: the known pixels (hole zeroed) and the
+    hole, (B, 4, H, W), as features for each Decoder entry (coarsest first). Its output convolutions
+    start at zero, so a new one leaves the decoder as it was; fitted, it lets the decoded hole meet
+    the pixels around it, which the tokens alone only approximate."""
+
+    def __init__(self, cfg: dict, widths: list[int]):
+        super().__init__()
+        width = KNOWN_PIXEL_WIDTH
+        self.stem = nn.Sequential(nn.Conv2d(cfg["image_channels"] + 1, width, 3, 1, 1), Swish(),
+                                  nn.Conv2d(width, width, 3, 1, 1), Swish())
+        self.down = nn.ModuleList()
+        for i in range(len(widths) - 1):  # one per upsampling of the decoder
+            self.down.append(nn.Sequential(nn.Conv2d(width << i, width << (i + 1), 3, 2, 1), Swish(),
+                                           nn.Conv2d(width << (i + 1), width << (i + 1), 3, 1, 1), Swish()))
+        out_widths = [width << i for i in range(len(widths))][::-1]  # coarsest first, as the decoder's entries
+        self.out = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(out_widths, widths))
+        for conv in self.out:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, known: torch.Tensor, hole: torch.Tensor) -> list[torch.Tensor]:
+        """known (B, C, H, W) normalized images, hole (B, 1, H, W) bool -> features for the entries."""
+        features = [self.stem(torch.cat([known * ~hole, hole.to(known.dtype)], 1))]
+        for down in self.down:
+            features.append(down(features[-1]))
+        return [out(f) for out, f in zip(self.out, features[::-1])]
 
 
 class Codebook(nn.Module):
@@ -253,6 +301,7 @@ class VQGAN(nn.Module):
         self.cfg = dict(cfg)
         self.encoder = LocalEncoder(cfg) if cfg.get("encoder", "global") == "local" else Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.known_pixels = KnownPixels(cfg, self.decoder.entry_widths()) if cfg.get("known_pixels") else None
         self.codebook = Codebook(cfg)
         self.quant_conv = nn.Conv2d(cfg["latent_dim"], cfg["latent_dim"], 1)
         self.post_quant_conv = nn.Conv2d(cfg["latent_dim"], cfg["latent_dim"], 1)
@@ -269,13 +318,19 @@ class VQGAN(nn.Module):
         """Returns (z_q (B, latent_dim, h, w), indices (B*h*w,), q_loss), as the lab's VQGAN does."""
         return self.codebook(self.encode_latents(x))
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, known: torch.Tensor | None = None, hole: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """(B, latent_dim, h, w) latents -> (B, 3, H, W) images. A known-pixel decoder (`known_pixels`
+        in the config) also sees `known` (B, 3, H, W), normalized, outside `hole` (B, 1, H, W) bool;
+        without them, or for another VQGAN, the tokens alone decide."""
+        context = None if self.known_pixels is None or hole is None else self.known_pixels(known, hole)
+        return self.decoder(self.post_quant_conv(z_q), context)
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, h*w) or (B, h, w) token ids -> (B, 3, H, W) images."""
+    def decode_indices(self, indices: torch.Tensor, known: torch.Tensor | None = None,
+                       hole: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h*w) or (B, h, w) token ids -> (B, 3, H, W) images (decode)."""
         side = self.latent_resolution
-        return self.decode(self.codebook.lookup(indices.reshape(-1, side, side)))
+        return self.decode(self.codebook.lookup(indices.reshape(-1, side, side)), known, hole)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z_q, indices, q_loss = self.encode(x)

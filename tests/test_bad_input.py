@@ -227,6 +227,17 @@ CASES: dict[str, tuple[str, list[str], str]] = {
         "vqgan", ["--run-dir", "W/data/clean/run"], "--run-dir W/data/clean/run is inside the image folder"),
     "vqgan/weights without evaluate": (
         "vqgan", ["--run-dir", "T/run", "--weights", "W/model/vqgan.pt"], "--weights goes with --evaluate"),
+    "vqgan/fit-known-pixels without export": (
+        "vqgan", ["--fit-known-pixels", "5", "--weights", "W/model/vqgan.pt"], "--fit-known-pixels needs --weights"),
+    "vqgan/fit-known-pixels 0": (
+        "vqgan", ["--fit-known-pixels", "0", "--weights", "W/model/vqgan.pt", "--export", "T/k"],
+        "--fit-known-pixels must be at least 1"),
+    "vqgan/fit-known-pixels onto its parent": (
+        "vqgan", ["--fit-known-pixels", "5", "--weights", "W/vq_export", "--export", "W/vq_export"],
+        "an input of this run"),
+    "vqgan/fit-known-pixels and refit-codebook": (
+        "vqgan", ["--fit-known-pixels", "5", "--refit-codebook", "4", "--weights", "W/model/vqgan.pt"],
+        "refit first, then fit the refit"),
     "compare/images 0": ("compare", ["--images", "0", "--out", "T/c.png"], "--images must be at least 1"),
     "compare/images -3": ("compare", ["--images", "-3", "--out", "T/c.png"], "got -3"),
     "compare/out with an unknown suffix": ("compare", ["--out", "T/c.pdf"], "--out must be a .png file or a folder"),

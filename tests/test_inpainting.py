@@ -25,6 +25,7 @@ from maskgit_inpaint.decoding import decode_holes, fill_tokens
 from maskgit_inpaint.preparation import open_dataset, open_ground_truth
 from maskgit_inpaint.settings import TOKEN_HOLE_SHARE, TOP_P
 from models.maskgit import MaskGit
+from models.vqgan import VQGAN
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, COUNT = 16, 7
@@ -189,9 +190,24 @@ def test_tokens_do_not_depend_on_batch_size(tiny):
     assert (together == alone).float().mean() >= 0.99
 
 
-def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny):
+def with_known_pixels(model: MaskGit) -> MaskGit:
+    """`model` with a known-pixel decoder (models.vqgan.KnownPixels) whose output convolutions are
+    random instead of zero, so that what it sees changes the decode."""
+    vqgan = VQGAN({**model.vqgan.cfg, "known_pixels": True})
+    vqgan.load_state_dict({**vqgan.state_dict(), **model.vqgan.state_dict()})
+    torch.manual_seed(0)
+    for conv in vqgan.known_pixels.out:
+        torch.nn.init.normal_(conv.weight, std=0.2)
+    model.vqgan = vqgan.eval().requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("known_pixels", [False, True])
+def test_flip_average_is_the_mean_of_the_image_and_its_mirror_decoded_apart(tiny, known_pixels):
     cfg = load_config(tiny["config"])
     model = load_model(tiny["config"], tiny["ckpt"], torch.device("cpu"))
+    if known_pixels:  # each view's decode sees its own known pixels: the mirror view the mirrored ones
+        model = with_known_pixels(model)
     dataset = open_dataset(tiny["data"] / "masked_image", tiny["data"] / "mask64", cfg)
     images, holes, indices = torch.utils.data.default_collate([dataset[i] for i in range(4)])
     decoding = Decoding(total_iter=3, sweet_spot=3, readout="sample", flip_average=False)

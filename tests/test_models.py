@@ -330,7 +330,7 @@ def test_decode_tokens_with_probs_decodes_the_expected_code_vector(tiny_maskgit,
     probs[0, 3, 2], probs[0, 3, 9] = 0.25, 0.75  # position 3: a mix of codes 2 and 9
     probs[0, 5] = torch.nn.functional.one_hot(torch.tensor(4), 16).float()  # position 5: surely code 4
     seen = []
-    monkeypatch.setattr(tiny_maskgit.vqgan, "decode", lambda z: seen.append(z) or z)
+    monkeypatch.setattr(tiny_maskgit.vqgan, "decode", lambda z, known=None, hole=None: seen.append(z) or z)
     tiny_maskgit.decode_tokens(tokens, probs)
     latents = seen[0][0].flatten(1).t()  # (N, C)
     torch.testing.assert_close(latents[3], 0.25 * codebook[2] + 0.75 * codebook[9])

@@ -490,6 +490,58 @@ def refit_argv(ws: SimpleNamespace, weights: Path, dest: Path, k: int, *extra: s
             "--refit-codebook", str(k), "--weights", str(weights), "--export", str(dest), *extra]
 
 
+def test_a_known_pixel_decoder_starts_as_the_plain_one_and_sees_only_the_known_pixels(ws):
+    cfg = load_vqgan_config(ws.vq_config)
+    plain = VQGAN(cfg).eval()
+    known = VQGAN({**cfg, "known_pixels": True}).eval()
+    known.load_state_dict({**known.state_dict(), **plain.state_dict()})
+    torch.manual_seed(0)
+    z_q, images = torch.randn(2, cfg["latent_dim"], 4, 4), torch.randn(2, 3, 16, 16)
+    hole = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    hole[:, :, 4:12, 2:9] = True
+    with torch.no_grad():
+        assert torch.equal(known.decode(z_q, images, hole), plain.decode(z_q))  # its output convs start at zero
+        for conv in known.known_pixels.out:
+            torch.nn.init.normal_(conv.weight, std=0.2)
+        seen = known.decode(z_q, images, hole)
+        assert not torch.allclose(seen, plain.decode(z_q), atol=1e-3)
+        assert torch.equal(known.decode(z_q), plain.decode(z_q))  # without the known pixels: the tokens alone
+        scribbled = torch.where(hole, torch.randn_like(images), images)  # other pixels inside the hole only
+        assert torch.equal(known.decode(z_q, scribbled, hole), seen)
+        assert not torch.allclose(known.decode(z_q, images + 0.5, hole), seen, atol=1e-3)
+
+
+def test_fit_known_pixels_keeps_the_codes_and_its_transformers(ws, tmp_path, capsys):
+    dest = tmp_path / "known"
+    argv = ["--config", str(ws.vq_config), "--train-path", str(ws.train), "--val-path", str(ws.val), "--device", "cpu",
+            "--batch-size", "8", "--learning-rate", "3e-3"]
+    stage1.main([*argv, "--weights", str(ws.vq_ckpt), "--export", str(dest), "--fit-known-pixels", "20"])
+    assert "dB after 20 steps with the known pixels" in capsys.readouterr().out
+    meta = json.loads((dest / "config.json").read_text())
+    parent_state = torch.load(ws.vq_ckpt, weights_only=True)
+    assert meta["config"]["known_pixels"] is True and meta["known_pixels"]["steps"] == 20
+    assert meta["known_pixels"]["from_digest"] == weights_digest(parent_state)
+    fitted = read_safetensors(dest)
+    for key, value in parent_state.items():  # the codes come from the parent's encoder and codebook
+        assert torch.equal(fitted[key], value.half()) == (not key.startswith(("decoder.", "post_quant_conv."))), key
+    assert any(fitted[k].abs().sum() > 0 for k in fitted if k.startswith("known_pixels.out."))
+
+    # a transformer trained on the parent's tokens works with it; one of another VQGAN's does not
+    run, exported = tmp_path / "stage2", tmp_path / "stage2_export"
+    run_stage2(ws, run, "--max-steps", "1", "--val-inpaint", "0")
+    stage2.main(stage2_argv(ws, run, "--export", str(exported)))
+    model = MaskGit.from_pretrained(exported, vqgan=dest)
+    assert model.vqgan.known_pixels is not None
+    other = tmp_path / "other_known"
+    stage1.main([*argv, "--weights", str(bad_vqgan_checkpoint(ws, tmp_path, same_shape=True)),
+                 "--export", str(other), "--fit-known-pixels", "1"])
+    with pytest.raises(UserError, match="another VQGAN"):
+        MaskGit.from_pretrained(exported, vqgan=other)
+    with pytest.raises(UserError, match="`known_pixels` is fitted onto a trained VQGAN"):
+        stage1.train(stage1.parse_args(stage1_argv(ws, tmp_path / "scratch")[1:]),
+                     SimpleNamespace(model={**load_vqgan_config(ws.vq_config), "known_pixels": True}, train={}))
+
+
 def test_refit_codebook_exports_the_kmeans_codes_and_names_its_parent(ws, tmp_path, capsys):
     dest = tmp_path / "refit4"
     stage1.main(refit_argv(ws, ws.vq_ckpt, dest, 4))

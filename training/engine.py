@@ -39,6 +39,9 @@ from common import (
 )
 from models.pretrained import check_export_destination, export_origin, write_exported
 
+HOLE_BANK_SIZE = 4096  # generated holes (data.masks.pixel_hole_bank) that training holes are drawn from
+VAL_HOLE_SEED = 1      # the val inpainting holes (dataset_mask by name; the test masks use the dataset's seed, 0)
+
 # ----------------------------------------------------------------------------- flags
 
 

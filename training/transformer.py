@@ -75,13 +75,11 @@ from models.pretrained import (
 )
 from models.refit import map_vocabulary, refit_parent
 from training import engine
-from training.engine import ResumableSampler, RunLog, check_finite, param_groups
+from training.engine import HOLE_BANK_SIZE, VAL_HOLE_SEED, ResumableSampler, RunLog, check_finite, param_groups
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 64  # images per batch when encoding the token caches: no gradients, so more than a training batch
 VAL_MASK_SEED = 1234  # the validation masks are the same at every validation, so epochs compare
-HOLE_BANK_SIZE = 4096  # generated token-level holes that hole-shaped training masks are drawn from
-VAL_HOLE_SEED = 1      # the val inpainting holes (the test masks use the dataset's seed, 0)
 PLOT_PANELS = {"loss (masked tokens)": ["loss", "val_loss"], "masked-token accuracy": ["acc", "val_acc"],
                "val inpainting: hole PSNR (dB)": ["val_psnr_hole", "val_iter_psnr_hole", "val_ns_psnr_hole"],
                "val inpainting: SSIM": ["val_ssim", "val_iter_ssim", "val_ns_ssim"], "learning rate": ["lr"]}

@@ -5,12 +5,15 @@
     torchrun --nproc_per_node 4 training_vqgan.py --config configs/VQGAN.yml --run-dir runs/vqgan_lab
     python training_vqgan.py --config configs/small/VQGAN.yml --refit-codebook 256 --weights checkpoints/vqgan_small \
         --export runs/refit256
+    python training_vqgan.py --fit-known-pixels 1500 --weights checkpoints/vqgan_local --export runs/vqgan_known
 
 Hyper-parameters come from the config's `train_param` section (defaults in models/config.py);
 flags override them. The run folder holds last.pt (resumable), best.pt (best validation PSNR),
 vqgan.pt (plain weights of the best model, loadable like the lab's VQGAN.pt), log.jsonl, curves.png
 and reconstruction grids. --refit-codebook K exports a trained VQGAN with a K-code k-means codebook of
 its training latents (models/refit.py), which stage 2 --init-from can map a transformer onto.
+--fit-known-pixels N exports a trained VQGAN whose decoder also sees the known pixels around a hole
+(models.vqgan.KnownPixels), fitted for N steps; its codes are the parent's, so its transformers keep working.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,10 +40,12 @@ from common import (
     load_checkpoint,
     load_state,
     load_weights,
+    progress_bar,
     resolve_device,
     seed_everything,
 )
 from data import ImageFolderDataset, denormalize
+from data.masks import dataset_mask, pixel_hole_bank
 from maskgit_inpaint.tokens import format_report, token_report
 from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
@@ -54,7 +60,7 @@ from models.pretrained import (
 )
 from models.refit import refit_record, with_codebook
 from training import engine
-from training.engine import ResumableSampler, RunLog, check_finite
+from training.engine import HOLE_BANK_SIZE, VAL_HOLE_SEED, ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],
                "codebook usage": ["codebook_usage", "val_codebook_usage"]}
@@ -74,10 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="k-means the training latents of --weights into K codes and export that VQGAN at --export")
     p.add_argument("--refit-decoder-steps", type=int, default=0, metavar="N",
                    help="with --refit-codebook: fine-tune the decoder on the new codes for N steps (default: 0)")
+    p.add_argument("--fit-known-pixels", type=int, metavar="N",
+                   help="give the decoder of --weights the known pixels around a hole, fit it for N steps on "
+                        "generated holes, and export that VQGAN at --export (its codes stay those of --weights)")
     args = p.parse_args(argv)
-    if args.weights is not None and not args.evaluate and args.refit_codebook is None:
-        raise UserError("--weights goes with --evaluate DIR or --refit-codebook K (it names the weights to evaluate "
-                        "or refit); training starts from scratch or, with --resume, from RUN_DIR/last.pt")
+    if args.refit_codebook is not None and args.fit_known_pixels is not None:
+        raise UserError("--refit-codebook and --fit-known-pixels are two runs: refit first, then fit the refit")
+    if args.weights is not None and not args.evaluate and args.refit_codebook is None and args.fit_known_pixels is None:
+        raise UserError("--weights goes with --evaluate DIR, --refit-codebook K or --fit-known-pixels N (it names the "
+                        "weights to evaluate, refit or fit); training starts from scratch or, with --resume, from "
+                        "RUN_DIR/last.pt")
     return args
 
 
@@ -183,25 +195,81 @@ def training_latents(vqgan: VQGAN, dataset: ImageFolderDataset, flip: bool, devi
     return torch.cat(latents)
 
 
+KNOWN_WEIGHT = 0.1  # --fit-known-pixels: the known pixels' share of the loss (decoding pastes them back anyway)
+
+
+def reconstruction_loss(images: torch.Tensor, decoded: torch.Tensor, l2_weight: float,
+                        hole: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 + l2_weight * L2 per pixel, averaged; with `hole` (B, 1, H, W) bool, the hole's mean plus
+    KNOWN_WEIGHT times the known pixels' mean."""
+    error = decoded - images
+    per_pixel = error.abs() + l2_weight * error ** 2  # (B, C, H, W)
+    if hole is None:
+        return per_pixel.mean()
+    hole = hole.expand_as(per_pixel)
+    return per_pixel[hole].mean() + KNOWN_WEIGHT * per_pixel[~hole].mean()
+
+
 def finetune_decoder(vqgan: VQGAN, dataset: ImageFolderDataset, steps: int, tcfg: dict, seed: int,
-                     device: torch.device) -> None:
+                     device: torch.device, holes: torch.Tensor | None = None) -> None:
     """`steps` steps of the decoder and post_quant_conv on the codes of the frozen encoder and
-    codebook, with the config's reconstruction loss (L1 + l2_weight * L2), batch size and learning
-    rate (--batch-size and --learning-rate override them)."""
-    opt = torch.optim.Adam([*vqgan.decoder.parameters(), *vqgan.post_quant_conv.parameters()],
-                           lr=tcfg["learning_rate"], betas=tuple(tcfg["betas"]))
-    loader = DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    codebook, with the config's reconstruction loss, batch size and learning rate (--batch-size and
+    --learning-rate override them), warmed up over warmup_steps and cosine-decayed. With `holes`
+    (M, H, W) bool, each image gets one of them at random, the decoder also sees the pixels around it
+    (its KnownPixels is fitted too), and the loss is reconstruction_loss's for a hole."""
+    modules = [vqgan.decoder, vqgan.post_quant_conv] + ([vqgan.known_pixels] if holes is not None else [])
+    opt = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=tcfg["learning_rate"],
+                           betas=tuple(tcfg["betas"]))
+    schedule = engine.lr_scheduler(opt, steps, tcfg["warmup_steps"])
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True, generator=generator)
     batches = (images for _ in range(steps) for images in loader)  # as many epochs as needed
-    for _, images in zip(range(steps), batches):
+    for _, images in zip(range(steps), progress_bar(batches, total=steps, desc="decoder", unit="step")):
         images = random_flip(images.to(device)) if tcfg["flip"] else images.to(device)
         with torch.no_grad():
             z_q = vqgan.encode(images)[0]
-        decoded = vqgan.decode(z_q)
-        loss = (images - decoded).abs().mean() + tcfg["l2_weight"] * ((images - decoded) ** 2).mean()
+        hole = None
+        if holes is not None:
+            hole = holes[torch.randint(len(holes), (len(images),), generator=generator)][:, None].to(device)
+        loss = reconstruction_loss(images, vqgan.decode(z_q, images, hole), tcfg["l2_weight"], hole)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        schedule.step()
+
+
+@dataclass
+class Derived:
+    """What a VQGAN made from a trained one (--refit-codebook, --fit-known-pixels) starts from."""
+    parent: VQGAN
+    digest: str          # the parent's weights digest
+    tcfg: dict
+    device: torch.device
+    train_set: ImageFolderDataset
+    val_set: ImageFolderDataset
+
+
+def derive(config: Config, args: argparse.Namespace, flag: str, origin: str, model_changes: dict) -> Derived:
+    """The checks and inputs of a run that exports a VQGAN made from --weights at --export: both
+    given, the destination free for `origin` + the parent's digest, the parent built from the
+    model_param it records with `model_changes` (weights it lacks start as the new model's), the
+    train_param with the flags' overrides, the device and the datasets."""
+    tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
+                                                       "learning_rate": args.learning_rate})
+    if not args.weights or not args.export:
+        raise UserError(f"{flag} needs --weights (the trained VQGAN) and --export (the new folder)")
+    state = read_vqgan_weights(args.weights)  # read once: for its digest and to load
+    digest = weights_digest(state)
+    cfg = {**weights_config(args.weights, config, args.config), **model_changes}
+    check_export_destination(args.export, "--export", "vqgan", origin + digest,
+                             [args.weights, args.config, *args.train_path, args.val_path], args.overwrite)
+    device = resolve_device(args.device)
+    seed_everything(args.random_seed)
+    parent = VQGAN(cfg).to(device)
+    load_state(parent, {**parent.state_dict(), **state}, args.weights)
+    train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
+                          for path in (args.train_path, args.val_path))
+    return Derived(parent, digest, tcfg, device, train_set, val_set)
 
 
 def refit(config: Config, args: argparse.Namespace) -> None:
@@ -209,41 +277,67 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     its training latents, the decoder optionally fine-tuned on the new codes, exported at --export
     with a record of its parent; the val reconstruction PSNR before and after."""
     k = args.refit_codebook
-    tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
-                                                       "learning_rate": args.learning_rate})
-    if not args.weights or not args.export:
-        raise UserError("--refit-codebook needs --weights (the trained VQGAN) and --export (the new folder)")
     check_minimum(args, 1, "--refit-codebook")
     check_minimum(args, 0, "--refit-decoder-steps")
-    parent_state = read_vqgan_weights(args.weights)  # read once: for its digest and to load
-    parent_digest = weights_digest(parent_state)
-    cfg = weights_config(args.weights, config, args.config)
-    origin = "refit:" + parent_digest  # an earlier refit of the same parent may be replaced
-    check_export_destination(args.export, "--export", "vqgan", origin,
-                             [args.weights, args.config, *args.train_path, args.val_path], args.overwrite)
-    device = resolve_device(args.device)
-    seed_everything(args.random_seed)
-    parent = VQGAN(cfg).to(device)
-    load_state(parent, parent_state, args.weights)
-    train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
-                          for path in (args.train_path, args.val_path))
-    latents = training_latents(parent, train_set, tcfg["flip"], device)
+    origin = "refit:"  # an earlier refit of the same parent may be replaced
+    d = derive(config, args, "--refit-codebook", origin, {})
+    cfg = d.parent.cfg
+    latents = training_latents(d.parent, d.train_set, d.tcfg["flip"], d.device)
     if k > len(latents):
         raise UserError(f"--refit-codebook {k}: the training images have only {len(latents)} latents")
     fit = kmeans(latents, k, seed=args.random_seed)
     print(f"k-means of {len(latents)} training latents into {k} codes: {fit.iterations} iterations, "
           f"mean squared error {fit.inertia / latents.numel():.4f} per latent dimension")
-    vqgan = with_codebook(parent, fit.centroids.to(device))
-    val_psnr = lambda model: validate(model, DataLoader(val_set, batch_size=64), device, cfg["mean"], cfg["std"],
+    vqgan = with_codebook(d.parent, fit.centroids.to(d.device))
+    val_psnr = lambda model: validate(model, DataLoader(d.val_set, batch_size=64), d.device, cfg["mean"], cfg["std"],
                                       None)[0]
-    line = (f"{args.val_path}: reconstruction PSNR {val_psnr(parent):.2f} dB with the {cfg['num_codebook_vectors']} "
-            f"codes of {args.weights}, {val_psnr(vqgan):.2f} dB with the {k} refit codes")
+    line = (f"{args.val_path}: reconstruction PSNR {val_psnr(d.parent):.2f} dB with the "
+            f"{cfg['num_codebook_vectors']} codes of {args.weights}, {val_psnr(vqgan):.2f} dB with the {k} refit codes")
     if args.refit_decoder_steps:
-        finetune_decoder(vqgan, train_set, args.refit_decoder_steps, tcfg, args.random_seed, device)
+        finetune_decoder(vqgan, d.train_set, args.refit_decoder_steps, d.tcfg, args.random_seed, d.device)
         line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
     print(line)
     engine.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
-                  origin, refit=refit_record(args.weights, parent_digest, args.export, k, args.refit_decoder_steps))
+                  origin + d.digest,
+                  refit=refit_record(args.weights, d.digest, args.export, k, args.refit_decoder_steps))
+
+
+@torch.no_grad()
+def own_code_hole_psnr(vqgan: VQGAN, dataset: ImageFolderDataset, device: torch.device) -> float:
+    """Mean hole PSNR (dB) of each image decoded from its own codes and its known pixels, each image
+    with the test-like hole its name draws: what a known-pixel decoder adds when the tokens are right."""
+    vqgan.eval()
+    psnrs = []
+    for start in range(0, len(dataset), 64):
+        files = dataset.files[start:start + 64]
+        images = torch.stack([dataset[start + i] for i in range(len(files))]).to(device)
+        holes = torch.from_numpy(np.stack([dataset_mask(f.stem, dataset.size, VAL_HOLE_SEED) < 128
+                                           for f in files]))[:, None].to(device)
+        decoded = vqgan.decode(vqgan.encode(images)[0], images, holes)
+        truth, out = (denormalize(x, dataset.mean, dataset.std).clamp(0, 1) for x in (images, decoded))
+        mse = ((out - truth) ** 2 * holes).sum((1, 2, 3)) / (holes.sum((1, 2, 3)) * images.shape[1]).clamp(min=1)
+        psnrs += (10 * torch.log10(1 / mse.clamp(min=1e-10))).tolist()
+    return sum(psnrs) / len(psnrs)
+
+
+def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
+    """--fit-known-pixels N: the VQGAN --weights with a known-pixel decoder (models.vqgan.KnownPixels),
+    the decoder, post_quant_conv and KnownPixels fitted for N steps on generated holes (the shapes
+    stage 2 trains on) while the encoder and codebook stay, exported at --export with a record of
+    its parent; the val hole PSNR from the images' own codes before and after."""
+    check_minimum(args, 1, "--fit-known-pixels")
+    origin = "known-pixels:"
+    d = derive(config, args, "--fit-known-pixels", origin, {"known_pixels": True})
+    before = own_code_hole_psnr(d.parent, d.val_set, d.device)
+    holes = torch.from_numpy(pixel_hole_bank(HOLE_BANK_SIZE, d.parent.cfg["img_resolution"], args.random_seed))
+    finetune_decoder(d.parent, d.train_set, args.fit_known_pixels, d.tcfg, args.random_seed, d.device, holes)
+    after = own_code_hole_psnr(d.parent, d.val_set, d.device)
+    print(f"{args.val_path}: hole PSNR from the images' own codes {before:.2f} dB before, {after:.2f} dB after "
+          f"{args.fit_known_pixels} steps with the known pixels")
+    engine.export(d.parent, {"vqgan": d.parent.state_dict()}, "vqgan", args.export, "vqgan", d.parent.cfg,
+                  args.train_path, origin + d.digest,
+                  known_pixels={"from_digest": d.digest, "steps": args.fit_known_pixels, "val_hole_psnr": {
+                      "before": round(before, 2), "after": round(after, 2)}})
 
 
 @dataclass
@@ -393,6 +487,9 @@ def end_of_epoch(s: Stage1, val_loader: DataLoader, step: int, epoch: int, cfg: 
 def train(args: argparse.Namespace, config: Config) -> tuple[VQGAN, int]:
     """Train (or continue training) the VQGAN; returns it and the number of steps done."""
     cfg = config.model
+    if cfg["known_pixels"]:
+        raise UserError(f"{args.config}: `known_pixels` is fitted onto a trained VQGAN (--fit-known-pixels N "
+                        "--weights W --export DEST); train the VQGAN without it")
     engine.check_run_arguments(args)
     tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size, "epochs": args.epochs,
                                                        "learning_rate": args.learning_rate})
@@ -463,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_vqgan_file(args.config)
     if args.refit_codebook is not None:
         refit(config, args)
+    elif args.fit_known_pixels is not None:
+        fit_known_pixels(config, args)
     elif args.export:
         origin = engine.check_export(args, "vqgan")
         best = engine.best_checkpoint(args.run_dir, "vqgan")
