@@ -253,6 +253,15 @@ def test_shipped_model_is_self_describing():
     assert weights_digest(model.vqgan.state_dict()) == meta["vqgan"]["digest"]
 
 
+def test_the_shipped_known_pixel_vqgan_loads_with_the_default_transformer_and_keeps_its_tokens():
+    plain = MaskGit.from_pretrained(DEFAULT_MODEL)
+    known = MaskGit.from_pretrained(DEFAULT_MODEL, vqgan=REPO_ROOT / "checkpoints" / "vqgan_known")
+    assert plain.vqgan.known_pixels is None and known.vqgan.known_pixels is not None
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(plain.encode_to_z(images)[1], known.encode_to_z(images)[1])
+
+
 def test_default_configs_are_the_shipped_models_recipe():
     """The training scripts' default configs (and a plain .pt's) build the default model and its VQGAN."""
     shipped, recipe = maskgit_config(DEFAULT_MODEL), load_maskgit_config(REPO_ROOT / DEFAULT_CONFIG)
