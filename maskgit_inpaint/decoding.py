@@ -41,13 +41,14 @@ def decode_holes(model: MaskGit, images: torch.Tensor, holes: torch.Tensor, indi
     pasted back as decoding.paste says, normalized; tokens (B, N); token mask (B, N); the step
     history of each view). With decoding.flip_average the mirror image is decoded too and the two
     decodes averaged (mirrored back); the tokens and token mask are then those of the image itself."""
+    views = views_of(images, holes, decoding)
     token_masks, results = [], []
-    for view, hole in views_of(images, holes, decoding):
+    for view, hole in views:
         token_masks.append(pixel_to_token_mask(hole, model.vqgan.latent_resolution, decoding.hole_share))
         _, z = model.encode_to_z(view if decoding.encode_fill == "gray" else nearest_filled(view, hole))  # (B, N)
         results.append(fill_tokens(model, z, token_masks[-1], indices, decoding, decoding.steps, history))
     decoded = mean_of_views([model.decode_tokens(r.tokens, r.probs, view, hole)
-                             for r, (view, hole) in zip(results, views_of(images, holes, decoding))])
+                             for r, (view, hole) in zip(results, views)])
     steps = [r.history for r in results] if history else None
     return paste_known(decoded, images, holes, decoding), results[0].tokens, token_masks[0], steps
 

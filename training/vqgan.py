@@ -243,17 +243,19 @@ class Derived:
     """What a VQGAN made from a trained one (--refit-codebook, --fit-known-pixels) starts from."""
     parent: VQGAN
     digest: str          # the parent's weights digest
+    origin: str          # what the export records: the run's kind and the parent's digest
     tcfg: dict
     device: torch.device
     train_set: ImageFolderDataset
     val_set: ImageFolderDataset
 
 
-def derive(config: Config, args: argparse.Namespace, flag: str, origin: str, model_changes: dict) -> Derived:
+def derive(config: Config, args: argparse.Namespace, flag: str, kind: str, model_changes: dict) -> Derived:
     """The checks and inputs of a run that exports a VQGAN made from --weights at --export: both
-    given, the destination free for `origin` + the parent's digest, the parent built from the
-    model_param it records with `model_changes` (weights it lacks start as the new model's), the
-    train_param with the flags' overrides, the device and the datasets."""
+    given, the destination free for the origin `kind` + the parent's digest (an earlier export of
+    the same kind from the same parent may be replaced), the parent built from the model_param it
+    records with `model_changes` (a KnownPixels it lacks starts as a new one), the train_param with
+    the flags' overrides, the device and the datasets."""
     tcfg = apply_overrides(config.train, VQGAN_TRAIN, {"batch_size": args.batch_size,
                                                        "learning_rate": args.learning_rate})
     if not args.weights or not args.export:
@@ -261,15 +263,17 @@ def derive(config: Config, args: argparse.Namespace, flag: str, origin: str, mod
     state = read_vqgan_weights(args.weights)  # read once: for its digest and to load
     digest = weights_digest(state)
     cfg = {**weights_config(args.weights, config, args.config), **model_changes}
-    check_export_destination(args.export, "--export", "vqgan", origin + digest,
+    origin = f"{kind}:{digest}"
+    check_export_destination(args.export, "--export", "vqgan", origin,
                              [args.weights, args.config, *args.train_path, args.val_path], args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.random_seed)
     parent = VQGAN(cfg).to(device)
-    load_state(parent, {**parent.state_dict(), **state}, args.weights)
+    fresh = {k: v for k, v in parent.state_dict().items() if k.startswith("known_pixels.")}
+    load_state(parent, {**fresh, **state}, args.weights)
     train_set, val_set = (ImageFolderDataset(path, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
                           for path in (args.train_path, args.val_path))
-    return Derived(parent, digest, tcfg, device, train_set, val_set)
+    return Derived(parent, digest, origin, tcfg, device, train_set, val_set)
 
 
 def refit(config: Config, args: argparse.Namespace) -> None:
@@ -279,8 +283,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
     k = args.refit_codebook
     check_minimum(args, 1, "--refit-codebook")
     check_minimum(args, 0, "--refit-decoder-steps")
-    origin = "refit:"  # an earlier refit of the same parent may be replaced
-    d = derive(config, args, "--refit-codebook", origin, {})
+    d = derive(config, args, "--refit-codebook", "refit", {})
     cfg = d.parent.cfg
     latents = training_latents(d.parent, d.train_set, d.tcfg["flip"], d.device)
     if k > len(latents):
@@ -298,7 +301,7 @@ def refit(config: Config, args: argparse.Namespace) -> None:
         line += f", {val_psnr(vqgan):.2f} dB after {args.refit_decoder_steps} decoder steps"
     print(line)
     engine.export(vqgan, {"vqgan": vqgan.state_dict()}, "vqgan", args.export, "vqgan", vqgan.cfg, args.train_path,
-                  origin + d.digest,
+                  d.origin,
                   refit=refit_record(args.weights, d.digest, args.export, k, args.refit_decoder_steps))
 
 
@@ -326,8 +329,7 @@ def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
     stage 2 trains on) while the encoder and codebook stay, exported at --export with a record of
     its parent; the val hole PSNR from the images' own codes before and after."""
     check_minimum(args, 1, "--fit-known-pixels")
-    origin = "known-pixels:"
-    d = derive(config, args, "--fit-known-pixels", origin, {"known_pixels": True})
+    d = derive(config, args, "--fit-known-pixels", "known-pixels", {"known_pixels": True})
     before = own_code_hole_psnr(d.parent, d.val_set, d.device)
     holes = torch.from_numpy(pixel_hole_bank(HOLE_BANK_SIZE, d.parent.cfg["img_resolution"], args.random_seed))
     finetune_decoder(d.parent, d.train_set, args.fit_known_pixels, d.tcfg, args.random_seed, d.device, holes)
@@ -335,7 +337,7 @@ def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
     print(f"{args.val_path}: hole PSNR from the images' own codes {before:.2f} dB before, {after:.2f} dB after "
           f"{args.fit_known_pixels} steps with the known pixels")
     engine.export(d.parent, {"vqgan": d.parent.state_dict()}, "vqgan", args.export, "vqgan", d.parent.cfg,
-                  args.train_path, origin + d.digest,
+                  args.train_path, d.origin,
                   known_pixels={"from_digest": d.digest, "steps": args.fit_known_pixels, "val_hole_psnr": {
                       "before": round(before, 2), "after": round(after, 2)}})
 
