@@ -28,8 +28,10 @@ from models.pretrained import (
     DEFAULT_CONFIG,
     DEFAULT_MODEL,
     DEFAULT_VQGAN_CONFIG,
+    known_pixels_parent,
     maskgit_config,
     read_description,
+    vqgan_path_of,
     weights_digest,
 )
 
@@ -249,13 +251,16 @@ def test_shipped_model_is_self_describing():
     meta = json.loads((DEFAULT_MODEL / "config.json").read_text())
     assert meta["kind"] == "maskgit" and meta["config"]["vqgan"]["img_resolution"] == 64
     assert "CC-BY 4.0" in meta["data"]["credits"]
-    model = MaskGit.from_pretrained()
-    assert weights_digest(model.vqgan.state_dict()) == meta["vqgan"]["digest"]
+    # the transformer's tokens came from vqgan_local; it decodes with vqgan_known, a known-pixel fit of it
+    assert vqgan_path_of(DEFAULT_MODEL) == REPO_ROOT / "checkpoints" / "vqgan_known"
+    assert known_pixels_parent(vqgan_path_of(DEFAULT_MODEL)) == meta["vqgan"]["digest"]
+    tokens_only = MaskGit.from_pretrained(vqgan=REPO_ROOT / "checkpoints" / "vqgan_local")
+    assert weights_digest(tokens_only.vqgan.state_dict()) == meta["vqgan"]["digest"]
 
 
-def test_the_shipped_known_pixel_vqgan_loads_with_the_default_transformer_and_keeps_its_tokens():
-    plain = MaskGit.from_pretrained(DEFAULT_MODEL)
-    known = MaskGit.from_pretrained(DEFAULT_MODEL, vqgan=REPO_ROOT / "checkpoints" / "vqgan_known")
+def test_the_default_known_pixel_vqgan_keeps_the_tokens_of_the_vqgan_the_transformer_trained_on():
+    plain = MaskGit.from_pretrained(DEFAULT_MODEL, vqgan=REPO_ROOT / "checkpoints" / "vqgan_local")
+    known = MaskGit.from_pretrained(DEFAULT_MODEL)
     assert plain.vqgan.known_pixels is None and known.vqgan.known_pixels is not None
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
