@@ -17,7 +17,8 @@ from PIL import Image
 from tiny_configs import TINY_VQGAN as TINY_VQGAN_MODEL
 
 from common import UserError, load_checkpoint, load_weights, read_safetensors, run_cli, save_checkpoint
-from data import ImageFolderDataset, normalize, pixel_to_token_mask, training_views, view_pixels
+from data import ImageFolderDataset, normalize, pixel_to_token_mask, to_uint8_image, training_views, view_pixels
+from maskgit_inpaint.metrics import compute_metrics
 from models import VQGAN, BidirectionalTransformer
 from models.config import load_maskgit_config, load_vqgan_config, transformer_param
 from models.kmeans import kmeans
@@ -509,6 +510,23 @@ def test_a_known_pixel_decoder_starts_as_the_plain_one_and_sees_only_the_known_p
         scribbled = torch.where(hole, torch.randn_like(images), images)  # other pixels inside the hole only
         assert torch.equal(known.decode(z_q, scribbled, hole), seen)
         assert not torch.allclose(known.decode(z_q, images + 0.5, hole), seen, atol=1e-3)
+
+
+def test_own_code_hole_psnr_scores_the_val_holes_like_an_inpainting_run(ws):
+    cfg = load_vqgan_config(ws.vq_config)
+    plain = VQGAN(cfg).eval()
+    plain.load_state_dict(torch.load(ws.vq_ckpt, weights_only=True))
+    known = VQGAN({**cfg, "known_pixels": True}).eval()
+    known.load_state_dict({**known.state_dict(), **plain.state_dict()})  # a new KnownPixels: the plain decode
+    val = ImageFolderDataset(ws.val, cfg["mean"], cfg["std"], size=cfg["img_resolution"])
+    items, gt = engine.val_inpainting_set(val, len(val))
+    assert len(items) == len(val) and [index for _, _, index in items] == list(range(len(val)))
+    holes = np.stack([hole[0].numpy() for _, hole, _ in items])
+    with torch.no_grad():
+        reconstructed = plain(normalize(gt, cfg["mean"], cfg["std"]))[0]  # (N, 3, H, W), from the clean image
+    expected = compute_metrics(to_uint8_image(reconstructed, cfg["mean"], cfg["std"]), gt, holes)
+    assert expected["scored_images"] == len(val)
+    assert stage1.own_code_hole_psnr(known, val, torch.device("cpu")) == pytest.approx(expected["psnr_hole"], abs=1e-9)
 
 
 def test_fit_known_pixels_keeps_the_codes_and_its_transformers(ws, tmp_path, capsys):

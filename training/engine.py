@@ -37,10 +37,26 @@ from common import (
     save_checkpoint,
     spelled,
 )
+from data import ImageFolderDataset, apply_mask, normalize, read_image
+from data.masks import dataset_mask
 from models.pretrained import check_export_destination, export_origin, write_exported
 
 HOLE_BANK_SIZE = 4096  # generated holes (data.masks.pixel_hole_bank) that training holes are drawn from
 VAL_HOLE_SEED = 1      # the val inpainting holes (dataset_mask by name; the test masks use the dataset's seed, 0)
+
+def val_inpainting_set(val_set: ImageFolderDataset, count: int) -> tuple[list, np.ndarray]:
+    """`count` val images spread over the split, each with a fixed test-like hole (seeded by its
+    name): ([(masked image (3, H, W), hole (1, H, W), index)], ground truth (count, H, W, 3) uint8)."""
+    picks = np.linspace(0, len(val_set) - 1, min(count, len(val_set))).round().astype(int)
+    items, gt = [], []
+    for i, index in enumerate(picks):
+        image = read_image(val_set.files[index], "RGB", val_set.size)
+        mask = dataset_mask(val_set.files[index].stem, val_set.size, VAL_HOLE_SEED)
+        items.append((normalize(apply_mask(image, mask), val_set.mean, val_set.std),
+                      torch.from_numpy(mask < 128)[None], i))
+        gt.append(image)
+    return items, np.stack(gt)
+
 
 # ----------------------------------------------------------------------------- flags
 

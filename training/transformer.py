@@ -49,14 +49,12 @@ from common import (
 )
 from data import (
     ImageFolderDataset,
-    apply_mask,
-    normalize,
     pixel_to_token_mask,
     read_image,
     to_uint8_image,
     view_pixels,
 )
-from data.masks import dataset_mask, pixel_hole_bank
+from data.masks import pixel_hole_bank
 from maskgit_inpaint import Decoding, run_inpainting
 from maskgit_inpaint.baselines import fill_baseline
 from maskgit_inpaint.blending import nearest_known
@@ -75,7 +73,7 @@ from models.pretrained import (
 )
 from models.refit import map_vocabulary, refit_parent
 from training import engine
-from training.engine import HOLE_BANK_SIZE, VAL_HOLE_SEED, ResumableSampler, RunLog, check_finite, param_groups
+from training.engine import HOLE_BANK_SIZE, ResumableSampler, RunLog, check_finite, param_groups
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 64  # images per batch when encoding the token caches: no gradients, so more than a training batch
@@ -171,20 +169,6 @@ def validate(model: MaskGit, tokens: torch.Tensor, masks: torch.Tensor, batch_si
         dist.all_reduce(sums)
     model.train()
     return {"val_loss": (sums[0] / sums[2]).item(), "val_acc": (sums[1] / sums[2]).item()}
-
-
-def val_inpainting_set(val_set: ImageFolderDataset, count: int) -> tuple[list, np.ndarray]:
-    """`count` val images spread over the split, each with a fixed test-like hole (seeded by its
-    name): ([(masked image (3, H, W), hole (1, H, W), index)], ground truth (count, H, W, 3) uint8)."""
-    picks = np.linspace(0, len(val_set) - 1, min(count, len(val_set))).round().astype(int)
-    items, gt = [], []
-    for i, index in enumerate(picks):
-        image = read_image(val_set.files[index], "RGB", val_set.size)
-        mask = dataset_mask(val_set.files[index].stem, val_set.size, VAL_HOLE_SEED)
-        items.append((normalize(apply_mask(image, mask), val_set.mean, val_set.std),
-                      torch.from_numpy(mask < 128)[None], i))
-        gt.append(image)
-    return items, np.stack(gt)
 
 
 def baseline_scores(items: list, gt: np.ndarray, mean: list[float], std: list[float]) -> dict[str, float]:
@@ -472,7 +456,7 @@ def initial_weights(model: MaskGit, args: argparse.Namespace, embedding_init: st
 
 def inpainting_check(val_set: ImageFolderDataset, count: int, vq: dict) -> tuple[list, object, dict]:
     """--val-inpaint's items, their ground truth, and the cv2 baseline's scores on them."""
-    items, gt = val_inpainting_set(val_set, count)
+    items, gt = engine.val_inpainting_set(val_set, count)
     return items, gt, baseline_scores(items, gt, vq["mean"], vq["std"])
 
 

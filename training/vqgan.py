@@ -44,8 +44,9 @@ from common import (
     resolve_device,
     seed_everything,
 )
-from data import ImageFolderDataset, denormalize
-from data.masks import dataset_mask, pixel_hole_bank
+from data import ImageFolderDataset, denormalize, normalize, to_uint8_image
+from data.masks import pixel_hole_bank
+from maskgit_inpaint.metrics import hole_psnr
 from maskgit_inpaint.tokens import format_report, token_report
 from models import VQGAN, Discriminator
 from models.config import VQGAN_TRAIN, Config, apply_overrides, load_vqgan_file
@@ -60,7 +61,7 @@ from models.pretrained import (
 )
 from models.refit import refit_record, with_codebook
 from training import engine
-from training.engine import HOLE_BANK_SIZE, VAL_HOLE_SEED, ResumableSampler, RunLog, check_finite
+from training.engine import HOLE_BANK_SIZE, ResumableSampler, RunLog, check_finite
 
 PLOT_PANELS = {"reconstruction loss": ["rec_loss"], "val PSNR (dB)": ["val_psnr"],
                "codebook usage": ["codebook_usage", "val_codebook_usage"]}
@@ -307,20 +308,20 @@ def refit(config: Config, args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def own_code_hole_psnr(vqgan: VQGAN, dataset: ImageFolderDataset, device: torch.device) -> float:
-    """Mean hole PSNR (dB) of each image decoded from its own codes and its known pixels, each image
-    with the test-like hole its name draws: what a known-pixel decoder adds when the tokens are right."""
+    """Mean hole PSNR (dB) of every val image with its val hole (engine.val_inpainting_set), decoded
+    from the image's own codes and its known pixels: what a known-pixel decoder adds when the tokens
+    are right."""
     vqgan.eval()
+    items, gt = engine.val_inpainting_set(dataset, len(dataset))
     psnrs = []
-    for start in range(0, len(dataset), 64):
-        files = dataset.files[start:start + 64]
-        images = torch.stack([dataset[start + i] for i in range(len(files))]).to(device)
-        holes = torch.from_numpy(np.stack([dataset_mask(f.stem, dataset.size, VAL_HOLE_SEED) < 128
-                                           for f in files]))[:, None].to(device)
-        decoded = vqgan.decode(vqgan.encode(images)[0], images, holes)
-        truth, out = (denormalize(x, dataset.mean, dataset.std).clamp(0, 1) for x in (images, decoded))
-        mse = ((out - truth) ** 2 * holes).sum((1, 2, 3)) / (holes.sum((1, 2, 3)) * images.shape[1]).clamp(min=1)
-        psnrs += (10 * torch.log10(1 / mse.clamp(min=1e-10))).tolist()
-    return sum(psnrs) / len(psnrs)
+    for start in range(0, len(items), 64):
+        batch, truth = items[start:start + 64], gt[start:start + 64]
+        known = torch.stack([image for image, _, _ in batch]).to(device)  # (B, 3, H, W), hole gray
+        holes = torch.stack([hole for _, hole, _ in batch]).to(device)   # (B, 1, H, W) bool
+        codes = vqgan.encode(normalize(truth, dataset.mean, dataset.std).to(device))[0]
+        decoded = to_uint8_image(vqgan.decode(codes, known, holes), dataset.mean, dataset.std)
+        psnrs += [hole_psnr(out, ref, hole[0].cpu().numpy()) for out, ref, hole in zip(decoded, truth, holes)]
+    return float(np.mean(psnrs))
 
 
 def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
