@@ -550,6 +550,15 @@ def test_fit_known_pixels_keeps_the_codes_and_its_transformers(ws, tmp_path, cap
     stage2.main(stage2_argv(ws, run, "--export", str(exported)))
     model = MaskGit.from_pretrained(exported, vqgan=dest)
     assert model.vqgan.known_pixels is not None
+    # a longer fit, continued from the fitted one, names the tokens' VQGAN too and keeps its transformers
+    longer = tmp_path / "known_longer"
+    stage1.main([*argv, "--weights", str(dest), "--export", str(longer), "--fit-known-pixels", "2"])
+    record = json.loads((longer / "config.json").read_text())
+    assert record["known_pixels"]["from_digest"] == weights_digest(parent_state)
+    assert record["origin"] == f"known-pixels:{meta['digest']}"
+    continued = read_safetensors(longer)
+    assert not torch.equal(continued["known_pixels.out.0.weight"], fitted["known_pixels.out.0.weight"])
+    assert MaskGit.from_pretrained(exported, vqgan=longer).vqgan.known_pixels is not None
     other = tmp_path / "other_known"
     stage1.main([*argv, "--weights", str(bad_vqgan_checkpoint(ws, tmp_path, same_shape=True)),
                  "--export", str(other), "--fit-known-pixels", "1"])
