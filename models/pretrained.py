@@ -183,12 +183,18 @@ def vqgan_file_digests(path: str | os.PathLike) -> set[str]:
     return {file_sha256(weights_file(path)), *(source["sha256"] for source in sources)}
 
 
-def known_pixels_parent(vqgan_path: str | os.PathLike) -> str | None:
-    """The weights digest of the VQGAN an exported known-pixel VQGAN was fitted from
-    (training_vqgan.py --fit-known-pixels): same encoder and codebook, so the same tokens; else None."""
+def known_pixels_record(vqgan_path: str | os.PathLike) -> dict:
+    """What an exported known-pixel VQGAN records of its fit (training_vqgan.py --fit-known-pixels):
+    from_digest, steps and val_hole_psnr; {} for any other VQGAN."""
     if not is_exported(vqgan_path):
-        return None
-    return read_description(vqgan_path, "vqgan").get("known_pixels", {}).get("from_digest")
+        return {}
+    return read_description(vqgan_path, "vqgan").get("known_pixels", {})
+
+
+def known_pixels_parent(vqgan_path: str | os.PathLike) -> str | None:
+    """The weights digest of the VQGAN an exported known-pixel VQGAN was fitted from: same encoder
+    and codebook, so the same tokens; else None."""
+    return known_pixels_record(vqgan_path).get("from_digest")
 
 
 def checked_vqgan_digest(vqgan_path: str | os.PathLike, state: dict[str, torch.Tensor], expected: str | None,

@@ -555,6 +555,7 @@ def test_fit_known_pixels_keeps_the_codes_and_its_transformers(ws, tmp_path, cap
     stage1.main([*argv, "--weights", str(dest), "--export", str(longer), "--fit-known-pixels", "2"])
     record = json.loads((longer / "config.json").read_text())
     assert record["known_pixels"]["from_digest"] == weights_digest(parent_state)
+    assert record["known_pixels"]["steps"] == 22  # the first fit's 20 and this one's 2
     assert record["origin"] == f"known-pixels:{meta['digest']}"
     continued = read_safetensors(longer)
     assert not torch.equal(continued["known_pixels.out.0.weight"], fitted["known_pixels.out.0.weight"])

@@ -55,7 +55,7 @@ from models.perceptual import PerceptualLoss
 from models.pretrained import (
     DEFAULT_VQGAN_CONFIG,
     check_export_destination,
-    known_pixels_parent,
+    known_pixels_record,
     read_vqgan_weights,
     vqgan_config_of,
     weights_digest,
@@ -331,10 +331,11 @@ def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
     stage 2 trains on) while the encoder and codebook stay, exported at --export with a record of
     its parent; the val hole PSNR from the images' own codes before and after. --weights may be a
     known-pixel VQGAN already (a longer fit): the record then names the VQGAN its tokens come from,
-    that fit's parent, so that the transformers trained on them keep loading with it."""
+    that fit's parent, so that the transformers trained on them keep loading with it, and counts
+    the steps of both fits."""
     check_minimum(args, 1, "--fit-known-pixels")
     d = derive(config, args, "--fit-known-pixels", "known-pixels", {"known_pixels": True})
-    tokens_from = known_pixels_parent(args.weights) or d.digest
+    earlier = known_pixels_record(args.weights)  # {} unless --weights is a known-pixel fit already
     before = own_code_hole_psnr(d.parent, d.val_set, d.device)
     holes = torch.from_numpy(pixel_hole_bank(HOLE_BANK_SIZE, d.parent.cfg["img_resolution"], args.random_seed))
     finetune_decoder(d.parent, d.train_set, args.fit_known_pixels, d.tcfg, args.random_seed, d.device, holes)
@@ -343,8 +344,9 @@ def fit_known_pixels(config: Config, args: argparse.Namespace) -> None:
           f"{args.fit_known_pixels} steps with the known pixels")
     engine.export(d.parent, {"vqgan": d.parent.state_dict()}, "vqgan", args.export, "vqgan", d.parent.cfg,
                   args.train_path, d.origin,
-                  known_pixels={"from_digest": tokens_from, "steps": args.fit_known_pixels, "val_hole_psnr": {
-                      "before": round(before, 2), "after": round(after, 2)}})
+                  known_pixels={"from_digest": earlier.get("from_digest", d.digest),
+                                "steps": earlier.get("steps", 0) + args.fit_known_pixels,
+                                "val_hole_psnr": {"before": round(before, 2), "after": round(after, 2)}})
 
 
 @dataclass
