@@ -164,6 +164,9 @@ VQGAN_PARAM = {
     # the decoder also sees the known pixels and the hole (models.vqgan.KnownPixels; PUT, Liu et al.
     # 2022), fitted onto a trained VQGAN by training_vqgan.py --fit-known-pixels; the codes do not change
     "known_pixels": Key(boolean, False),
+    # codes compared and looked up as unit vectors (cosine similarity), as ViT-VQGAN's l2-normalized
+    # codes (Yu et al. 2022); with a small latent_dim, its low-dimensional lookup too
+    "l2_codes": Key(boolean, False),
     "enc_res_blocks": Key(integer(), 2),             # residual blocks per channel stage (the lab's values)
     "dec_res_blocks": Key(integer(), 3),
     # A VQGAN config without mean/std is most likely the lab's own VQGAN.yml, which goes with its

@@ -179,7 +179,7 @@ class MaskGit(nn.Module):
         and `hole` are for a known-pixel decoder (VQGAN.decode)."""
         if probs is None:
             return self.vqgan.decode_indices(tokens, known, hole)
-        codebook = self.vqgan.codebook.embedding.weight  # (K, C)
+        codebook = self.vqgan.codebook.vectors  # (K, C)
         latents = torch.where(probs.any(-1, keepdim=True), probs.to(codebook.dtype) @ codebook,
                               codebook[tokens])  # (B, N, C)
         side = self.vqgan.latent_resolution

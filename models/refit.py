@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from common import UserError
 from models.kmeans import nearest
@@ -47,7 +48,8 @@ def refit_parent(vqgan_path: str | os.PathLike) -> Parent | None:
     was refit from; None when `vqgan_path` is no refit."""
     if not is_exported(vqgan_path):
         return None
-    record = read_description(vqgan_path, "vqgan").get("refit")
+    description = read_description(vqgan_path, "vqgan")
+    record = description.get("refit")
     if record is None:
         return None
     path = (Path(vqgan_path) / record["from_path"]).resolve()
@@ -57,7 +59,8 @@ def refit_parent(vqgan_path: str | os.PathLike) -> Parent | None:
     if weights_digest(state) != record["from_digest"]:
         raise UserError(f"{vqgan_path} is a refit of other weights than those now at {path} "
                         f"({record['from_digest'][:19]}... expected)")
-    return Parent(path, state[CODEBOOK].float())
+    codebook = state[CODEBOOK].float()  # (K_parent, C); a refit keeps its parent's code space
+    return Parent(path, F.normalize(codebook, dim=1) if description["config"].get("l2_codes") else codebook)
 
 
 @torch.no_grad()

@@ -258,15 +258,26 @@ class KnownPixels(nn.Module):
 
 
 class Codebook(nn.Module):
-    """Nearest-neighbour vector quantizer with a straight-through gradient."""
+    """Nearest-neighbour vector quantizer with a straight-through gradient. With `l2_codes` the
+    latents and the codes are unit vectors, so the nearest code is the most similar in direction."""
 
     def __init__(self, cfg: dict):
         super().__init__()
         self.num_codebook_vectors = cfg["num_codebook_vectors"]
         self.latent_dim = cfg["latent_dim"]
         self.beta = cfg["beta"]
+        self.l2 = cfg.get("l2_codes", False)
         self.embedding = nn.Embedding(self.num_codebook_vectors, self.latent_dim)
         self.embedding.weight.data.uniform_(-1.0 / self.num_codebook_vectors, 1.0 / self.num_codebook_vectors)
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """(K, C) the code vectors the latents are compared with and decoded from."""
+        return F.normalize(self.embedding.weight, dim=1) if self.l2 else self.embedding.weight
+
+    def code_space(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents as the codes see them: unit vectors with `l2_codes`, else as they are."""
+        return F.normalize(z, dim=1) if self.l2 else z
 
     def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, h, w) indices of the nearest codes by squared L2 distance."""
@@ -275,14 +286,14 @@ class Codebook(nn.Module):
         # in fp32 even inside autocast: bf16 products pick other codes for a large share of the latents
         with torch.autocast(z.device.type, enabled=False) if torch.amp.is_autocast_available(z.device.type) \
                 else nullcontext():
-            flat, codes = flat.float(), self.embedding.weight.float()
+            flat, codes = flat.float(), self.vectors.float()
             distances = (flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)
                          - 2 * flat @ codes.t())  # (B*h*w, K)
         return distances.argmin(dim=1).reshape(b, h, w)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices -> (B, C, h, w) code vectors."""
-        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+        return F.embedding(indices, self.vectors).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (z_q with straight-through gradient, indices (B*h*w,), codebook + commitment loss)."""
@@ -311,8 +322,9 @@ class VQGAN(nn.Module):
         return self.cfg["latent_resolution"]
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalized images -> (B, latent_dim, h, w) continuous latents before quantization."""
-        return self.quant_conv(self.encoder(x))
+        """(B, 3, H, W) normalized images -> (B, latent_dim, h, w) continuous latents before quantization
+        (unit vectors with `l2_codes`)."""
+        return self.codebook.code_space(self.quant_conv(self.encoder(x)))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (z_q (B, latent_dim, h, w), indices (B*h*w,), q_loss), as the lab's VQGAN does."""

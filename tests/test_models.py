@@ -7,7 +7,7 @@ import torch
 from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 
 from common import UserError
-from models import GAMMA_FUNCTIONS, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
+from models import GAMMA_FUNCTIONS, VQGAN, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
 from models.config import load_maskgit_config, transformer_param
 from models.maskgit import default_precision, sample_tokens
 from models.schedules import halton_ranks, radical_inverse
@@ -323,8 +323,15 @@ def test_mean_readout_keeps_each_tokens_distribution_from_the_step_that_committe
     assert sampled.probs is None
 
 
-def test_decode_tokens_with_probs_decodes_the_expected_code_vector(tiny_maskgit, monkeypatch):
-    codebook = tiny_maskgit.vqgan.codebook.embedding.weight  # (16, C)
+@pytest.mark.parametrize("l2_codes", [False, True])
+def test_decode_tokens_with_probs_decodes_the_expected_code_vector(tiny_maskgit, monkeypatch, l2_codes):
+    codebook = tiny_maskgit.vqgan.codebook.embedding.weight.detach()  # (16, C)
+    if l2_codes:  # the code vectors are the rows scaled to unit length, whatever their stored length
+        tiny_maskgit.vqgan = VQGAN({**tiny_maskgit.vqgan.cfg, "l2_codes": True}).eval()
+        with torch.no_grad():
+            tiny_maskgit.vqgan.codebook.embedding.weight.mul_(torch.linspace(0.5, 3.0, 16)[:, None])
+        stored = tiny_maskgit.vqgan.codebook.embedding.weight.detach()
+        codebook = stored / stored.norm(dim=1, keepdim=True)
     tokens = torch.randint(0, 16, (1, 16))
     probs = torch.zeros(1, 16, 16)
     probs[0, 3, 2], probs[0, 3, 9] = 0.25, 0.75  # position 3: a mix of codes 2 and 9

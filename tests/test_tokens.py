@@ -81,3 +81,27 @@ def test_flat_patches_and_code_summary():
     tokens = torch.tensor([[[3, 1], [2, 3]]])
     summary = code_share_summary(torch.bincount(tokens[white], minlength=4), tokens.numel())
     assert summary == {"share": 0.5, "codes": 1, "top_code_share": 1.0}
+
+
+def test_l2_codes_quantize_by_direction_and_decode_unit_vectors():
+    torch.manual_seed(4)
+    vqgan = VQGAN({**LOCAL, "l2_codes": True}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        vqgan.codebook.embedding.weight.mul_(torch.rand(32, 1) * 4 + 0.25)  # stored lengths do not matter
+        raw = vqgan.quant_conv(vqgan.encoder(x))  # (2, 8, 8, 8) before the code space
+        stored = vqgan.codebook.embedding.weight
+        unit = stored / stored.norm(dim=1, keepdim=True)  # (32, 8)
+        cosine = torch.einsum("bchw,kc->bhwk", raw / raw.norm(dim=1, keepdim=True), unit)
+        z_q, indices, _ = vqgan.encode(x)
+        latents = vqgan.encode_latents(x)
+    assert torch.equal(indices, cosine.argmax(-1).flatten())
+    torch.testing.assert_close(latents.norm(dim=1), torch.ones(2, 8, 8))
+    torch.testing.assert_close(z_q.norm(dim=1), torch.ones(2, 8, 8))
+    torch.testing.assert_close(z_q, vqgan.codebook.lookup(indices.view(2, 8, 8)))
+    plain = VQGAN(LOCAL).eval()  # without l2_codes: the nearest code by distance, as stored
+    plain.load_state_dict(vqgan.state_dict())
+    with torch.no_grad():
+        assert not torch.equal(plain.encode(x)[1], indices)
+        looked_up = plain.codebook.lookup(indices.view(2, 8, 8))
+        assert torch.equal(looked_up, stored[indices].view(2, 8, 8, 8).permute(0, 3, 1, 2))

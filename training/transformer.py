@@ -241,7 +241,7 @@ def init_from(model: MaskGit, path: Path, vqgan_ckpt: str | Path) -> None:
         if parent is None or not trained_on(path, parent.path):
             raise UserError(f"{path} was trained on another VQGAN than {vqgan_ckpt}; pass the VQGAN it was trained "
                             "on, or a codebook refit of it (--vqgan-ckpt)")
-        state, note = map_vocabulary(state, parent.codebook, model.vqgan.codebook.embedding.weight.cpu())
+        state, note = map_vocabulary(state, parent.codebook, model.vqgan.codebook.vectors.detach().cpu())
         print(f"--init-from {path}: {note}")
     load_state(model.transformer, state, path)
 
@@ -450,7 +450,7 @@ def initial_weights(model: MaskGit, args: argparse.Namespace, embedding_init: st
     if args.init_from:
         init_from(model, Path(args.init_from), vqgan_ckpt)
     elif embedding_init == "codebook" and not resuming:
-        model.transformer.init_token_embedding(model.vqgan.codebook.embedding.weight,
+        model.transformer.init_token_embedding(model.vqgan.codebook.vectors.detach(),
                                                torch.Generator().manual_seed(args.random_seed))
 
 
