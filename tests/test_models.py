@@ -8,7 +8,7 @@ from tiny_configs import TINY_MASKGIT, TINY_VQGAN
 
 from common import UserError
 from models import GAMMA_FUNCTIONS, VQGAN, BidirectionalTransformer, MaskGit, gamma_func, masked_counts
-from models.config import load_maskgit_config, transformer_param
+from models.config import load_maskgit_config, load_vqgan_config, transformer_param
 from models.maskgit import default_precision, sample_tokens
 from models.schedules import halton_ranks, radical_inverse
 
@@ -357,6 +357,11 @@ def test_shipped_configs_load():
     assert (t["dim"], t["n_layers"], t["hidden_dim"], t["num_heads"]) == (768, 15, 1536, 16)
     small = load_maskgit_config(ROOT / "configs/small/MaskGit.yml")
     assert small["vqgan"]["num_codebook_vectors"] == 1024
+    l2 = load_vqgan_config(ROOT / "configs/small/VQGAN_l2.yml")
+    local = load_vqgan_config(ROOT / "configs/small/VQGAN_local.yml")
+    assert (l2["l2_codes"], l2["latent_dim"], local["l2_codes"]) == (True, 8, False)
+    assert {k: v for k, v in l2.items() if k not in ("l2_codes", "latent_dim")} == \
+        {k: v for k, v in local.items() if k not in ("l2_codes", "latent_dim")}  # otherwise the local VQGAN
 
 
 @pytest.mark.parametrize("edit, message", [
