@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from common import UserError
 from models.kmeans import nearest
 from models.pretrained import is_exported, read_description, read_vqgan_weights, weights_digest
-from models.vqgan import VQGAN
+from models.vqgan import VQGAN, code_vectors
 
 CODEBOOK = "codebook.embedding.weight"
 
@@ -59,8 +58,8 @@ def refit_parent(vqgan_path: str | os.PathLike) -> Parent | None:
     if weights_digest(state) != record["from_digest"]:
         raise UserError(f"{vqgan_path} is a refit of other weights than those now at {path} "
                         f"({record['from_digest'][:19]}... expected)")
-    codebook = state[CODEBOOK].float()  # (K_parent, C); a refit keeps its parent's code space
-    return Parent(path, F.normalize(codebook, dim=1) if description["config"].get("l2_codes") else codebook)
+    # (K_parent, C) in the refit's code space, which is its parent's
+    return Parent(path, code_vectors(state[CODEBOOK].float(), description["config"].get("l2_codes", False)))
 
 
 @torch.no_grad()

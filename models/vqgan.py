@@ -257,6 +257,12 @@ class KnownPixels(nn.Module):
         return [out(f) for out, f in zip(self.out, features[::-1])]
 
 
+def code_vectors(weight: torch.Tensor, l2_codes: bool) -> torch.Tensor:
+    """A codebook's stored rows (K, C) -> the code vectors it compares and decodes: unit vectors
+    with `l2_codes`, else the rows as they are."""
+    return F.normalize(weight, dim=1) if l2_codes else weight
+
+
 class Codebook(nn.Module):
     """Nearest-neighbour vector quantizer with a straight-through gradient. With `l2_codes` the
     latents and the codes are unit vectors, so the nearest code is the most similar in direction."""
@@ -273,7 +279,7 @@ class Codebook(nn.Module):
     @property
     def vectors(self) -> torch.Tensor:
         """(K, C) the code vectors the latents are compared with and decoded from."""
-        return F.normalize(self.embedding.weight, dim=1) if self.l2 else self.embedding.weight
+        return code_vectors(self.embedding.weight, self.l2)
 
     def code_space(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents as the codes see them: unit vectors with `l2_codes`, else as they are."""

@@ -44,6 +44,7 @@ from models.pretrained import check_export_destination, export_origin, write_exp
 HOLE_BANK_SIZE = 4096  # generated holes (data.masks.pixel_hole_bank) that training holes are drawn from
 VAL_HOLE_SEED = 1      # the val inpainting holes (dataset_mask by name; the test masks use the dataset's seed, 0)
 
+
 def val_inpainting_set(val_set: ImageFolderDataset, count: int) -> tuple[list, np.ndarray]:
     """`count` val images spread over the split, each with a fixed test-like hole (seeded by its
     name): ([(masked image (3, H, W), hole (1, H, W), index)], ground truth (count, H, W, 3) uint8)."""

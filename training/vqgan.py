@@ -318,10 +318,10 @@ def own_code_hole_psnr(vqgan: VQGAN, dataset: ImageFolderDataset, device: torch.
     for start in range(0, len(items), 64):
         batch, truth = items[start:start + 64], gt[start:start + 64]
         known = torch.stack([image for image, _, _ in batch]).to(device)  # (B, 3, H, W), hole gray
-        holes = torch.stack([hole for _, hole, _ in batch]).to(device)   # (B, 1, H, W) bool
+        holes = torch.stack([hole for _, hole, _ in batch])  # (B, 1, H, W) bool
         codes = vqgan.encode(normalize(truth, dataset.mean, dataset.std).to(device))[0]
-        decoded = to_uint8_image(vqgan.decode(codes, known, holes), dataset.mean, dataset.std)
-        psnrs += [hole_psnr(out, ref, hole[0].cpu().numpy()) for out, ref, hole in zip(decoded, truth, holes)]
+        decoded = to_uint8_image(vqgan.decode(codes, known, holes.to(device)), dataset.mean, dataset.std)
+        psnrs += [hole_psnr(out, ref, hole) for out, ref, hole in zip(decoded, truth, holes[:, 0].numpy())]
     return float(np.mean(psnrs))
 
 
