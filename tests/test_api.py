@@ -15,7 +15,7 @@ from PIL import Image
 from test_inpainting import SIZE, one_thread, write_configs  # noqa: F401 (an autouse fixture)
 
 from common import REPO_ROOT, UserError, load_checkpoint, read_safetensors, run_cli
-from data import normalize
+from data import denormalize, normalize
 from data.masks import fit_hole, read_hole
 from maskgit_inpaint import Decoding, inpaint, run_inpainting
 from maskgit_inpaint import cli as inpainting_cli
@@ -273,6 +273,26 @@ def test_default_configs_are_the_shipped_models_recipe():
     assert {k: v for k, v in recipe.items() if k != "VQ_Configs"} == shipped
     assert recipe["VQ_Configs"]["VQ_config_path"] == DEFAULT_VQGAN_CONFIG
     assert load_vqgan_config(REPO_ROOT / DEFAULT_VQGAN_CONFIG) == shipped["vqgan"]
+
+
+def test_the_l2_recipe_is_the_default_recipe_on_the_shipped_l2_vqgan():
+    """configs/small/MaskGit_l2.yml trains the default transformer on checkpoints/vqgan_l2's unit codes."""
+    from models.maskgit import load_maskgit
+
+    recipe = load_maskgit_config(REPO_ROOT / "configs/small/MaskGit_l2.yml")
+    local = load_maskgit_config(REPO_ROOT / DEFAULT_CONFIG)
+    assert {k: v for k, v in recipe.items() if k not in ("VQ_Configs", "vqgan")} == \
+        {k: v for k, v in local.items() if k not in ("VQ_Configs", "vqgan")}
+    assert recipe["vqgan"] == load_vqgan_config(REPO_ROOT / "configs/small/VQGAN_l2.yml")
+    vqgan = load_maskgit(recipe).vqgan  # its VQ_CKPT_path, the shipped checkpoints/vqgan_l2
+    cat = Image.open(REPO_ROOT / "docs" / "cat.png").convert("RGB").resize((64, 64), Image.BICUBIC)  # from 256x256
+    cat = np.array(cat)[None]  # (1, 64, 64, 3)
+    with torch.no_grad():
+        z_q, _, _ = vqgan.encode(normalize(cat, vqgan.cfg["mean"], vqgan.cfg["std"]))  # (1, 8, 16, 16)
+        back = denormalize(vqgan.decode(z_q), vqgan.cfg["mean"], vqgan.cfg["std"])
+    assert torch.allclose(z_q.norm(dim=1), torch.ones(1, 16, 16), atol=1e-5)  # decoded from unit codes
+    mse = (back - torch.from_numpy(cat).permute(0, 3, 1, 2) / 255).pow(2).mean()
+    assert -10 * torch.log10(mse) > 24  # 24.7 dB; the untrained VQGAN gets under 10
 
 
 @pytest.mark.parametrize("field, prop, table", [("token_hole_share", "hole_share", "TOKEN_HOLE_SHARE"),
