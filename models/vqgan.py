@@ -257,10 +257,10 @@ class KnownPixels(nn.Module):
         return [out(f) for out, f in zip(self.out, features[::-1])]
 
 
-def code_vectors(weight: torch.Tensor, l2_codes: bool) -> torch.Tensor:
-    """A codebook's stored rows (K, C) -> the code vectors it compares and decodes: unit vectors
-    with `l2_codes`, else the rows as they are."""
-    return F.normalize(weight, dim=1) if l2_codes else weight
+def code_vectors(vectors: torch.Tensor, l2_codes: bool) -> torch.Tensor:
+    """Vectors along dim 1, a codebook's stored rows (K, C) or latents (B, C, h, w), as the codes
+    compare and decode them: unit vectors with `l2_codes`, else as they are."""
+    return F.normalize(vectors, dim=1) if l2_codes else vectors
 
 
 class Codebook(nn.Module):
@@ -283,7 +283,7 @@ class Codebook(nn.Module):
 
     def code_space(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents as the codes see them: unit vectors with `l2_codes`, else as they are."""
-        return F.normalize(z, dim=1) if self.l2 else z
+        return code_vectors(z, self.l2)
 
     def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, h, w) indices of the nearest codes by squared L2 distance."""
